@@ -1,0 +1,198 @@
+"""The ``mdc`` command line: ``mdc VERB [ARGS]``, in the manner of git and kubectl.
+
+Owns argument parsing, output formats and exit codes. Every read command
+takes ``--format text|json``; text goes to a person (colour only on a
+terminal, never when ``NO_COLOR`` is set), JSON to scripts. Errors go to
+stderr.
+
+Exit codes scripts can trust:
+
+* 0 -- success (the specs are valid)
+* 1 -- the command ran and found a problem (invalid specs)
+* 2 -- usage error (unknown flag, a path that is not a directory)
+
+Verbs so far: ``validate``, ``plan``, ``version``. Called by the ``mdc``
+console script and ``python -m controller``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from controller import __version__
+from controller.documents import Diagnostic
+from controller.overview import policy_timeline, summarize, team_usage
+from controller.spec import LoadResult, load_desired
+from controller.tree import DirTree
+
+__all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+class _Style:
+    """ANSI styling, switched on only for a terminal without NO_COLOR."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.on = stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+    def __call__(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.on else text
+
+    def bold(self, text: str) -> str:
+        return self(text, "1")
+
+    def red(self, text: str) -> str:
+        return self(text, "31")
+
+    def green(self, text: str) -> str:
+        return self(text, "32")
+
+    def yellow(self, text: str) -> str:
+        return self(text, "33")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mdc",
+        description="GitOps controller for model delivery.",
+    )
+    parser.add_argument("--version", action="version", version=f"mdc {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def read_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+        return sub
+
+    validate = read_command("validate", "Check a spec repository; exit 1 if anything is invalid.")
+    validate.add_argument("path", nargs="?", default=".", help="spec repository (default: .)")
+    plan = read_command("plan", "Show what a spec repository asks for: GPUs per team, rollout timelines.")
+    plan.add_argument("path", nargs="?", default=".", help="spec repository (default: .)")
+    read_command("version", "Print the version.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    if args.verb == "version":
+        if args.format == "json":
+            print(json.dumps({"version": __version__}))
+        else:
+            print(f"mdc {__version__}")
+        return EXIT_OK
+    try:
+        tree = DirTree(args.path)
+    except NotADirectoryError:
+        print(f"mdc {args.verb}: {args.path}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    result = load_desired(tree)
+    if args.verb == "validate":
+        return _validate(args.path, result, args.format)
+    return _plan(args.path, result, args.format)
+
+
+def _counts(result: LoadResult) -> str:
+    d = result.desired
+    parts = [
+        _plural(len(d.models), "model"),
+        _plural(len(d.pools), "pool"),
+        _plural(len(d.policies), "rollout policy", "rollout policies"),
+    ]
+    return ", ".join(parts)
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _report(diagnostics: Sequence[Diagnostic], stream: TextIO) -> None:
+    style = _Style(stream)
+    for d in diagnostics:
+        where = style.bold(f"{d.file}:{d.line}:{d.column}:")
+        path = f" {d.path}:" if d.path else ""
+        print(f"{where}{path} {style.red(d.message)} [{d.rule}]", file=stream)
+    files = len({d.file for d in diagnostics})
+    print(
+        f"{_plural(len(diagnostics), 'error')} in {_plural(files, 'file')}",
+        file=stream,
+    )
+
+
+def _validate(path: str, result: LoadResult, fmt: str) -> int:
+    code = EXIT_OK if result.ok else EXIT_INVALID
+    if fmt == "json":
+        print(json.dumps(_json_result(path, result), indent=2))
+        return code
+    if result.ok:
+        style = _Style(sys.stdout)
+        print(f"{path}: {style.green('valid')} ({_counts(result)})")
+    else:
+        _report(result.diagnostics, sys.stderr)
+    return code
+
+
+def _json_result(path: str, result: LoadResult) -> dict[str, Any]:
+    return {
+        "path": path,
+        "valid": result.ok,
+        "counts": {
+            "models": len(result.desired.models),
+            "pools": len(result.desired.pools),
+            "policies": len(result.desired.policies),
+        },
+        "errors": [d.as_dict() for d in result.diagnostics],
+        "invalid": sorted(str(ref) for ref in result.invalid),
+    }
+
+
+def _plan(path: str, result: LoadResult, fmt: str) -> int:
+    code = EXIT_OK if result.ok else EXIT_INVALID
+    if fmt == "json":
+        print(json.dumps(_json_result(path, result) | {"plan": summarize(result.desired)}, indent=2))
+        return code
+    if not result.ok:
+        _report(result.diagnostics, sys.stderr)
+        print("the plan below leaves out the invalid objects", file=sys.stderr)
+    out = sys.stdout
+    style = _Style(out)
+    desired = result.desired
+    print(style.bold(f"Plan for {path}") + f" ({_counts(result)})", file=out)
+    for pool in sorted(desired.pools.values(), key=lambda p: p.name):
+        total = pool.declared_gpus
+        gpus = f"{total} GPUs declared" if total is not None else "GPUs discovered with NVML"
+        print(f"\n{style.bold('Pool ' + pool.name)}  sharing {pool.sharing}, {gpus}", file=out)
+        for node in pool.nodes:
+            groups = ", ".join(f"{g.count} x {g.product} ({g.memory >> 30}Gi)" for g in node.gpus)
+            print(f"  node {node.name:<12} {node.discovery:<9} {groups or '(read from NVML)'}", file=out)
+        rows = [r for r in team_usage(desired) if r.pool == pool.name]
+        print(f"  {'team':<14}{'guaranteed':>11}{'limit':>7}{'priority':>9}{'requested':>11}"
+              f"{'canary peak':>13}  verdict", file=out)
+        for r in rows:
+            verdict = r.verdict
+            colour = style.green if verdict in ("ok", "borrows") else style.yellow
+            print(f"  {r.team:<14}{r.guaranteed:>11g}{r.limit:>7g}{r.priority:>9}"
+                  f"{r.requested:>11g}{r.canary_peak:>13g}  {colour(verdict)}", file=out)
+    print(f"\n{style.bold('Rollout policies')}", file=out)
+    for policy in sorted(desired.policies.values(), key=lambda p: p.name):
+        print(f"  {policy.name}: {policy_timeline(policy).describe()}", file=out)
+    print(f"\n{style.bold('Models')}", file=out)
+    for model in sorted(desired.models.values(), key=lambda m: m.name):
+        print(
+            f"  {model.name} {model.version}: team {model.team}, {model.resources.describe()} "
+            f"from pool {model.pool}, rolled out by {model.rollout}",
+            file=out,
+        )
+        print(f"    service {model.service_module}:{model.service_class}", file=out)
+    return code
