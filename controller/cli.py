@@ -26,11 +26,12 @@ from typing import Any, TextIO
 
 from controller import __version__
 from controller.documents import Diagnostic
+from controller.loader import LoadResult, load_desired
 from controller.overview import policy_timeline, summarize, team_usage
-from controller.spec import LoadResult, load_desired
 from controller.tree import DirTree
+from controller.units import format_bytes
 
-__all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "main"]
+__all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "main", "verbs"]
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -41,7 +42,9 @@ class _Style:
     """ANSI styling, switched on only for a terminal without NO_COLOR."""
 
     def __init__(self, stream: TextIO) -> None:
-        self.on = stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+        self.on = (
+            stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+        )
 
     def __call__(self, text: str, code: str) -> str:
         return f"\033[{code}m{text}\033[0m" if self.on else text
@@ -74,10 +77,20 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = read_command("validate", "Check a spec repository; exit 1 if anything is invalid.")
     validate.add_argument("path", nargs="?", default=".", help="spec repository (default: .)")
-    plan = read_command("plan", "Show what a spec repository asks for: GPUs per team, rollout timelines.")
+    plan = read_command(
+        "plan", "Show what a spec repository asks for: GPUs per team, rollout timelines."
+    )
     plan.add_argument("path", nargs="?", default=".", help="spec repository (default: .)")
     read_command("version", "Print the version.")
     return parser
+
+
+def verbs() -> tuple[str, ...]:
+    """The verbs ``mdc`` knows, for scripts and tests that call it."""
+    for action in _parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return tuple(action.choices)
+    return ()  # pragma: no cover - the parser always has verbs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,7 +173,9 @@ def _json_result(path: str, result: LoadResult) -> dict[str, Any]:
 def _plan(path: str, result: LoadResult, fmt: str) -> int:
     code = EXIT_OK if result.ok else EXIT_INVALID
     if fmt == "json":
-        print(json.dumps(_json_result(path, result) | {"plan": summarize(result.desired)}, indent=2))
+        print(
+            json.dumps(_json_result(path, result) | {"plan": summarize(result.desired)}, indent=2)
+        )
         return code
     if not result.ok:
         _report(result.diagnostics, sys.stderr)
@@ -174,16 +189,27 @@ def _plan(path: str, result: LoadResult, fmt: str) -> int:
         gpus = f"{total} GPUs declared" if total is not None else "GPUs discovered with NVML"
         print(f"\n{style.bold('Pool ' + pool.name)}  sharing {pool.sharing}, {gpus}", file=out)
         for node in pool.nodes:
-            groups = ", ".join(f"{g.count} x {g.product} ({g.memory >> 30}Gi)" for g in node.gpus)
-            print(f"  node {node.name:<12} {node.discovery:<9} {groups or '(read from NVML)'}", file=out)
+            groups = ", ".join(
+                f"{g.count} x {g.product} ({format_bytes(g.memory)})" for g in node.gpus
+            )
+            print(
+                f"  node {node.name:<12} {node.discovery:<9} {groups or '(read from NVML)'}",
+                file=out,
+            )
         rows = [r for r in team_usage(desired) if r.pool == pool.name]
-        print(f"  {'team':<14}{'guaranteed':>11}{'limit':>7}{'priority':>9}{'requested':>11}"
-              f"{'canary peak':>13}  verdict", file=out)
+        print(
+            f"  {'team':<14}{'guaranteed':>11}{'limit':>7}{'priority':>9}{'requested':>11}"
+            f"{'canary peak':>13}  verdict",
+            file=out,
+        )
         for r in rows:
             verdict = r.verdict
             colour = style.green if verdict in ("ok", "borrows") else style.yellow
-            print(f"  {r.team:<14}{r.guaranteed:>11g}{r.limit:>7g}{r.priority:>9}"
-                  f"{r.requested:>11g}{r.canary_peak:>13g}  {colour(verdict)}", file=out)
+            print(
+                f"  {r.team:<14}{r.guaranteed:>11g}{r.limit:>7g}{r.priority:>9}"
+                f"{r.requested:>11g}{r.canary_peak:>13g}  {colour(verdict)}",
+                file=out,
+            )
     print(f"\n{style.bold('Rollout policies')}", file=out)
     for policy in sorted(desired.policies.values(), key=lambda p: p.name):
         print(f"  {policy.name}: {policy_timeline(policy).describe()}", file=out)

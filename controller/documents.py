@@ -120,12 +120,16 @@ class Document:
         return Diagnostic(self.file, where.line, where.column, format_path(path), message, rule)
 
 
-def format_path(path: Path) -> str:
-    """``("spec", "steps", 2, "setWeight")`` -> ``spec.steps[2].setWeight``."""
+def format_path(path: Path, limit: int = 12) -> str:
+    """``("spec", "steps", 2, "setWeight")`` -> ``spec.steps[2].setWeight``.
+
+    Paths deeper than ``limit`` parts (only hostile input makes them) are cut
+    to their first parts and ``...``.
+    """
     out = ""
-    for part in path:
+    for part in path[:limit]:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
+    return out + "..." if len(path) > limit else out
 
 
 def parse_yaml(
@@ -140,7 +144,10 @@ def parse_yaml(
     if len(raw) > limits.max_file_bytes:
         return [], [
             Diagnostic(
-                file, 1, 1, "",
+                file,
+                1,
+                1,
+                "",
                 f"file is {len(raw)} bytes, over the limit of {limits.max_file_bytes} bytes",
                 "file.size",
             )
@@ -153,7 +160,10 @@ def parse_yaml(
         column = exc.start - (before.rfind(b"\n") + 1) + 1
         return [], [
             Diagnostic(
-                file, line, column, "",
+                file,
+                line,
+                column,
+                "",
                 f"file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
                 "file.encoding",
             )
@@ -172,7 +182,9 @@ def parse_yaml(
             mark = exc.problem_mark or exc.context_mark
             line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             what = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-            problems.append(Diagnostic(file, line, column, "", f"YAML syntax: {what}", "yaml.syntax"))
+            problems.append(
+                Diagnostic(file, line, column, "", f"YAML syntax: {what}", "yaml.syntax")
+            )
             break
         except yaml.YAMLError as exc:
             problems.append(Diagnostic(file, 1, 1, "", f"YAML syntax: {exc}", "yaml.syntax"))
@@ -180,8 +192,12 @@ def parse_yaml(
         if index >= limits.max_documents:
             problems.append(
                 Diagnostic(
-                    file, node.start_mark.line + 1, 1, "",
-                    f"more than {limits.max_documents} documents in one file", "file.size",
+                    file,
+                    node.start_mark.line + 1,
+                    1,
+                    "",
+                    f"more than {limits.max_documents} documents in one file",
+                    "file.size",
                 )
             )
             break
@@ -189,7 +205,7 @@ def parse_yaml(
             builder = _Builder(file, index, limits)
             document = builder.build(node)
             problems.extend(builder.problems)
-            if document is not None:
+            if document is not None and document.data is not None:  # skip empty documents
                 documents.append(document)
         index += 1
     return documents, problems
@@ -232,7 +248,8 @@ class _Builder:
         self.count += 1
         if self.count > self.limits.max_nodes:
             self.refuse(
-                node, path,
+                node,
+                path,
                 f"document expands to more than {self.limits.max_nodes} values "
                 "(aliases are expanded; is this an alias bomb?)",
                 "yaml.alias-limit",
@@ -240,7 +257,8 @@ class _Builder:
             raise _Abort
         if depth > self.limits.max_depth:
             self.refuse(
-                node, path,
+                node,
+                path,
                 f"nested deeper than {self.limits.max_depth} levels (a recursive alias?)",
                 "yaml.depth-limit",
             )
@@ -291,7 +309,8 @@ class _Builder:
             if key in explicit:
                 first = self.keys[(*path, key)]
                 self.refuse(
-                    key_node, (*path, key),
+                    key_node,
+                    (*path, key),
                     f"duplicate key {key!r} (first defined at line {first.line})",
                     "yaml.duplicate-key",
                 )

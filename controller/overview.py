@@ -132,7 +132,11 @@ def summarize(desired: Desired) -> dict[str, Any]:
                         "name": node.name,
                         "discovery": str(node.discovery),
                         "gpus": [
-                            {"product": g.product, "memory": format_bytes(g.memory), "count": g.count}
+                            {
+                                "product": g.product,
+                                "memory": format_bytes(g.memory),
+                                "count": g.count,
+                            }
                             for g in node.gpus
                         ],
                     }
@@ -144,7 +148,9 @@ def summarize(desired: Desired) -> dict[str, Any]:
         "teams": [asdict(row) | {"verdict": row.verdict} for row in team_usage(desired)],
         "policies": [
             asdict(t) | {"summary": t.describe()}
-            for t in (policy_timeline(p) for p in sorted(desired.policies.values(), key=lambda p: p.name))
+            for t in (
+                policy_timeline(p) for p in sorted(desired.policies.values(), key=lambda p: p.name)
+            )
         ],
         "models": [
             {

@@ -58,8 +58,7 @@ def _validators() -> dict[str, Draft202012Validator]:
         (body["$id"], Resource.from_contents(body)) for body in loaded.values()
     )
     return {
-        kind: Draft202012Validator(loaded[name], registry=registry)
-        for kind, name in KINDS.items()
+        kind: Draft202012Validator(loaded[name], registry=registry) for kind, name in KINDS.items()
     }
 
 

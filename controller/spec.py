@@ -1,46 +1,27 @@
-"""The user's spec language: typed spec objects, and loading a repository
-into them with every problem reported at once.
+"""The user's spec language as typed, frozen objects.
 
-Owns the three kinds (``Model``, ``GPUPool``, ``RolloutPolicy``, see
-DESIGN.md), :func:`load_desired` which turns any :class:`~controller.tree.Tree`
-into a :class:`Desired` state plus :class:`Diagnostic` values, and the
-semantic rules the schemas cannot express: unique names, references that
-resolve (pool, policy, team quota, service module and class, artifact), rising
-canary weights, a GPU request that fits some node of its pool, and consistent
-quotas.
+Owns the three kinds (``Model``, ``GPUPool``, ``RolloutPolicy``, described in
+DESIGN.md and defined field by field in ``schemas/``), the enums of their
+closed vocabularies, :class:`Desired` (the valid objects of one repository
+snapshot) and the builders that turn a schema-valid document into an object.
+Quantities are parsed here once (durations to seconds, memory to bytes) so
+nothing downstream handles strings.
 
-Which files are read: every ``*.yaml``/``*.yml`` outside dot-directories.
-Files under ``models/``, ``pools/`` and ``rollouts/`` must hold only mdc specs;
-YAML elsewhere (bentofiles, CI workflows, Helm templates) is read only when it
-mentions ``mdc.dev/``, and then only its mdc documents count.
-
-One bad file never hides the others, and an object with any problem is left
-out of :attr:`Desired` (its name goes to :attr:`LoadResult.invalid`), so the
-reconciler can hold what runs instead of acting on half-valid input.
-
-Pure: no I/O beyond the ``Tree`` it is given. Called by the CLI and the
-reconciler.
+Pure. Built by :mod:`controller.loader`; read by everything that plans.
 """
 
 from __future__ import annotations
 
-import ast
-import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
-from controller import API_VERSION
-from controller.documents import Diagnostic, Document, Limits, Path, parse_yaml
-from controller.errors import UnsafePath
-from controller.schema import KINDS, suggest
-from controller.schema import check as schema_check
-from controller.tree import EntryKind, Tree, clean_reference, resolve
+from controller.documents import Document
 from controller.units import format_bytes, parse_duration, parse_memory
 
 __all__ = [
+    "BUILDERS",
     "SPEC_DIRS",
     "Analysis",
     "Artifact",
@@ -49,7 +30,6 @@ __all__ = [
     "Discovery",
     "GPUGroup",
     "GPUPool",
-    "LoadResult",
     "Metric",
     "Model",
     "Node",
@@ -60,12 +40,9 @@ __all__ = [
     "Sharing",
     "Step",
     "StepKind",
-    "load_desired",
 ]
 
 SPEC_DIRS = ("models", "pools", "rollouts")
-_API_GROUP = API_VERSION.split("/")[0] + "/"
-_MAX_SERVICE_BYTES = 1 << 20
 
 
 class Sharing(StrEnum):
@@ -125,7 +102,11 @@ class Resources:
         return int(self.gpu) if self.gpu is not None and self.gpu >= 1 else 0
 
     def describe(self) -> str:
-        each = f"{self.gpu:g} GPU" if self.gpu is not None else f"{format_bytes(self.gpu_memory or 0)} GPU memory"
+        each = (
+            f"{self.gpu:g} GPU"
+            if self.gpu is not None
+            else f"{format_bytes(self.gpu_memory or 0)} GPU memory"
+        )
         return each if self.replicas == 1 else f"{self.replicas} x {each}"
 
 
@@ -235,443 +216,7 @@ class Desired:
     policies: Mapping[str, RolloutPolicy]
 
 
-@dataclass(frozen=True)
-class LoadResult:
-    desired: Desired
-    diagnostics: tuple[Diagnostic, ...]
-    #: Objects declared in the repo but left out of ``desired`` for a problem.
-    invalid: frozenset[ObjectRef]
-    #: Files that could not be read at all (their objects are unknown).
-    unreadable: frozenset[str]
-
-    @property
-    def ok(self) -> bool:
-        return not self.diagnostics
-
-
-def load_desired(tree: Tree, limits: Limits | None = None) -> LoadResult:
-    """Read every spec in ``tree``, validate it, and report all problems."""
-    return _Loader(tree, limits or Limits()).run()
-
-
-class _Loader:
-    def __init__(self, tree: Tree, limits: Limits) -> None:
-        self.tree = tree
-        self.limits = limits
-        self.problems: list[Diagnostic] = []
-        self.invalid: set[ObjectRef] = set()
-        self.unreadable: set[str] = set()
-
-    # -- files and documents ------------------------------------------------
-
-    def run(self) -> LoadResult:
-        by_kind: dict[str, list[Document]] = {kind: [] for kind in KINDS}
-        for path in self.tree.walk():
-            if not path.endswith((".yaml", ".yml")) or _hidden(path):
-                continue
-            strict = path.split("/", 1)[0] in SPEC_DIRS
-            raw = self.read(path, strict)
-            if raw is None:
-                continue
-            documents, problems = parse_yaml(path, raw, self.limits)
-            self.problems.extend(problems)
-            if problems and not documents:
-                self.unreadable.add(path)
-            for document in documents:
-                kind = self.classify(document, strict)
-                if kind is not None:
-                    by_kind[kind].append(document)
-
-        pools = self.build(by_kind["GPUPool"], "GPUPool", _pool)
-        policies = self.build(by_kind["RolloutPolicy"], "RolloutPolicy", _policy)
-        models = self.build(by_kind["Model"], "Model", _model)
-        for pool in list(pools.values()):
-            self.drop_if(pool.source, "GPUPool", pool.name, self.check_pool(pool), pools)
-        for policy in list(policies.values()):
-            self.drop_if(
-                policy.source, "RolloutPolicy", policy.name, self.check_policy(policy), policies
-            )
-        for model in list(models.values()):
-            self.drop_if(model.source, "Model", model.name, self.check_model(model, pools, policies), models)
-
-        self.problems.sort(key=lambda d: (d.file, d.line, d.column, d.rule))
-        return LoadResult(
-            Desired(models, pools, policies),
-            tuple(self.problems),
-            frozenset(self.invalid),
-            frozenset(self.unreadable),
-        )
-
-    def read(self, path: str, strict: bool) -> bytes | None:
-        def refuse(message: str, rule: str) -> None:
-            self.problems.append(Diagnostic(path, 1, 1, "", message, rule))
-            self.unreadable.add(path)
-
-        try:
-            target, kind = resolve(self.tree, path)
-        except UnsafePath as exc:
-            if strict:
-                refuse(str(exc), "path.symlink")
-            return None
-        if kind is not EntryKind.FILE:
-            if strict:
-                refuse(f"{path} is not a regular file", "file.type")
-            return None
-        size = self.tree.size(target)
-        if size > self.limits.max_file_bytes:
-            refuse(
-                f"file is {size} bytes, over the limit of {self.limits.max_file_bytes} bytes",
-                "file.size",
-            )
-            return None
-        raw = self.tree.read(target)
-        if not strict and _API_GROUP.encode() not in raw:
-            return None
-        return raw
-
-    def classify(self, document: Document, strict: bool) -> str | None:
-        data = document.data
-        api = data.get("apiVersion") if isinstance(data, dict) else None
-        kind = data.get("kind") if isinstance(data, dict) else None
-        ours = (isinstance(api, str) and api.startswith(_API_GROUP)) or kind in KINDS
-        if not ours:
-            if strict:
-                self.problems.append(
-                    document.diagnostic(
-                        (),
-                        f"not an mdc spec: files under {', '.join(d + '/' for d in SPEC_DIRS)} "
-                        f"must set apiVersion: {API_VERSION} and a kind "
-                        f"({', '.join(KINDS)})",
-                        "spec.kind",
-                    )
-                )
-            return None
-        if kind not in KINDS:
-            where: Path = ("kind",) if isinstance(data, dict) and "kind" in data else ()
-            self.problems.append(
-                document.diagnostic(
-                    where,
-                    f"unknown kind {kind!r}{suggest(str(kind), list(KINDS))}; "
-                    f"mdc knows {', '.join(KINDS)}",
-                    "spec.kind",
-                )
-            )
-            self.note_invalid(document, str(kind))
-            return None
-        return str(kind)
-
-    def note_invalid(self, document: Document, kind: str) -> None:
-        data = document.data
-        meta = data.get("metadata") if isinstance(data, dict) else None
-        name = meta.get("name") if isinstance(meta, dict) else None
-        if isinstance(name, str):
-            self.invalid.add(ObjectRef(kind, name))
-
-    def build(self, documents: list[Document], kind: str, make: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for document in documents:
-            problems = schema_check(kind, document)
-            if problems:
-                self.problems.extend(problems)
-                self.note_invalid(document, kind)
-                continue
-            obj = make(document)
-            if obj.name in out:
-                first = out[obj.name].source
-                where = first.locate(("metadata", "name"))
-                self.problems.append(
-                    document.diagnostic(
-                        ("metadata", "name"),
-                        f"{kind} {obj.name!r} is already defined at {first.file}:{where.line}",
-                        "spec.unique-name",
-                    )
-                )
-                self.invalid.add(ObjectRef(kind, obj.name))
-                continue
-            out[obj.name] = obj
-        for name in [n for n in out if ObjectRef(kind, n) in self.invalid]:
-            del out[name]
-        return out
-
-    def drop_if(
-        self, document: Document, kind: str, name: str, problems: list[Diagnostic], into: dict[str, Any]
-    ) -> None:
-        if problems:
-            self.problems.extend(problems)
-            self.invalid.add(ObjectRef(kind, name))
-            del into[name]
-
-    # -- semantic rules -----------------------------------------------------
-
-    def check_pool(self, pool: GPUPool) -> list[Diagnostic]:
-        doc = pool.source
-        out: list[Diagnostic] = []
-        out += _duplicates(doc, ("spec", "nodes"), [n.name for n in pool.nodes], "name", "node")
-        out += _duplicates(doc, ("spec", "quotas"), [q.team for q in pool.quotas], "team", "team")
-        for i, quota in enumerate(pool.quotas):
-            if quota.guaranteed > quota.limit:
-                out.append(
-                    doc.diagnostic(
-                        ("spec", "quotas", i, "guaranteed"),
-                        f"guaranteed ({quota.guaranteed:g}) must not exceed limit ({quota.limit:g})",
-                        "quota.limit",
-                    )
-                )
-        capacity = pool.declared_gpus
-        promised = sum(q.guaranteed for q in pool.quotas)
-        if capacity is not None and promised > capacity:
-            out.append(
-                doc.diagnostic(
-                    ("spec", "quotas"),
-                    f"teams are guaranteed {promised:g} GPUs in total but the pool "
-                    f"declares {capacity}",
-                    "quota.capacity",
-                )
-            )
-        return out
-
-    def check_policy(self, policy: RolloutPolicy) -> list[Diagnostic]:
-        doc = policy.source
-        out: list[Diagnostic] = []
-        last = 0
-        for i, step in enumerate(policy.steps):
-            if step.kind is StepKind.SET_WEIGHT and step.weight is not None:
-                if step.weight <= last:
-                    out.append(
-                        doc.diagnostic(
-                            ("spec", "steps", i, "setWeight"),
-                            f"weights must rise from step to step ({step.weight} after {last})",
-                            "steps.weight",
-                        )
-                    )
-                last = max(last, step.weight)
-            if step.kind is StepKind.ANALYSIS and policy.analysis is None:
-                out.append(
-                    doc.diagnostic(
-                        ("spec", "steps", i, "analysis"),
-                        "an analysis step needs spec.analysis with its interval and checks",
-                        "steps.analysis",
-                    )
-                )
-        if policy.analysis is not None:
-            checks = policy.analysis.checks
-            base: Path = ("spec", "analysis", "checks")
-            out += _duplicates(doc, base, [c.name for c in checks], "name", "check")
-            for i, chk in enumerate(checks):
-                bounds = (chk.min, chk.max, chk.min_ratio_to_stable, chk.max_ratio_to_stable)
-                if all(b is None for b in bounds):
-                    out.append(
-                        doc.diagnostic(
-                            (*base, i),
-                            "a check needs at least one of min, max, minRatioToStable, "
-                            "maxRatioToStable",
-                            "analysis.bounds",
-                        )
-                    )
-                for low, high, names in (
-                    (chk.min, chk.max, ("min", "max")),
-                    (chk.min_ratio_to_stable, chk.max_ratio_to_stable,
-                     ("minRatioToStable", "maxRatioToStable")),
-                ):
-                    if low is not None and high is not None and low > high:
-                        out.append(
-                            doc.diagnostic(
-                                (*base, i, names[0]),
-                                f"{names[0]} ({low:g}) is above {names[1]} ({high:g})",
-                                "analysis.bounds",
-                            )
-                        )
-        return out
-
-    def check_model(
-        self, model: Model, pools: Mapping[str, GPUPool], policies: Mapping[str, RolloutPolicy]
-    ) -> list[Diagnostic]:
-        doc = model.source
-        out: list[Diagnostic] = []
-        out += self.check_artifact(model)
-        out += self.check_service(model)
-        res = model.resources
-        res_path: Path = ("spec", "resources")
-        if (res.gpu is None) == (res.gpu_memory is None):
-            out.append(
-                doc.diagnostic(
-                    res_path,
-                    "set exactly one of gpu (a count or fraction) or gpuMemory",
-                    "resources.gpu",
-                )
-            )
-        elif res.gpu is not None and res.gpu > 1 and res.gpu != int(res.gpu):
-            out.append(
-                doc.diagnostic(
-                    (*res_path, "gpu"),
-                    f"more than one GPU must be a whole number (got {res.gpu:g})",
-                    "resources.gpu",
-                )
-            )
-        if model.rollout not in policies and ObjectRef("RolloutPolicy", model.rollout) not in self.invalid:
-            out.append(
-                doc.diagnostic(
-                    ("spec", "rollout"),
-                    f"no RolloutPolicy named {model.rollout!r}{suggest(model.rollout, list(policies))}"
-                    + _known(policies),
-                    "ref.rollout",
-                )
-            )
-        pool = pools.get(model.pool)
-        if pool is None:
-            if ObjectRef("GPUPool", model.pool) not in self.invalid:
-                out.append(
-                    doc.diagnostic(
-                        ("spec", "pool"),
-                        f"no GPUPool named {model.pool!r}{suggest(model.pool, list(pools))}"
-                        + _known(pools),
-                        "ref.pool",
-                    )
-                )
-            return out
-        if pool.quota(model.team) is None:
-            teams = [q.team for q in pool.quotas]
-            out.append(
-                doc.diagnostic(
-                    ("spec", "team"),
-                    f"team {model.team!r} has no quota in pool {pool.name!r}"
-                    f"{suggest(model.team, teams)} (teams: {', '.join(teams)})",
-                    "ref.team",
-                )
-            )
-        if not any(d.rule == "resources.gpu" for d in out):
-            out += _check_fit(model, pool)
-        return out
-
-    def check_artifact(self, model: Model) -> list[Diagnostic]:
-        doc, art = model.source, model.artifact
-        base: Path = ("spec", "artifact")
-        given = [n for n, v in (("path", art.path), ("url", art.url), ("bentoModel", art.bento_model)) if v]
-        if len(given) != 1:
-            got = ", ".join(given) or "none"
-            return [doc.diagnostic(base, f"set exactly one of path, url or bentoModel (got {got})", "artifact.source")]
-        if art.sha256 and not art.url:
-            return [doc.diagnostic((*base, "sha256"), "sha256 goes with url only", "artifact.source")]
-        if art.url:
-            parts = urlsplit(art.url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                return [doc.diagnostic((*base, "url"), f"must be an http(s) URL with a host (got {art.url!r})", "artifact.url")]
-            if parts.username or parts.password:
-                return [doc.diagnostic((*base, "url"), "must not carry credentials; mdc reads tokens from its environment", "artifact.url")]
-            return []
-        if art.path:
-            return self.check_in_repo(doc, (*base, "path"), art.path, "ref.artifact", "artifact")
-        return []
-
-    def check_in_repo(self, doc: Document, path: Path, ref: str, rule: str, what: str) -> list[Diagnostic]:
-        try:
-            _, kind = resolve(self.tree, clean_reference(ref))
-        except UnsafePath as exc:
-            return [doc.diagnostic(path, str(exc), "path.unsafe")]
-        if kind is None:
-            return [doc.diagnostic(path, f"{what} {ref!r} does not exist in the repo", rule)]
-        if kind not in (EntryKind.FILE, EntryKind.DIR):
-            return [doc.diagnostic(path, f"{what} {ref!r} is not a regular file or directory", rule)]
-        return []
-
-    def check_service(self, model: Model) -> list[Diagnostic]:
-        doc, where = model.source, ("spec", "service")
-        problems = self.check_in_repo(doc, where, model.service_module, "ref.service", "service module")
-        if problems:
-            return problems
-        target, kind = resolve(self.tree, model.service_module)
-        if kind is not EntryKind.FILE:
-            return [doc.diagnostic(where, f"service module {model.service_module!r} is not a file", "ref.service")]
-        if self.tree.size(target) > _MAX_SERVICE_BYTES:
-            return [doc.diagnostic(where, f"service module {model.service_module!r} is over {_MAX_SERVICE_BYTES} bytes", "ref.service")]
-        try:
-            module = ast.parse(self.tree.read(target), filename=model.service_module)
-        except (SyntaxError, ValueError) as exc:
-            line = getattr(exc, "lineno", None) or "?"
-            return [doc.diagnostic(where, f"cannot parse {model.service_module} (line {line}): {exc}", "ref.service")]
-        classes = [n.name for n in module.body if isinstance(n, ast.ClassDef)]
-        if model.service_class not in classes:
-            return [
-                doc.diagnostic(
-                    where,
-                    f"{model.service_module} defines no class {model.service_class!r}"
-                    f"{suggest(model.service_class, classes)} (classes: {', '.join(classes) or 'none'})",
-                    "ref.service",
-                )
-            ]
-        return []
-
-
-def _check_fit(model: Model, pool: GPUPool) -> list[Diagnostic]:
-    res, doc = model.resources, model.source
-    fractional = res.gpu_memory is not None or (res.gpu is not None and res.gpu < 1)
-    if fractional and pool.sharing is Sharing.WHOLE:
-        return [
-            doc.diagnostic(
-                ("spec", "resources"),
-                f"asks for a share of a GPU ({res.describe()}) but pool {pool.name!r} "
-                "shares whole GPUs only",
-                "fit.sharing",
-            )
-        ]
-    known = [node for node in pool.nodes if node.gpus]
-    if len(known) < len(pool.nodes):
-        return []  # an NVML node may have anything: the ledger decides at run time
-    if res.gpu_memory is not None:
-        biggest = max((g.memory for n in known for g in n.gpus), default=0)
-        if res.gpu_memory > biggest:
-            return [
-                doc.diagnostic(
-                    ("spec", "resources", "gpuMemory"),
-                    f"needs {format_bytes(res.gpu_memory)} on one GPU; the largest GPU in pool "
-                    f"{pool.name!r} has {format_bytes(biggest)}",
-                    "fit.node",
-                )
-            ]
-    elif res.whole_gpus:
-        largest = max(known, key=lambda n: n.gpu_count)
-        if res.whole_gpus > largest.gpu_count:
-            return [
-                doc.diagnostic(
-                    ("spec", "resources", "gpu"),
-                    f"needs {res.whole_gpus} GPUs on one node; the largest node of pool "
-                    f"{pool.name!r} has {largest.gpu_count} ({largest.name})",
-                    "fit.node",
-                )
-            ]
-    return []
-
-
-def _duplicates(doc: Document, base: Path, names: list[str], field_name: str, what: str) -> list[Diagnostic]:
-    seen: dict[str, int] = {}
-    out = []
-    for i, name in enumerate(names):
-        if name in seen:
-            out.append(
-                doc.diagnostic(
-                    (*base, i, field_name),
-                    f"{what} {name!r} appears twice (also at {format_index(base, seen[name])})",
-                    f"spec.unique-{what}",
-                )
-            )
-        else:
-            seen[name] = i
-    return out
-
-
-def format_index(base: Path, index: int) -> str:
-    return f"{base[-1]}[{index}]"
-
-
-def _known(objects: Mapping[str, Any]) -> str:
-    return f" (known: {', '.join(sorted(objects))})" if objects else " (none is defined)"
-
-
-def _hidden(path: str) -> bool:
-    return any(part.startswith(".") for part in path.split("/")[:-1])
-
-
-# -- builders: validated document -> typed object -----------------------------
+# -- builders: schema-valid document -> typed object --------------------------
 
 
 def _model(doc: Document) -> Model:
@@ -683,7 +228,9 @@ def _model(doc: Document) -> Model:
         name=doc.data["metadata"]["name"],
         version=spec["version"],
         team=spec["team"],
-        artifact=Artifact(art.get("path"), art.get("url"), art.get("sha256"), art.get("bentoModel")),
+        artifact=Artifact(
+            art.get("path"), art.get("url"), art.get("sha256"), art.get("bentoModel")
+        ),
         service_module=_module_file(module),
         service_class=cls,
         resources=Resources(
@@ -734,7 +281,9 @@ def _policy(doc: Document) -> RolloutPolicy:
     return RolloutPolicy(
         name=doc.data["metadata"]["name"],
         steps=steps,
-        analysis=None if analysis is None else Analysis(
+        analysis=None
+        if analysis is None
+        else Analysis(
             interval=parse_duration(analysis["interval"]),
             failure_limit=analysis.get("failureLimit", 0),
             min_requests=analysis.get("minRequests", 10),
@@ -769,10 +318,9 @@ def _maybe_duration(text: str | None) -> float | None:
     return None if text is None else parse_duration(text)
 
 
-def iter_objects(desired: Desired) -> Iterable[Model | GPUPool | RolloutPolicy]:
-    yield from desired.pools.values()
-    yield from desired.policies.values()
-    yield from desired.models.values()
-
-
-_ = posixpath  # posix paths are built by tree.py; kept for readers of this module
+#: Spec kind -> the builder for a schema-valid document of that kind.
+BUILDERS: Mapping[str, Callable[[Document], Model | GPUPool | RolloutPolicy]] = {
+    "Model": _model,
+    "GPUPool": _pool,
+    "RolloutPolicy": _policy,
+}

@@ -17,11 +17,18 @@ args = bentoml.use_arguments()
 MODEL_TAG = getattr(args, "model_tag", None)
 
 
-def rank_documents(weights: dict[str, Any], documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def rank_documents(
+    weights: dict[str, Any], documents: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """The documents with a ``score``, best first; ties keep their input order."""
     scored = [
-        dict(doc, score=sum(w * float(doc.get(name, 0.0))
-                            for name, w in zip(weights["features"], weights["weights"], strict=True)))
+        dict(
+            doc,
+            score=sum(
+                w * float(doc.get(name, 0.0))
+                for name, w in zip(weights["features"], weights["weights"], strict=True)
+            ),
+        )
         for doc in documents
     ]
     return sorted(scored, key=lambda d: -d["score"])

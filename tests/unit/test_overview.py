@@ -1,0 +1,89 @@
+"""The plan summary: GPU use per team against quota, and policy timelines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from controller.loader import load_desired
+from controller.overview import gpu_equivalent, policy_timeline, summarize, team_usage
+from controller.spec import Desired
+from controller.tree import DirTree
+from tests.conftest import EXAMPLE_REPO
+
+
+@pytest.fixture(scope="module")
+def example() -> Desired:
+    return load_desired(DirTree(EXAMPLE_REPO)).desired
+
+
+def test_example_team_usage(example: Desired) -> None:
+    rows = {(r.pool, r.team): r for r in team_usage(example)}
+    fraud = rows[("shared-a100", "fraud")]
+    assert (fraud.requested, fraud.canary_peak, fraud.verdict) == (2.0, 4.0, "ok")
+    search = rows[("shared-a100", "search")]
+    # 10Gi on the smallest GPU that holds it (40Gi) is a quarter GPU
+    assert (search.requested, search.canary_peak) == (0.25, 0.5)
+    assert search.models == ("search-ranker",)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "replicas", "verdict"),
+    [
+        ("1", 1, "ok"),  # 1 held, 2 at peak; guaranteed 1, limit 2
+        ("2", 1, "canary may wait"),  # 2 held (borrows), 4 at peak > limit 2
+        ("0.75", 2, "canary may wait"),  # 1.5 held, 3 at peak
+        ("0.5", 1, "ok"),
+    ],
+)
+def test_verdicts(make_repo: Callable[..., Path], gpu: str, replicas: int, verdict: str) -> None:
+    repo = make_repo()
+    model = repo / "models" / "model.yaml"
+    model.write_text(model.read_text().replace("gpu: 1", f"gpu: {gpu}\n    replicas: {replicas}"))
+    result = load_desired(DirTree(repo))
+    assert result.ok, result.diagnostics
+    (row,) = team_usage(result.desired)
+    assert row.verdict == verdict
+
+
+def test_over_limit_verdict(make_repo: Callable[..., Path]) -> None:
+    repo = make_repo()
+    model = repo / "models" / "model.yaml"
+    model.write_text(model.read_text().replace("gpu: 1", "gpu: 2\n    replicas: 2"))
+    (row,) = team_usage(load_desired(DirTree(repo)).desired)
+    assert (row.requested, row.verdict) == (4.0, "over limit")
+
+
+def test_example_timelines(example: Desired) -> None:
+    standard = policy_timeline(example.policies["standard-canary"])
+    # 3x30s + 2m + 3x30s + 5x30s = 7m30s, and one approval
+    assert (standard.min_seconds, standard.approvals) == (450.0, 1)
+    assert standard.steps[0] == "10%"
+    assert "wait for approval" in standard.steps
+    assert standard.describe().endswith("(at least 7m30s + 1 approval)")
+    fast = policy_timeline(example.policies["fast"])
+    assert (fast.min_seconds, fast.approvals) == (20.0, 0)
+    assert (
+        fast.describe() == "20% -> analyse 2x5s -> 60% -> analyse 2x5s -> promote  (at least 20s)"
+    )
+
+
+def test_gpu_equivalent_of_memory_request(example: Desired) -> None:
+    pool = example.pools["shared-a100"]
+    assert gpu_equivalent(example.models["search-ranker"], pool) == 0.25
+    assert gpu_equivalent(example.models["fraud-scorer"], pool) == 2.0
+
+
+def test_summary_is_json_ready(example: Desired) -> None:
+    data = json.loads(json.dumps(summarize(example)))
+    assert [p["name"] for p in data["pools"]] == ["shared-a100"]
+    assert data["pools"][0]["nodes"][1]["gpus"] == [
+        {"product": "NVIDIA A100-SXM4-40GB", "memory": "40Gi", "count": 4}
+    ]
+    assert {m["name"]: m["gpus"] for m in data["models"]} == {
+        "fraud-scorer": 2.0,
+        "search-ranker": 0.25,
+    }
