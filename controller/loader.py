@@ -25,7 +25,7 @@ reconciler.
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,14 +74,41 @@ def load_desired(tree: Tree, limits: Limits | None = None) -> LoadResult:
     return _Loader(tree, limits or Limits()).run()
 
 
+class _Memo:
+    """One load reads one snapshot: remember what each path is, since
+    :func:`resolve` asks again for the same parent directories."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.inner = tree
+        self.kinds: dict[str, EntryKind | None] = {}
+
+    def walk(self) -> Iterator[str]:
+        return self.inner.walk()
+
+    def kind(self, path: str) -> EntryKind | None:
+        if path not in self.kinds:
+            self.kinds[path] = self.inner.kind(path)
+        return self.kinds[path]
+
+    def size(self, path: str) -> int:
+        return self.inner.size(path)
+
+    def read(self, path: str) -> bytes:
+        return self.inner.read(path)
+
+    def readlink(self, path: str) -> str:
+        return self.inner.readlink(path)
+
+
 class _Loader:
     def __init__(self, tree: Tree, limits: Limits) -> None:
-        self.tree = tree
+        self.tree: Tree = _Memo(tree)
         self.limits = limits
         self.problems: list[Diagnostic] = []
         self.invalid: set[ObjectRef] = set()
         self.unreadable: set[str] = set()
         self.seen: set[str] = set()
+        self.modules: dict[str, list[str] | str] = {}
 
     # -- files and documents ------------------------------------------------
 
@@ -440,6 +467,18 @@ class _Loader:
             ]
         return []
 
+    def classes_in(self, target: str, shown: str) -> list[str] | str:
+        """Top-level class names of a Python module (parsed, never run), or why not."""
+        if target not in self.modules:
+            try:
+                module = ast.parse(self.tree.read(target), filename=shown)
+            except (SyntaxError, ValueError) as exc:
+                line = getattr(exc, "lineno", None) or "?"
+                self.modules[target] = f"cannot parse {shown} (line {line}): {exc}"
+            else:
+                self.modules[target] = [n.name for n in module.body if isinstance(n, ast.ClassDef)]
+        return self.modules[target]
+
     def check_service(self, model: Model) -> list[Diagnostic]:
         doc, where = model.source, ("spec", "service")
         problems = self.check_in_repo(
@@ -462,18 +501,9 @@ class _Loader:
                     "ref.service",
                 )
             ]
-        try:
-            module = ast.parse(self.tree.read(target), filename=model.service_module)
-        except (SyntaxError, ValueError) as exc:
-            line = getattr(exc, "lineno", None) or "?"
-            return [
-                doc.diagnostic(
-                    where,
-                    f"cannot parse {model.service_module} (line {line}): {exc}",
-                    "ref.service",
-                )
-            ]
-        classes = [n.name for n in module.body if isinstance(n, ast.ClassDef)]
+        classes = self.classes_in(target, model.service_module)
+        if isinstance(classes, str):
+            return [doc.diagnostic(where, classes, "ref.service")]
         if model.service_class not in classes:
             return [
                 doc.diagnostic(
