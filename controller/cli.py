@@ -11,7 +11,7 @@ Exit codes scripts can trust:
 * 1 -- the command ran and found a problem (invalid specs)
 * 2 -- usage error (unknown flag, a path that is not a directory)
 
-Verbs so far: ``validate``, ``plan``, ``version``. Called by the ``mdc``
+Verbs so far: ``validate``, ``plan``, ``history``, ``version``. Called by the ``mdc``
 console script and ``python -m controller``.
 """
 
@@ -22,10 +22,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from controller import __version__
 from controller.documents import Diagnostic
+from controller.errors import MdcError
+from controller.gitsource import GitSource
+from controller.history import model_history
 from controller.loader import LoadResult, load_desired
 from controller.overview import policy_timeline, summarize, team_usage
 from controller.tree import DirTree
@@ -81,6 +85,16 @@ def _parser() -> argparse.ArgumentParser:
         "plan", "Show what a spec repository asks for: GPUs per team, rollout timelines."
     )
     plan.add_argument("path", nargs="?", default=".", help="spec repository (default: .)")
+    history = read_command(
+        "history", "Every change to a model's spec, merged with what mdc did about it."
+    )
+    history.add_argument("model", help="the model's name (metadata.name)")
+    history.add_argument(
+        "--repo", default=".", help="a local repository or a remote URL (default: .)"
+    )
+    history.add_argument("--branch", help="the release branch (default: the repo's HEAD, or main)")
+    history.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
+    history.add_argument("--limit", type=int, default=200, help="most events shown")
     read_command("version", "Print the version.")
     return parser
 
@@ -105,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"mdc {__version__}")
         return EXIT_OK
+    if args.verb == "history":
+        return _history(args)
     try:
         tree = DirTree(args.path)
     except NotADirectoryError:
@@ -222,3 +238,73 @@ def _plan(path: str, result: LoadResult, fmt: str) -> int:
         )
         print(f"    service {model.service_module}:{model.service_class}", file=out)
     return code
+
+
+def _open_history_repo(args: argparse.Namespace) -> tuple[Any, str, str | None]:
+    """The repository to read, the release branch tip and the status branch tip."""
+    import pygit2  # noqa: PLC0415 - only this verb needs libgit2
+
+    local = Path(args.repo)
+    if local.exists():
+        found = pygit2.discover_repository(str(local))
+        if found is None:
+            raise _UsageError(f"{args.repo}: not a git repository")
+        repo = pygit2.Repository(found)
+        branch = args.branch or (repo.head.shorthand if not repo.head_is_unborn else "main")
+        tips = {
+            b: _first_ref(repo, [f"refs/heads/{b}", f"refs/remotes/origin/{b}"])
+            for b in (branch, args.status_branch)
+        }
+    else:
+        source = GitSource(args.repo, args.branch or "main", _cache_dir())
+        repo = source.repo
+        branch = source.branch
+        tips = source.fetch_refs([branch, args.status_branch])
+    tip = tips[branch]
+    if tip is None:
+        raise _UsageError(f"{args.repo}: no branch {branch!r}")
+    return repo, tip, tips[args.status_branch]
+
+
+def _first_ref(repo: Any, names: list[str]) -> str | None:
+    for name in names:
+        ref = repo.references.get(name)
+        if ref is not None:
+            return str(ref.resolve().target)
+    return None
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mdc"
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _history(args: argparse.Namespace) -> int:
+    try:
+        repo, tip, status_tip = _open_history_repo(args)
+    except _UsageError as exc:
+        print(f"mdc history: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MdcError as exc:
+        print(f"mdc history: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    events = model_history(repo, tip, status_tip, args.model, args.limit)
+    if args.format == "json":
+        print(json.dumps({"model": args.model, "events": [e.as_dict() for e in events]}, indent=2))
+    else:
+        style = _Style(sys.stdout)
+        for e in events:
+            label = style.bold("spec  ") if e.kind == "spec" else style.green("status")
+            print(f"{e.when}  {label}  {e.commit[:10]}  {e.subject}  ({e.author})")
+            for change in e.changes:
+                print(f"    {change}")
+            if e.source_revision:
+                print(f"    for {e.source_revision}")
+    if not events:
+        print(f"mdc history: no change to model {args.model!r} found", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK

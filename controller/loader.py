@@ -25,6 +25,7 @@ reconciler.
 from __future__ import annotations
 
 import ast
+import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,7 @@ from controller.spec import (
 from controller.tree import EntryKind, Tree, clean_reference, resolve
 from controller.units import format_bytes
 
-__all__ = ["LoadResult", "load_desired"]
+__all__ = ["LoadResult", "ParseCache", "load_desired"]
 
 _API_GROUP = API_VERSION.split("/")[0] + "/"
 _MAX_SERVICE_BYTES = 1 << 20
@@ -69,9 +70,116 @@ class LoadResult:
         return not self.diagnostics
 
 
-def load_desired(tree: Tree, limits: Limits | None = None) -> LoadResult:
-    """Read every spec in ``tree``, validate it, and report all problems."""
-    return _Loader(tree, limits or Limits()).run()
+def load_desired(
+    tree: Tree, limits: Limits | None = None, cache: ParseCache | None = None
+) -> LoadResult:
+    """Read every spec in ``tree``, validate it, and report all problems.
+
+    With a :class:`ParseCache` shared between calls, files whose bytes did not
+    change since the previous call are not parsed or schema-checked again; the
+    cross-object rules always run over everything.
+    """
+    return _Loader(tree, limits or Limits(), cache).run()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One file parsed, classified and schema-checked: a pure function of its
+    path and bytes, so it can be reused while the bytes stay the same."""
+
+    problems: tuple[Diagnostic, ...]
+    unreadable: bool
+    objects: tuple[tuple[str, Any], ...]  # (kind, built object) for schema-valid documents
+    invalid: tuple[ObjectRef, ...]
+
+
+class ParseCache:
+    """Prepared files by (path, content digest), kept for the last load only."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, bytes], _Prepared] = {}
+        self._used: set[tuple[str, bytes]] = set()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, bytes]) -> _Prepared | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self.hits += 1
+            self._used.add(key)
+        return found
+
+    def put(self, key: tuple[str, bytes], value: _Prepared) -> None:
+        self.misses += 1
+        self._entries[key] = value
+        self._used.add(key)
+
+    def end_load(self) -> None:
+        self._entries = {k: v for k, v in self._entries.items() if k in self._used}
+        self._used = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _prepare(path: str, raw: bytes, strict: bool, limits: Limits) -> _Prepared:
+    documents, parse_problems = parse_yaml(path, raw, limits)
+    problems = list(parse_problems)
+    objects: list[tuple[str, Any]] = []
+    invalid: list[ObjectRef] = []
+    for document in documents:
+        kind, why = _classify(document, strict)
+        if why is not None:
+            problems.append(why)
+        if kind is None or kind not in KINDS:
+            if kind is not None:
+                invalid.extend(_ref_of(document, kind))
+            continue
+        schema_problems = schema_check(kind, document)
+        if schema_problems:
+            problems.extend(schema_problems)
+            invalid.extend(_ref_of(document, kind))
+            continue
+        objects.append((kind, BUILDERS[kind](document)))
+    return _Prepared(
+        tuple(problems), bool(parse_problems) and not documents, tuple(objects), tuple(invalid)
+    )
+
+
+def _classify(document: Document, strict: bool) -> tuple[str | None, Diagnostic | None]:
+    """The document's kind (None when it is not an mdc spec) and a problem, if any.
+
+    An unknown kind of ours comes back as-is, with a problem, so the caller
+    can still name the object as invalid.
+    """
+    data = document.data
+    api = data.get("apiVersion") if isinstance(data, dict) else None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    ours = (isinstance(api, str) and api.startswith(_API_GROUP)) or kind in KINDS
+    if not ours:
+        if not strict:
+            return None, None
+        return None, document.diagnostic(
+            (),
+            f"not an mdc spec: files under {', '.join(d + '/' for d in SPEC_DIRS)} "
+            f"must set apiVersion: {API_VERSION} and a kind ({', '.join(KINDS)})",
+            "spec.kind",
+        )
+    if kind not in KINDS:
+        where: Path = ("kind",) if isinstance(data, dict) and "kind" in data else ()
+        return str(kind), document.diagnostic(
+            where,
+            f"unknown kind {kind!r}{suggest(str(kind), list(KINDS))}; mdc knows {', '.join(KINDS)}",
+            "spec.kind",
+        )
+    return str(kind), None
+
+
+def _ref_of(document: Document, kind: str) -> list[ObjectRef]:
+    data = document.data
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return [ObjectRef(kind, name)] if isinstance(name, str) else []
 
 
 class _Memo:
@@ -101,9 +209,10 @@ class _Memo:
 
 
 class _Loader:
-    def __init__(self, tree: Tree, limits: Limits) -> None:
+    def __init__(self, tree: Tree, limits: Limits, cache: ParseCache | None) -> None:
         self.tree: Tree = _Memo(tree)
         self.limits = limits
+        self.cache = cache
         self.problems: list[Diagnostic] = []
         self.invalid: set[ObjectRef] = set()
         self.unreadable: set[str] = set()
@@ -113,7 +222,7 @@ class _Loader:
     # -- files and documents ------------------------------------------------
 
     def run(self) -> LoadResult:
-        by_kind: dict[str, list[Document]] = {kind: [] for kind in KINDS}
+        by_kind: dict[str, list[Any]] = {kind: [] for kind in KINDS}
         for path in self.tree.walk():
             if not path.endswith((".yaml", ".yml")) or _hidden(path):
                 continue
@@ -121,18 +230,19 @@ class _Loader:
             raw = self.read(path, strict)
             if raw is None:
                 continue
-            documents, problems = parse_yaml(path, raw, self.limits)
-            self.problems.extend(problems)
-            if problems and not documents:
+            prepared = self.prepare(path, raw, strict)
+            self.problems.extend(prepared.problems)
+            self.invalid.update(prepared.invalid)
+            if prepared.unreadable:
                 self.unreadable.add(path)
-            for document in documents:
-                kind = self.classify(document, strict)
-                if kind is not None:
-                    by_kind[kind].append(document)
+            for kind, obj in prepared.objects:
+                by_kind[kind].append(obj)
+        if self.cache is not None:
+            self.cache.end_load()
 
-        pools = self.build(by_kind["GPUPool"], "GPUPool")
-        policies = self.build(by_kind["RolloutPolicy"], "RolloutPolicy")
-        models = self.build(by_kind["Model"], "Model")
+        pools = self.unique(by_kind["GPUPool"], "GPUPool")
+        policies = self.unique(by_kind["RolloutPolicy"], "RolloutPolicy")
+        models = self.unique(by_kind["Model"], "Model")
         for pool in list(pools.values()):
             self.drop_if(pool.source, "GPUPool", pool.name, self.check_pool(pool), pools)
         for policy in list(policies.values()):
@@ -151,6 +261,16 @@ class _Loader:
             frozenset(self.invalid),
             frozenset(self.unreadable),
         )
+
+    def prepare(self, path: str, raw: bytes, strict: bool) -> _Prepared:
+        if self.cache is None:
+            return _prepare(path, raw, strict, self.limits)
+        key = (path, hashlib.blake2b(raw, digest_size=16).digest())
+        found = self.cache.get(key)
+        if found is None:
+            found = _prepare(path, raw, strict, self.limits)
+            self.cache.put(key, found)
+        return found
 
     def read(self, path: str, strict: bool) -> bytes | None:
         def refuse(message: str, rule: str) -> None:
@@ -182,58 +302,15 @@ class _Loader:
             return None
         return raw
 
-    def classify(self, document: Document, strict: bool) -> str | None:
-        data = document.data
-        api = data.get("apiVersion") if isinstance(data, dict) else None
-        kind = data.get("kind") if isinstance(data, dict) else None
-        ours = (isinstance(api, str) and api.startswith(_API_GROUP)) or kind in KINDS
-        if not ours:
-            if strict:
-                self.problems.append(
-                    document.diagnostic(
-                        (),
-                        f"not an mdc spec: files under {', '.join(d + '/' for d in SPEC_DIRS)} "
-                        f"must set apiVersion: {API_VERSION} and a kind "
-                        f"({', '.join(KINDS)})",
-                        "spec.kind",
-                    )
-                )
-            return None
-        if kind not in KINDS:
-            where: Path = ("kind",) if isinstance(data, dict) and "kind" in data else ()
-            self.problems.append(
-                document.diagnostic(
-                    where,
-                    f"unknown kind {kind!r}{suggest(str(kind), list(KINDS))}; "
-                    f"mdc knows {', '.join(KINDS)}",
-                    "spec.kind",
-                )
-            )
-            self.note_invalid(document, str(kind))
-            return None
-        return str(kind)
-
-    def note_invalid(self, document: Document, kind: str) -> None:
-        data = document.data
-        meta = data.get("metadata") if isinstance(data, dict) else None
-        name = meta.get("name") if isinstance(meta, dict) else None
-        if isinstance(name, str):
-            self.invalid.add(ObjectRef(kind, name))
-
-    def build(self, documents: list[Document], kind: str) -> dict[str, Any]:
+    def unique(self, objects: list[Any], kind: str) -> dict[str, Any]:
+        """Objects by name; a name defined twice makes both invalid."""
         out: dict[str, Any] = {}
-        for document in documents:
-            problems = schema_check(kind, document)
-            if problems:
-                self.problems.extend(problems)
-                self.note_invalid(document, kind)
-                continue
-            obj = BUILDERS[kind](document)
+        for obj in objects:
             if obj.name in out:
                 first = out[obj.name].source
                 where = first.locate(("metadata", "name"))
                 self.problems.append(
-                    document.diagnostic(
+                    obj.source.diagnostic(
                         ("metadata", "name"),
                         f"{kind} {obj.name!r} is already defined at {first.file}:{where.line}",
                         "spec.unique-name",
