@@ -28,7 +28,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -53,6 +53,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: libgit2's limits for connecting to and hearing from a remote.
+CONNECT_TIMEOUT_MS = 10_000
+IO_TIMEOUT_MS = 60_000
 
 _MODE_TREE = 0o040000
 _MODE_LINK = 0o120000
@@ -133,12 +137,15 @@ class Credentials:
     password: str | None = field(default=None, repr=False)  # a token or a password
     ssh_key: Path | None = None
     ssh_passphrase: str | None = field(default=None, repr=False)
+    ssh_known_hosts: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Credentials:
         """Read ``MDC_GIT_USERNAME``, ``MDC_GIT_TOKEN`` (or ``MDC_GIT_TOKEN_FILE``),
         ``MDC_GIT_PASSWORD`` (or ``_FILE``), ``MDC_GIT_SSH_KEY`` (a private key
-        file; the public key is ``KEY.pub``) and ``MDC_GIT_SSH_PASSPHRASE``.
+        file; the public key is ``KEY.pub``), ``MDC_GIT_SSH_PASSPHRASE`` and
+        ``MDC_GIT_SSH_KNOWN_HOSTS`` (the host keys to trust; without it, those
+        in ``~/.ssh/known_hosts``).
         A token alone authenticates as ``x-access-token``, as GitHub expects.
         """
         env = os.environ if env is None else env
@@ -161,12 +168,19 @@ class Credentials:
         password = secret("MDC_GIT_PASSWORD") or token
         username = env.get("MDC_GIT_USERNAME") or ("x-access-token" if token else None)
         key = env.get("MDC_GIT_SSH_KEY")
-        return cls(username, password, Path(key) if key else None, secret("MDC_GIT_SSH_PASSPHRASE"))
+        known = env.get("MDC_GIT_SSH_KNOWN_HOSTS")
+        return cls(
+            username,
+            password,
+            Path(key) if key else None,
+            secret("MDC_GIT_SSH_PASSPHRASE"),
+            Path(known) if known else None,
+        )
 
     def with_url(self, remote: RemoteURL) -> Credentials:
         """These credentials, completed by the user-info the URL carried."""
         if remote.password and not self.password:
-            return Credentials(remote.username, remote.password, self.ssh_key, self.ssh_passphrase)
+            return replace(self, username=remote.username, password=remote.password)
         return self
 
     def redact(self, text: str) -> str:
@@ -186,6 +200,14 @@ class _Callbacks(pygit2.RemoteCallbacks):
         self._creds = credentials
         self.asked = 0
         self.rejected: dict[str, str] = {}
+        self.untrusted_host: str | None = None
+
+    def certificate_check(self, certificate: Any, valid: bool, host: bytes | str) -> bool:
+        """Trust only what libgit2 verified: a TLS chain, or an ssh host key
+        found in known_hosts (pygit2 does not hand us the key itself)."""
+        if not valid:
+            self.untrusted_host = host.decode() if isinstance(host, bytes) else str(host)
+        return bool(valid)
 
     def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> Any:
         self.asked += 1
@@ -243,6 +265,7 @@ class GitSource:
         self.branch = branch
         self.credentials = (credentials or Credentials()).with_url(self.remote)
         self._clock = clock
+        _configure_libgit2(Path(state_dir), self.credentials)
         key = hashlib.sha256(self.remote.url.encode()).hexdigest()[:16]
         path = Path(state_dir) / "mirrors" / f"{key}.git"
         if (path / "HEAD").exists():
@@ -264,8 +287,9 @@ class GitSource:
     def fetch_refs(self, branches: list[str]) -> dict[str, str | None]:
         """Fetch ``branches`` (force-aware) and return each one's tip, None if absent."""
         specs = [f"+refs/heads/{b}:refs/remotes/origin/{b}" for b in branches]
+        callbacks = self.callbacks()
         try:
-            self.remote_handle().fetch(specs, callbacks=self.callbacks())
+            self.remote_handle().fetch(specs, callbacks=callbacks)
         except _AuthFailed as exc:
             raise TransientError(
                 f"fetch from {self.remote.display} failed: {exc}",
@@ -273,6 +297,14 @@ class GitSource:
                 retry_after=60,
             ) from None
         except (pygit2.GitError, OSError) as exc:
+            if callbacks.untrusted_host is not None:
+                raise TransientError(
+                    f"fetch from {self.remote.display} refused: the identity of "
+                    f"{callbacks.untrusted_host} could not be verified (for ssh, add its host "
+                    "key to MDC_GIT_SSH_KNOWN_HOSTS or ~/.ssh/known_hosts)",
+                    reason="GitHostUntrusted",
+                    retry_after=60,
+                ) from None
             raise TransientError(
                 self.credentials.redact(f"fetch from {self.remote.display} failed: {exc}"),
                 reason="GitUnavailable",
@@ -316,6 +348,21 @@ class GitSource:
 
     def remembered(self, name: str) -> str | None:
         return self.tip(f"refs/mdc/{name}")
+
+
+def _configure_libgit2(state_dir: Path, credentials: Credentials) -> None:
+    """Process-wide libgit2 settings: timeouts, so a black-holed remote is an
+    error rather than a hang, and, with ``ssh_known_hosts``, a home directory of
+    mdc's own whose ``.ssh/known_hosts`` is that file (libgit2 checks ssh host
+    keys against ``HOME/.ssh/known_hosts`` and nothing else)."""
+    pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
+    pygit2.settings.server_timeout = IO_TIMEOUT_MS
+    if credentials.ssh_known_hosts is not None:
+        home = state_dir / "home"
+        (home / ".ssh").mkdir(parents=True, exist_ok=True)
+        data = Path(credentials.ssh_known_hosts).read_bytes()
+        (home / ".ssh" / "known_hosts").write_bytes(data)
+        pygit2.settings.homedir = str(home)
 
 
 class GitTree:

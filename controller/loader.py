@@ -50,7 +50,7 @@ from controller.spec import (
 from controller.tree import EntryKind, Tree, clean_reference, resolve
 from controller.units import format_bytes
 
-__all__ = ["LoadResult", "ParseCache", "load_desired"]
+__all__ = ["LoadResult", "ParseCache", "SnapshotLoader", "load_desired"]
 
 _API_GROUP = API_VERSION.split("/")[0] + "/"
 _MAX_SERVICE_BYTES = 1 << 20
@@ -91,6 +91,27 @@ class _Prepared:
     unreadable: bool
     objects: tuple[tuple[str, Any], ...]  # (kind, built object) for schema-valid documents
     invalid: tuple[ObjectRef, ...]
+
+
+class SnapshotLoader:
+    """Loads successive snapshots of one repository as cheaply as they allow.
+
+    The same tree id as last time returns the last result without reading
+    anything (a no-op poll); otherwise only files whose bytes changed are
+    parsed again (see :class:`ParseCache`).
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits
+        self.cache = ParseCache()
+        self._last: tuple[str, LoadResult] | None = None
+
+    def load(self, tree: Tree, tree_id: str) -> LoadResult:
+        if self._last is not None and self._last[0] == tree_id:
+            return self._last[1]
+        result = load_desired(tree, self.limits, self.cache)
+        self._last = (tree_id, result)
+        return result
 
 
 class ParseCache:
@@ -218,6 +239,7 @@ class _Loader:
         self.unreadable: set[str] = set()
         self.seen: set[str] = set()
         self.modules: dict[str, list[str] | str] = {}
+        self.resolved: dict[str, tuple[str, EntryKind | None] | UnsafePath] = {}
 
     # -- files and documents ------------------------------------------------
 
@@ -262,6 +284,19 @@ class _Loader:
             frozenset(self.unreadable),
         )
 
+    def resolve(self, reference: str) -> tuple[str, EntryKind | None]:
+        """:func:`~controller.tree.resolve`, remembered: many models name the
+        same service module, and every one is checked."""
+        if reference not in self.resolved:
+            try:
+                self.resolved[reference] = resolve(self.tree, clean_reference(reference))
+            except UnsafePath as exc:
+                self.resolved[reference] = exc
+        found = self.resolved[reference]
+        if isinstance(found, UnsafePath):
+            raise found
+        return found
+
     def prepare(self, path: str, raw: bytes, strict: bool) -> _Prepared:
         if self.cache is None:
             return _prepare(path, raw, strict, self.limits)
@@ -278,7 +313,7 @@ class _Loader:
             self.unreadable.add(path)
 
         try:
-            target, kind = resolve(self.tree, path)
+            target, kind = self.resolve(path)
         except UnsafePath as exc:
             if strict:
                 refuse(str(exc), "path.symlink")
@@ -533,7 +568,7 @@ class _Loader:
         self, doc: Document, path: Path, ref: str, rule: str, what: str
     ) -> list[Diagnostic]:
         try:
-            _, kind = resolve(self.tree, clean_reference(ref))
+            _, kind = self.resolve(ref)
         except UnsafePath as exc:
             return [doc.diagnostic(path, str(exc), "path.unsafe")]
         if kind is None:
@@ -563,7 +598,7 @@ class _Loader:
         )
         if problems:
             return problems
-        target, kind = resolve(self.tree, model.service_module)
+        target, kind = self.resolve(model.service_module)
         if kind is not EntryKind.FILE:
             return [
                 doc.diagnostic(

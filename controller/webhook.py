@@ -227,7 +227,6 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(411, {"error": "a Content-Length is required"}, unread=True)
         if len(lengths) != 1 or not lengths[0].isdigit():
             return self._reply(400, {"error": "invalid Content-Length"}, unread=True)
-        self.rfile.read(int(lengths[0]))
         if (length := int(lengths[0])) > hook.max_body:
             return self._reply(413, {"error": f"body over {hook.max_body} bytes"}, unread=True)
         if len(body := self.rfile.read(length)) != length:

@@ -53,6 +53,7 @@ __all__ = [
     "GitDaemon",
     "GitHttpServer",
     "GitServerError",
+    "SshServer",
     "free_port",
     "git_env",
     "git_exec_path",
@@ -809,3 +810,108 @@ class GitHttpServer:
             self._record_error(f"{method} {target}: exit {proc.returncode}: {err}")
             text = f"git http-backend failed (exit {proc.returncode}):\n{stderr}\n"
             return 500, "Internal Server Error", [("Content-Type", "text/plain")], text.encode()
+
+
+class SshServer:
+    """A real OpenSSH ``sshd`` on 127.0.0.1 serving git over ssh to the current user.
+
+    Everything lives in ``workdir``: a host key, a client key pair
+    (:attr:`client_key`, with ``.pub`` beside it) whose public half is the only
+    authorized key, and a ``known_hosts`` file (:attr:`known_hosts`) with the
+    host key. ``sshd`` runs in the foreground (``-D``) in its own process group
+    and is stopped by PID. Needs the ``sshd`` binary (Debian ``openssh-server``).
+    """
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.client_key = self.dir / "client_ed25519"
+        self.known_hosts = self.dir / "known_hosts"
+        self.user = os.environ.get("USER") or "root"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("sshd") or (
+            "/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None
+        )
+
+    def url(self, repo: Path) -> str:
+        return f"ssh://{self.user}@{LOOPBACK}:{self.port}{repo}"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        sshd = self.binary()
+        if sshd is None:
+            raise GitServerError("sshd is not installed (Debian package openssh-server)")
+        host_key = self.dir / "host_ed25519"
+        for key in (host_key, self.client_key):
+            if not key.exists():
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+                )
+        authorized = self.dir / "authorized_keys"
+        authorized.write_bytes(self.client_key.with_suffix(".pub").read_bytes())
+        authorized.chmod(0o600)
+        host_pub = host_key.with_suffix(".pub").read_text().split()[:2]
+        self.known_hosts.write_text(f"[{LOOPBACK}]:{self.port} {' '.join(host_pub)}\n")
+        config = self.dir / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    f"ListenAddress {LOOPBACK}",
+                    f"HostKey {host_key}",
+                    f"AuthorizedKeysFile {authorized}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "PermitRootLogin prohibit-password",
+                    "StrictModes no",
+                    "UsePAM no",
+                    f"PidFile {self.dir / 'sshd.pid'}",
+                    f"SetEnv PATH={os.environ.get('PATH', '/usr/bin:/bin')}",
+                    "LogLevel ERROR",
+                ]
+            )
+            + "\n"
+        )
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+        self._proc = subprocess.Popen(
+            [sshd, "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        if not _wait_for_port(self.port, time.monotonic() + 10):
+            self.stop()
+            raise GitServerError(f"sshd did not listen on port {self.port}")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()

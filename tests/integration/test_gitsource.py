@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,10 +17,18 @@ from controller.errors import TransientError
 from controller.gitsource import Credentials, GitSource, SourcePoller
 from controller.history import model_history
 from controller.loader import ParseCache, load_desired
+from controller.signing import SigningMode, SigningPolicy
 from controller.statusbranch import StatusBranch
 from controller.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
-from tests.gitservers import GitDaemon, GitHttpServer, make_bare_repo, missing_git_binaries, run_git
+from tests.gitservers import (
+    GitDaemon,
+    GitHttpServer,
+    SshServer,
+    make_bare_repo,
+    missing_git_binaries,
+    run_git,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -306,3 +315,73 @@ def test_history_merges_spec_and_status(daemon: GitDaemon, tmp_path: Path) -> No
     assert events[0].phase == "Healthy"
     assert events[1].changes == ("spec.version: '1.0.0' -> '1.1.0'",)
     assert events[2].changes == ("created",)
+
+
+def test_unsigned_tip_is_refused_and_the_last_verified_stays(
+    daemon: GitDaemon, tmp_path: Path
+) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f'tests@mdc.invalid namespaces="git" {key.with_suffix(".pub").read_text()}')
+    signing = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}.pub"]
+
+    work = tmp_path / "work"
+    run_git("clone", "-q", daemon.url("specs"), work)
+    shutil.copytree(EXAMPLE_REPO, work, dirs_exist_ok=True)
+    run_git("add", "-A", cwd=work)
+    run_git(*signing, "commit", "-S", "-qm", "signed specs", cwd=work)
+    run_git("push", "-q", "origin", "HEAD:main", cwd=work)
+    signed = run_git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+    policy = SigningPolicy(SigningMode.SSH, ssh_allowed_signers=allowed)
+    poller = SourcePoller(GitSource(daemon.url("specs"), "main", tmp_path / "s"), signing=policy)
+    first = poller.poll(time.time())
+    assert first.refused is None
+    assert first.snapshot is not None
+    assert first.snapshot.commit == signed
+
+    commit_change(work, "models/fraud-scorer.yaml", '"1.0.0"', '"6.6.6"', "unsigned change")
+    run_git("push", "-q", "origin", "HEAD:main", cwd=work)
+    refused = poller.poll(time.time())
+    assert refused.refused is not None
+    assert refused.refused.reason == "Unsigned"
+    assert refused.snapshot is not None
+    assert refused.snapshot.commit == signed
+    assert "the last verified revision stays" in refused.condition
+
+    file = work / "models" / "fraud-scorer.yaml"
+    file.write_text(file.read_text().replace('"6.6.6"', '"1.1.0"'))
+    run_git(*signing, "commit", "-S", "-qam", "signed fix", cwd=work)
+    run_git("push", "-q", "origin", "HEAD:main", cwd=work)
+    fixed = poller.poll(time.time())
+    assert fixed.refused is None
+    assert fixed.changed
+    assert fixed.snapshot is not None
+    assert (
+        load_desired(poller.source.tree(fixed.snapshot)).desired.models["fraud-scorer"].version
+        == "1.1.0"
+    )
+
+
+def test_fetch_over_ssh_checks_the_host_key(tmp_path: Path) -> None:
+    if SshServer.binary() is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI lacks sshd (Debian openssh-server)")
+        pytest.skip("sshd is not installed (Debian openssh-server)")
+    bare = make_bare_repo(tmp_path, "specs")
+    sha = push_example(str(bare), tmp_path / "work")
+    with SshServer(tmp_path / "ssh") as server:
+        url = server.url(bare)
+        trusted = Credentials(ssh_key=server.client_key, ssh_known_hosts=server.known_hosts)
+        source = GitSource(url, "main", tmp_path / "state", trusted)
+        snap = source.fetch()
+        assert snap.commit == sha
+        assert set(load_desired(source.tree(snap)).desired.models) == example_models()
+
+        stranger = tmp_path / "other_known_hosts"
+        stranger.write_text(f"[127.0.0.1]:{server.port} ssh-ed25519 {'A' * 68}\n")
+        untrusted = Credentials(ssh_key=server.client_key, ssh_known_hosts=stranger)
+        with pytest.raises(TransientError) as caught:
+            GitSource(url, "main", tmp_path / "state2", untrusted).fetch()
+        assert caught.value.reason == "GitHostUntrusted"

@@ -38,7 +38,8 @@ pytestmark = pytest.mark.integration
 
 SECRET = b"It's a Secret to Everybody"
 SHA_A, SHA_B = "a" * 40, "b" * 40
-GITHUB_SPEC = ROOT.parent / "shared" / "github-rest-subset.json"
+# GitHub's own OpenAPI description, cut to the calls mdc makes (copied from shared/)
+GITHUB_SPEC = ROOT / "tests" / "fixtures" / "github" / "github-rest-subset.json"
 
 
 def sign(body: bytes, secret: bytes = SECRET) -> str:
@@ -101,8 +102,6 @@ def json_schemas() -> Any:
 
 @cache
 def github_schemas() -> dict[str, Any]:
-    if not GITHUB_SPEC.is_file():
-        pytest.skip(f"{GITHUB_SPEC} (GitHub's API description) is not here")
     return dict(json.loads(GITHUB_SPEC.read_text())["components"]["schemas"])
 
 
