@@ -11,7 +11,7 @@ Exit codes scripts can trust:
 * 1 -- the command ran and found a problem (invalid specs)
 * 2 -- usage error (unknown flag, a path that is not a directory)
 
-Verbs so far: ``validate``, ``plan``, ``history``, ``version``. Called by the ``mdc``
+Verbs so far: ``validate``, ``plan``, ``history``, ``watch``, ``version``. Called by the ``mdc``
 console script and ``python -m controller``.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -95,6 +96,25 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--branch", help="the release branch (default: the repo's HEAD, or main)")
     history.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
     history.add_argument("--limit", type=int, default=200, help="most events shown")
+    watch = read_command(
+        "watch",
+        "Follow a spec repository's release branch (poll, and webhooks) and report "
+        "each revision: changed, force-pushed, signed, valid. Changes nothing.",
+    )
+    watch.add_argument("repo", help="remote URL or path of the spec repository")
+    watch.add_argument("--branch", default="main", help="release branch (default: main)")
+    watch.add_argument("--interval", type=float, default=60.0, help="seconds between polls")
+    watch.add_argument("--state-dir", default=".mdc-state", help="where the mirror is kept")
+    watch.add_argument(
+        "--webhook",
+        metavar="HOST:PORT",
+        help="serve GitHub push webhooks here (needs "
+        "MDC_WEBHOOK_SECRET or MDC_WEBHOOK_SECRET_FILE)",
+    )
+    watch.add_argument("--once", action="store_true", help="poll once and exit")
+    watch.add_argument("--require-signed", choices=("gpg", "ssh"), help="refuse unsigned tips")
+    watch.add_argument("--gpg-keyring", help="public keyring for --require-signed gpg")
+    watch.add_argument("--ssh-allowed-signers", help="allowed signers for --require-signed ssh")
     read_command("version", "Print the version.")
     return parser
 
@@ -121,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.verb == "history":
         return _history(args)
+    if args.verb == "watch":
+        return _watch(args)
     try:
         tree = DirTree(args.path)
     except NotADirectoryError:
@@ -307,4 +329,79 @@ def _history(args: argparse.Namespace) -> int:
     if not events:
         print(f"mdc history: no change to model {args.model!r} found", file=sys.stderr)
         return EXIT_INVALID
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from controller.gitsource import Credentials, PollResult, SourcePoller  # noqa: PLC0415
+    from controller.loader import SnapshotLoader  # noqa: PLC0415
+    from controller.signing import SigningMode, SigningPolicy  # noqa: PLC0415
+    from controller.watcher import Watcher, push_listener  # noqa: PLC0415
+    from controller.webhook import Trigger, WebhookServer, load_secret  # noqa: PLC0415
+
+    try:
+        policy = SigningPolicy(
+            SigningMode(args.require_signed or "off"),
+            gpg_keyring=Path(args.gpg_keyring) if args.gpg_keyring else None,
+            ssh_allowed_signers=Path(args.ssh_allowed_signers)
+            if args.ssh_allowed_signers
+            else None,
+        )
+        source = GitSource(args.repo, args.branch, Path(args.state_dir), Credentials.from_env())
+        secret = (
+            load_secret(file=os.environ.get("MDC_WEBHOOK_SECRET_FILE")) if args.webhook else b""
+        )
+    except ValueError as exc:
+        print(f"mdc watch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MdcError as exc:
+        print(f"mdc watch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    poller = SourcePoller(source, args.interval, signing=policy)
+    loader = SnapshotLoader()
+    failed = False
+
+    def report(result: PollResult) -> None:
+        nonlocal failed
+        line: dict[str, Any] = {"condition": result.condition}
+        if result.snapshot is not None:
+            loaded = loader.load(source.tree(result.snapshot), result.snapshot.tree)
+            line |= {
+                "revision": result.snapshot.revision,
+                "changed": result.changed,
+                "forced": result.forced,
+                "valid": loaded.ok,
+                "counts": _json_result(args.repo, loaded)["counts"],
+                "errors": [d.render() for d in loaded.diagnostics],
+            }
+        failed = result.error is not None or result.refused is not None
+        if args.format == "json":
+            print(json.dumps(line), flush=True)
+            return
+        what = "force-pushed" if result.forced else "changed" if result.changed else "unchanged"
+        print(f"{line.get('revision', '-')}  {what}  {result.condition}", flush=True)
+        for error in line.get("errors", []):
+            print(f"    {error}", flush=True)
+
+    logging.basicConfig(level=logging.WARNING, format="mdc watch: %(message)s")
+    trigger = Trigger()
+    watcher = Watcher(poller, report, trigger)
+    if args.once:
+        watcher.run(max_polls=1)
+        return EXIT_INVALID if failed else EXIT_OK
+    server = None
+    if args.webhook:
+        host, _, port = args.webhook.rpartition(":")
+        server = WebhookServer(
+            secret, push_listener(args.branch, trigger), host=host or "127.0.0.1", port=int(port)
+        )
+        server.start()
+        print(f"mdc watch: webhooks on {server.url}", file=sys.stderr, flush=True)
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.stop()
     return EXIT_OK
