@@ -11,8 +11,8 @@ Exit codes scripts can trust:
 * 1 -- the command ran and found a problem (invalid specs)
 * 2 -- usage error (unknown flag, a path that is not a directory)
 
-Verbs so far: ``validate``, ``plan``, ``history``, ``watch``, ``version``. Called by the ``mdc``
-console script and ``python -m controller``.
+Verbs so far: ``validate``, ``plan``, ``pool``, ``history``, ``watch``,
+``version``. Called by the ``mdc`` console script and ``python -m controller``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from controller import __version__
+from controller.costs import per_day
 from controller.documents import Diagnostic
 from controller.errors import MdcError
 from controller.gitsource import GitSource
 from controller.history import model_history
 from controller.loader import LoadResult, load_desired
-from controller.overview import policy_timeline, summarize, team_usage
+from controller.overview import canary_checks, policy_timeline, summarize, team_usage
 from controller.tree import DirTree
 from controller.units import format_bytes
 
@@ -115,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--require-signed", choices=("gpg", "ssh"), help="refuse unsigned tips")
     watch.add_argument("--gpg-keyring", help="public keyring for --require-signed gpg")
     watch.add_argument("--ssh-allowed-signers", help="allowed signers for --require-signed ssh")
+    pool = read_command(
+        "pool", "The GPU pools: inventory, who holds what, free and stranded capacity, quotas."
+    )
+    pool.add_argument("name", nargs="?", help="one pool (default: all)")
+    pool.add_argument("--repo", default=".", help="spec repository (default: .)")
     read_command("version", "Print the version.")
     return parser
 
@@ -143,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _history(args)
     if args.verb == "watch":
         return _watch(args)
+    if args.verb == "pool":
+        return _pool(args)
     try:
         tree = DirTree(args.path)
     except NotADirectoryError:
@@ -237,7 +245,7 @@ def _plan(path: str, result: LoadResult, fmt: str) -> int:
         rows = [r for r in team_usage(desired) if r.pool == pool.name]
         print(
             f"  {'team':<14}{'guaranteed':>11}{'limit':>7}{'priority':>9}{'requested':>11}"
-            f"{'canary peak':>13}  verdict",
+            f"{'canary peak':>13}{'GPU-h/day':>11}  verdict",
             file=out,
         )
         for r in rows:
@@ -245,9 +253,16 @@ def _plan(path: str, result: LoadResult, fmt: str) -> int:
             colour = style.green if verdict in ("ok", "borrows") else style.yellow
             print(
                 f"  {r.team:<14}{r.guaranteed:>11g}{r.limit:>7g}{r.priority:>9}"
-                f"{r.requested:>11g}{r.canary_peak:>13g}  {colour(verdict)}",
+                f"{r.requested:>11g}{r.canary_peak:>13g}{per_day(r.requested):>11g}"
+                f"  {colour(verdict)}",
                 file=out,
             )
+    checks = canary_checks(desired)
+    if checks:
+        print(f"\n{style.bold('Canaries')}", file=out)
+        for check in checks:
+            line = check.describe()
+            print(f"  {line if check.fits else style.yellow(line)}", file=out)
     print(f"\n{style.bold('Rollout policies')}", file=out)
     for policy in sorted(desired.policies.values(), key=lambda p: p.name):
         print(f"  {policy.name}: {policy_timeline(policy).describe()}", file=out)
@@ -404,4 +419,94 @@ def _watch(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+    return EXIT_OK
+
+
+def _recorded_statuses(path: str) -> tuple[list[Any], list[str]]:
+    """Model statuses from the status branch of the git repository at ``path``, if any."""
+    import pygit2  # noqa: PLC0415
+
+    from controller.gitsource import GitTree  # noqa: PLC0415
+    from controller.status import parse_model_status  # noqa: PLC0415
+
+    found = pygit2.discover_repository(path)
+    if found is None:
+        return [], []
+    repo = pygit2.Repository(found)
+    tip = _first_ref(repo, ["refs/heads/mdc/status", "refs/remotes/origin/mdc/status"])
+    if tip is None:
+        return [], []
+    commit = repo.get(tip)
+    if not isinstance(commit, pygit2.Commit):
+        return [], [f"mdc/status points at {tip}, not a commit"]
+    tree = GitTree(repo, str(commit.tree_id))
+    statuses, problems = [], []
+    for file in tree.walk():
+        if file.startswith("models/") and file.endswith(".yaml"):
+            try:
+                statuses.append(parse_model_status(file, tree.read(file)))
+            except MdcError as exc:
+                problems.append(str(exc))
+    return statuses, problems
+
+
+def _pool(args: argparse.Namespace) -> int:
+    import socket  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from controller.inventory import build_inventory, read_nvml  # noqa: PLC0415
+    from controller.poolview import (  # noqa: PLC0415
+        planned_holdings,
+        pool_report,
+        recorded_holdings,
+        render,
+    )
+    from controller.spec import Discovery  # noqa: PLC0415
+
+    try:
+        tree = DirTree(args.repo)
+    except NotADirectoryError:
+        print(f"mdc pool: {args.repo}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    result = load_desired(tree)
+    pools = sorted(result.desired.pools.values(), key=lambda p: p.name)
+    if args.name is not None:
+        pools = [p for p in pools if p.name == args.name]
+        if not pools:
+            print(f"mdc pool: no valid GPUPool named {args.name!r}", file=sys.stderr)
+            return EXIT_INVALID
+    statuses, problems = _recorded_statuses(args.repo)
+    local = os.environ.get("MDC_NODE_NAME") or socket.gethostname()
+    reports = []
+    for pool in pools:
+        discovered: dict[str, Any] = {}
+        if any(n.name == local and n.discovery is Discovery.NVML for n in pool.nodes):
+            try:
+                discovered[local] = read_nvml(local)
+            except MdcError as exc:
+                discovered[local] = exc
+        inventory = build_inventory(pool, discovered)
+        mine = [
+            s
+            for s in statuses
+            if s.name in result.desired.models and result.desired.models[s.name].pool == pool.name
+        ]
+        if statuses:
+            report = pool_report(
+                pool, inventory, recorded_holdings(mine), "recorded", statuses=mine, now=time.time()
+            )
+        else:
+            holdings, waiting = planned_holdings(result.desired, pool, inventory)
+            report = pool_report(pool, inventory, holdings, "planned", waiting=waiting)
+        report["disagreements"] += problems
+        reports.append(report)
+    if args.format == "json":
+        print(json.dumps({"pools": reports, "valid": result.ok}, indent=2))
+    else:
+        style = _Style(sys.stdout)
+        for report in reports:
+            print("\n".join(render(report, style.bold)))
+    if not result.ok:
+        _report(result.diagnostics, sys.stderr)
+        return EXIT_INVALID
     return EXIT_OK

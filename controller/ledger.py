@@ -310,15 +310,20 @@ class Ledger:
                 if looked > 64:  # enough looking for another node: share this one
                     return fallback
         for size in sorted(k for k, nodes in self.buckets.items() if k > 0 and nodes):
-            for node in self.buckets[size]:
+            best: str | None = None  # for a memory request: the smallest GPU that holds it
+            for looked, node in enumerate(self.buckets[size]):
+                if best is not None and (not demand.memory or looked > 32):
+                    break
                 if fallback is not None and node in avoid:
                     continue
                 for uuid in self.node_untouched[node]:
                     if self.gpus[uuid].memory >= self._bytes_for(demand, uuid):
-                        if node not in avoid:
-                            return uuid
-                        fallback = fallback or uuid
-                        break
+                        if node in avoid:
+                            fallback = fallback or uuid
+                        elif best is None or self.gpus[uuid].memory < self.gpus[best].memory:
+                            best = uuid
+            if best is not None:
+                return best
         if fallback is None:
             raise _NoRoom
         return fallback

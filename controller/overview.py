@@ -3,21 +3,29 @@
 rollout policy's steps and shortest timeline.
 
 This is the "plan of models, pools and policies" that ``mdc plan`` prints
-before any runtime exists; later the reconciler's plan adds what is running.
+before any runtime exists: with the GPU-hours per day each team's models
+cost, and for each model whether a canary of a new version would fit beside
+the stable releases (asked of a copy of the GPU ledger, so nothing changes).
+Later the reconciler's plan adds what is running.
 Pure: a function of :class:`~controller.spec.Desired` only. Called by the CLI.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from controller.costs import per_day
+from controller.inventory import build_inventory
+from controller.ledger import Ledger, Placed, ReleaseKind, request_for
 from controller.spec import Desired, GPUPool, Model, RolloutPolicy, StepKind
 from controller.units import format_bytes, format_duration
 
 __all__ = [
+    "CanaryCheck",
     "PolicyTimeline",
     "TeamUsage",
+    "canary_checks",
     "gpu_equivalent",
     "policy_timeline",
     "summarize",
@@ -98,6 +106,69 @@ def team_usage(desired: Desired) -> list[TeamUsage]:
     return rows
 
 
+@dataclass(frozen=True)
+class CanaryCheck:
+    """Would a new version's canary fit beside every stable release, and at what cost?"""
+
+    model: str
+    pool: str
+    fits: bool
+    preempted: tuple[str, ...]  # borrowed releases that would give their GPUs back
+    reason: str  # why it would wait, when it would
+    gpu_hours_per_day: float  # what the canary adds while it runs
+
+    def describe(self) -> str:
+        cost = f"+{self.gpu_hours_per_day:g} GPU-h/day while it runs"
+        if not self.fits:
+            return f"{self.model}: a canary would wait: {self.reason}"
+        if self.preempted:
+            return f"{self.model}: a canary fits by preempting {', '.join(self.preempted)} ({cost})"
+        return f"{self.model}: a canary fits beside the stable release ({cost})"
+
+
+def canary_checks(desired: Desired) -> list[CanaryCheck]:
+    """Place every model's stable release in its pool (declared GPUs), then ask,
+    for each model, whether its canary would fit too -- on a copy, so the
+    answers do not depend on each other. Nothing is changed anywhere."""
+    checks = []
+    for pool in sorted(desired.pools.values(), key=lambda p: p.name):
+        models = sorted(
+            (m for m in desired.models.values() if m.pool == pool.name), key=lambda m: m.name
+        )
+        ledger = Ledger(build_inventory(pool, {}).gpus, pool.quotas)
+        for model in models:
+            stable = request_for(model.name, model.team, model.resources, ReleaseKind.STABLE)
+            ledger.place(replace(stable, serving=True))
+        for model in models:
+            trial = ledger.clone()
+            decision = trial.place(
+                request_for(model.name, model.team, model.resources, ReleaseKind.CANARY)
+            )
+            if isinstance(decision, Placed):
+                checks.append(
+                    CanaryCheck(
+                        model.name,
+                        pool.name,
+                        True,
+                        decision.preempted,
+                        "",
+                        per_day(decision.allocation.gpus),
+                    )
+                )
+            else:
+                checks.append(
+                    CanaryCheck(
+                        model.name,
+                        pool.name,
+                        False,
+                        (),
+                        decision.reason,
+                        per_day(gpu_equivalent(model, pool)),
+                    )
+                )
+    return checks
+
+
 def policy_timeline(policy: RolloutPolicy) -> PolicyTimeline:
     steps: list[str] = []
     seconds = 0.0
@@ -145,7 +216,11 @@ def summarize(desired: Desired) -> dict[str, Any]:
             }
             for pool in sorted(desired.pools.values(), key=lambda p: p.name)
         ],
-        "teams": [asdict(row) | {"verdict": row.verdict} for row in team_usage(desired)],
+        "teams": [
+            asdict(row) | {"verdict": row.verdict, "gpuHoursPerDay": per_day(row.requested)}
+            for row in team_usage(desired)
+        ],
+        "canaries": [asdict(c) | {"summary": c.describe()} for c in canary_checks(desired)],
         "policies": [
             asdict(t) | {"summary": t.describe()}
             for t in (

@@ -78,6 +78,7 @@ class GPUHold:
     gpu: str
     share: float
     release: str  # "stable" or "canary"
+    since: str | None = None  # ISO 8601, UTC: when the share was taken
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class HistoryEntry:
 class ModelStatus:
     name: str
     phase: Phase
+    team: str | None = None
     attempted_revision: str | None = None
     applied_revision: str | None = None
     spec_hash: str | None = None
@@ -112,6 +114,9 @@ class ModelStatus:
     gpus: tuple[GPUHold, ...] = ()
     conditions: tuple[Condition, ...] = ()
     history: tuple[HistoryEntry, ...] = field(default=())
+    #: GPU-hours of shares already given back, by release kind ("stable", "canary");
+    #: shares still held add (now - since) x share (see :mod:`controller.costs`)
+    gpu_hours: Mapping[str, float] = field(default_factory=dict)
 
     def with_event(self, entry: HistoryEntry) -> ModelStatus:
         """This status with ``entry`` first in its history, trimmed to the limit."""
@@ -151,6 +156,7 @@ def _model_dict(status: ModelStatus) -> dict[str, Any]:
         {
             "name": status.name,
             "phase": str(status.phase),
+            "team": status.team,
             "revisions": _drop_empty(
                 {"attempted": status.attempted_revision, "applied": status.applied_revision}
             ),
@@ -166,9 +172,18 @@ def _model_dict(status: ModelStatus) -> dict[str, Any]:
                 for v in status.verdicts
             ],
             "gpus": [
-                {"node": g.node, "gpu": g.gpu, "share": g.share, "release": g.release}
+                _drop_empty(
+                    {
+                        "node": g.node,
+                        "gpu": g.gpu,
+                        "share": g.share,
+                        "release": g.release,
+                        "since": g.since,
+                    }
+                )
                 for g in status.gpus
             ],
+            "gpuHours": {k: round(v, 4) for k, v in sorted(status.gpu_hours.items())},
             "conditions": [
                 {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
                 for c in status.conditions
@@ -225,6 +240,7 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
         return ModelStatus(
             name=str(data["name"]),
             phase=Phase(data["phase"]),
+            team=data.get("team"),
             attempted_revision=revisions.get("attempted"),
             applied_revision=revisions.get("applied"),
             spec_hash=data.get("specHash"),
@@ -238,7 +254,7 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
                 for v in data.get("verdicts", [])
             ),
             gpus=tuple(
-                GPUHold(g["node"], g["gpu"], float(g["share"]), g["release"])
+                GPUHold(g["node"], g["gpu"], float(g["share"]), g["release"], g.get("since"))
                 for g in data.get("gpus", [])
             ),
             conditions=tuple(
@@ -249,6 +265,7 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
                 HistoryEntry(h["at"], h["event"], h["message"], h.get("revision"))
                 for h in data.get("history", [])
             ),
+            gpu_hours={str(k): float(v) for k, v in data.get("gpuHours", {}).items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PermanentError(

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from controller.loader import load_desired
-from controller.overview import gpu_equivalent, policy_timeline, summarize, team_usage
+from controller.overview import (
+    canary_checks,
+    gpu_equivalent,
+    policy_timeline,
+    summarize,
+    team_usage,
+)
 from controller.spec import Desired
 from controller.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
@@ -87,3 +93,32 @@ def test_summary_is_json_ready(example: Desired) -> None:
         "fraud-scorer": 2.0,
         "search-ranker": 0.25,
     }
+
+
+def test_example_canaries_fit(example: Desired) -> None:
+    checks = {c.model: c for c in canary_checks(example)}
+    assert checks["fraud-scorer"].fits
+    assert checks["fraud-scorer"].gpu_hours_per_day == 48.0
+    assert checks["search-ranker"].fits
+    assert checks["search-ranker"].preempted == ()
+
+
+@pytest.mark.parametrize(
+    ("resources", "fits", "words"),
+    [
+        ("gpu: 1", True, "fits beside the stable release (+24 GPU-h/day"),
+        ("gpu: 1\n    replicas: 2", False, "team team-a: 2 of limit 2 GPUs held"),
+        ("gpu: 0.5\n    replicas: 2", True, "+24 GPU-h/day"),
+    ],
+)
+def test_canary_check_of_a_tight_pool(
+    make_repo: Callable[..., Path], resources: str, fits: bool, words: str
+) -> None:
+    repo = make_repo()
+    model = repo / "models" / "model.yaml"
+    model.write_text(model.read_text().replace("gpu: 1", resources))
+    result = load_desired(DirTree(repo))
+    assert result.ok, result.diagnostics
+    (check,) = canary_checks(result.desired)
+    assert check.fits is fits
+    assert words in check.describe()

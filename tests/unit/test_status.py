@@ -23,6 +23,7 @@ from controller.status import (
 FULL = ModelStatus(
     name="fraud-scorer",
     phase=Phase.PROGRESSING,
+    team="fraud",
     attempted_revision="main@sha1:" + "b" * 40,
     applied_revision="main@sha1:" + "a" * 40,
     spec_hash="abc",
@@ -32,7 +33,11 @@ FULL = ModelStatus(
     step=2,
     steps=5,
     verdicts=(Verdict("errors", 0.002, True, "0.2% <= 1%"),),
-    gpus=(GPUHold("node-a", "GPU-1", 1.0, "stable"), GPUHold("node-b", "GPU-7", 1.0, "canary")),
+    gpus=(
+        GPUHold("node-a", "GPU-1", 1.0, "stable", "2026-11-27T10:00:00Z"),
+        GPUHold("node-b", "GPU-7", 1.0, "canary"),
+    ),
+    gpu_hours={"stable": 12.5, "canary": 0.25},
     conditions=(Condition("Ready", True, "Progressing", "step 2 of 5"),),
     history=(HistoryEntry("2026-11-27T10:05:00Z", "StepStarted", "weight 25%", "main@sha1:bb"),),
 )
