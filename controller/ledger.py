@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from controller.inventory import GPU
 from controller.spec import Quota, Resources
+from controller.status import GPUHold, ModelStatus
 from controller.units import format_bytes
 
 __all__ = [
@@ -51,6 +52,8 @@ __all__ = [
     "Request",
     "Slice",
     "Waiting",
+    "allocations_from_status",
+    "holds_of",
     "launch_env",
     "request_for",
 ]
@@ -151,6 +154,7 @@ def launch_env(replica: tuple[Slice, ...]) -> dict[str, str]:
 class Placed:
     allocation: Allocation
     preempted: tuple[str, ...] = ()  # releases stopped to make room (their GPUs are free now)
+    reasons: tuple[str, ...] = ()  # one sentence per preemption, for the plan and status
 
 
 @dataclass(frozen=True)
@@ -430,18 +434,33 @@ class Ledger:
         if within_guarantee:
             trial = self.clone()
             victims: list[str] = []
+            reasons: list[str] = []
             while candidates := trial._preemptible(request.team):
                 victim = candidates[0]
+                victim_quota = trial.quotas[victim.team]
+                reasons.append(
+                    f"{victim.release} gives back {victim.gpus:g} GPU borrowed by team "
+                    f"{victim.team} (holding {trial.team_gpus(victim.team):g}, guaranteed "
+                    f"{victim_quota.guaranteed:g}, priority {victim_quota.priority}) for "
+                    f"{request.release}, within team {request.team}'s guarantee of "
+                    f"{quota.guaranteed:g}"
+                )
                 trial.release(victim.release)
                 victims.append(victim.release)
                 try:
                     replicas = trial._place_replicas(request)
                 except _NoRoom:
                     continue
+                units = sum(s.units for r in replicas for s in r)
+                if held + units > round(quota.limit * UNITS):
+                    break  # nothing in self was touched yet
                 for name in victims:
                     self.release(name)
                 placed = self._place_replicas_exact(request, replicas)
-                return self._commit(request, placed, tuple(victims))
+                decision = self._commit(request, placed, tuple(victims))
+                if isinstance(decision, Placed):
+                    return Placed(decision.allocation, decision.preempted, tuple(reasons))
+                return decision
         return Waiting(self._why_no_room(request, within_guarantee))
 
     def _place_replicas_exact(
@@ -527,9 +546,13 @@ class Ledger:
                 )
         for uuid, amount in need.items():
             self._take(uuid, amount, allocation.release)
+        held = self.used.get(allocation.team, 0)
+        guaranteed = round(self.quotas[allocation.team].guaranteed * UNITS)
         self.counter = max(self.counter, allocation.order)
-        self.used[allocation.team] = self.used.get(allocation.team, 0) + allocation.units
-        self.allocations[allocation.release] = allocation
+        self.used[allocation.team] = held + allocation.units
+        self.allocations[allocation.release] = replace(
+            allocation, borrowed=held + allocation.units > guaranteed
+        )
         return None
 
     @classmethod
@@ -544,13 +567,13 @@ class Ledger:
         """
         ledger = cls(gpus, quotas)
         problems: list[str] = []
-        replace: list[str] = []
+        again: list[str] = []
         for record in sorted(records, key=lambda a: (a.order, a.release)):
             problem = ledger.adopt(record)
             if problem is not None:
                 problems.append(problem)
-                replace.append(record.release)
-        return ledger, problems, replace
+                again.append(record.release)
+        return ledger, problems, again
 
     def check(self) -> None:
         """Assert the ledger's invariants (used by the property tests)."""
@@ -561,6 +584,50 @@ class Ledger:
             expected = sum(a.units for a in self.allocations.values() if a.team == team)
             assert used == expected, team
             assert used <= round(self.quotas[team].limit * UNITS), team
+
+
+def holds_of(allocation: Allocation, since: str | None) -> tuple[GPUHold, ...]:
+    """How an allocation is written into its model's status."""
+    return tuple(
+        GPUHold(s.node, s.gpu, s.units / UNITS, str(allocation.kind), since, replica=i)
+        for i, replica in enumerate(allocation.replicas)
+        for s in replica
+    )
+
+
+def allocations_from_status(
+    status: ModelStatus, memory_of: Mapping[str, int], order: int = 0
+) -> list[Allocation]:
+    """The allocations a model's status records, for :meth:`Ledger.rebuild`.
+
+    ``memory_of`` maps GPU UUIDs to their memory; a GPU it lacks (gone from the
+    inventory) gets 0 bytes, and :meth:`Ledger.adopt` reports it.
+    """
+    out = []
+    for kind in (ReleaseKind.STABLE, ReleaseKind.CANARY):
+        holds = [h for h in status.gpus if h.release == str(kind)]
+        if not holds:
+            continue
+        replicas: dict[int, list[Slice]] = {}
+        for h in holds:
+            memory = memory_of.get(h.gpu, 0)
+            amount = memory if h.share >= 1 else math.ceil(h.share * memory)
+            replicas.setdefault(h.replica, []).append(
+                Slice(h.gpu, h.node, amount, round(h.share * UNITS))
+            )
+        out.append(
+            Allocation(
+                release=f"{status.name}/{kind}",
+                model=status.name,
+                team=status.team or "",
+                kind=kind,
+                serving=kind is ReleaseKind.STABLE,
+                borrowed=False,  # worked out again by Ledger.adopt
+                replicas=tuple(tuple(replicas[i]) for i in sorted(replicas)),
+                order=order,
+            )
+        )
+    return out
 
 
 def request_for(model: str, team: str, resources: Resources, kind: ReleaseKind) -> Request:

@@ -79,6 +79,7 @@ class GPUHold:
     share: float
     release: str  # "stable" or "canary"
     since: str | None = None  # ISO 8601, UTC: when the share was taken
+    replica: int = 0  # which replica of the release holds it
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ def _model_dict(status: ModelStatus) -> dict[str, Any]:
                         "share": g.share,
                         "release": g.release,
                         "since": g.since,
+                        "replica": g.replica or None,
                     }
                 )
                 for g in status.gpus
@@ -254,7 +256,14 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
                 for v in data.get("verdicts", [])
             ),
             gpus=tuple(
-                GPUHold(g["node"], g["gpu"], float(g["share"]), g["release"], g.get("since"))
+                GPUHold(
+                    g["node"],
+                    g["gpu"],
+                    float(g["share"]),
+                    g["release"],
+                    g.get("since"),
+                    int(g.get("replica", 0)),
+                )
                 for g in data.get("gpus", [])
             ),
             conditions=tuple(

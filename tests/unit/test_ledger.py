@@ -21,9 +21,12 @@ from controller.ledger import (
     Request,
     Slice,
     Waiting,
+    allocations_from_status,
+    holds_of,
     launch_env,
 )
 from controller.spec import Quota
+from controller.status import ModelStatus, Phase, parse_model_status, render
 
 GiB = 2**30
 
@@ -413,3 +416,51 @@ def test_no_sequence_over_commits_a_gpu_or_a_quota(
                 if demand.gpus:
                     assert all(len({s.node for s in r}) == 1 for r in decision.allocation.replicas)
         ledger.check()
+
+
+def test_status_records_rebuild_the_same_ledger() -> None:
+    """Placements -> status files -> parsed back -> rebuilt ledger: the same books."""
+    gpus = inventory(a=[80] * 4, b=[40] * 2)
+    quotas = [quota("t", guaranteed=2, limit=8)]
+    ledger = Ledger(gpus, quotas)
+    placed(ledger.place(req("m/stable", gpus=1, replicas=2, serving=True)))
+    placed(ledger.place(req("m/canary", fraction=0.5, replicas=2, kind=ReleaseKind.CANARY)))
+    placed(ledger.place(req("n/stable", memory=10, serving=True)))
+    statuses = []
+    for model in ("m", "n"):
+        holds = tuple(
+            hold
+            for a in ledger.allocations.values()
+            if a.model == model
+            for hold in holds_of(a, "2026-11-27T10:00:00Z")
+        )
+        raw = render(ModelStatus(model, Phase.PROGRESSING, team="t", gpus=holds))
+        statuses.append(parse_model_status(f"models/{model}.yaml", raw))
+    memory_of = {g.uuid: g.memory for g in gpus}
+    records = [a for i, s in enumerate(statuses) for a in allocations_from_status(s, memory_of, i)]
+    rebuilt, problems, again = Ledger.rebuild(gpus, quotas, records)
+    assert (problems, again) == ([], [])
+    assert {u: s.free for u, s in rebuilt.gpus.items()} == {
+        u: s.free for u, s in ledger.gpus.items()
+    }
+    assert rebuilt.team_gpus("t") == ledger.team_gpus("t")
+    assert {n: where(a) for n, a in rebuilt.allocations.items()} == {
+        n: where(a) for n, a in ledger.allocations.items()
+    }
+    rebuilt.check()
+    # a GPU that vanished from the inventory while held: that release is placed again
+    smaller = [g for g in gpus if g.uuid != where(ledger.allocations["m/stable"])[0][0]]
+    _, problems, again = Ledger.rebuild(smaller, quotas, records)
+    assert again == ["m/stable"]
+    assert "gone" in problems[0]
+
+
+def test_preemption_reasons_name_the_numbers() -> None:
+    ledger = Ledger(inventory(a=[80] * 4), QUOTAS)
+    for name in ("s1", "s2", "s3", "s4"):
+        placed(ledger.place(req(name, "search", gpus=1, kind=ReleaseKind.CANARY)))
+    decision = ledger.place(req("f", "fraud", gpus=1))
+    assert isinstance(decision, Placed)
+    (reason,) = decision.reasons
+    assert reason.startswith("s4 gives back 1 GPU borrowed by team search (holding 4, guaranteed 1")
+    assert "within team fraud's guarantee of 2" in reason
