@@ -11,8 +11,9 @@ Exit codes scripts can trust:
 * 1 -- the command ran and found a problem (invalid specs)
 * 2 -- usage error (unknown flag, a path that is not a directory)
 
-Verbs so far: ``validate``, ``plan``, ``pool``, ``history``, ``watch``,
-``version``. Called by the ``mdc`` console script and ``python -m controller``.
+Verbs so far: ``validate``, ``plan``, ``pool``, ``build``, ``logs``,
+``history``, ``watch``, ``version``. Called by the ``mdc`` console script and
+``python -m controller``.
 """
 
 from __future__ import annotations
@@ -121,6 +122,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     pool.add_argument("name", nargs="?", help="one pool (default: all)")
     pool.add_argument("--repo", default=".", help="spec repository (default: .)")
+    build = read_command(
+        "build", "Build the bentos of a spec repository's models (only what changed)."
+    )
+    build.add_argument("models", nargs="*", metavar="MODEL", help="models to build (default: all)")
+    build.add_argument("--repo", default=".", help="spec repository (default: .)")
+    build.add_argument("--state-dir", default=".mdc-state", help="work files and logs")
+    build.add_argument(
+        "--bento-home", help="BentoML store (default: $BENTOML_HOME, else STATE_DIR/bentoml)"
+    )
+    logs = verbs.add_parser("logs", help="Show a release's output.")
+    logs.add_argument("model")
+    logs.add_argument("--release", choices=("stable", "canary"), default="stable")
+    logs.add_argument("--state-dir", default=".mdc-state")
+    logs.add_argument("--lines", type=int, default=100)
     read_command("version", "Print the version.")
     return parser
 
@@ -151,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _watch(args)
     if args.verb == "pool":
         return _pool(args)
+    if args.verb == "build":
+        return _build(args)
+    if args.verb == "logs":
+        return _logs(args)
     try:
         tree = DirTree(args.path)
     except NotADirectoryError:
@@ -509,4 +528,89 @@ def _pool(args: argparse.Namespace) -> int:
     if not result.ok:
         _report(result.diagnostics, sys.stderr)
         return EXIT_INVALID
+    return EXIT_OK
+
+
+def _bento_home(args: argparse.Namespace) -> Path:
+    if args.bento_home:
+        return Path(args.bento_home)
+    if os.environ.get("BENTOML_HOME"):
+        return Path(os.environ["BENTOML_HOME"])
+    return Path(args.state_dir) / "bentoml"
+
+
+def _revision(path: str) -> str:
+    import pygit2  # noqa: PLC0415
+
+    found = pygit2.discover_repository(path)
+    if found is None:
+        return ""
+    repo = pygit2.Repository(found)
+    return "" if repo.head_is_unborn else str(repo.head.target)
+
+
+def _build(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
+    from controller.packager import Packager, Source  # noqa: PLC0415
+
+    try:
+        tree = DirTree(args.repo)
+    except NotADirectoryError:
+        print(f"mdc build: {args.repo}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    result = load_desired(tree)
+    models = result.desired.models
+    names = args.models or sorted(models)
+    missing = [n for n in names if n not in models]
+    if missing:
+        for name in missing:
+            invalid = any(ref.kind == "Model" and ref.name == name for ref in result.invalid)
+            why = "is invalid" if invalid else "does not exist"
+            print(f"mdc build: model {name!r} {why}", file=sys.stderr)
+        if not result.ok:
+            _report(result.diagnostics, sys.stderr)
+        return EXIT_INVALID
+    packager = Packager(_bento_home(args), Path(args.state_dir))
+    source = Source(str(Path(args.repo).resolve()), _revision(args.repo))
+    rows, failed = [], False
+    for name in names:
+        started = time.perf_counter()
+        try:
+            built = packager.build(models[name], tree, source)
+        except MdcError as exc:
+            failed = True
+            print(f"mdc build: {exc}", file=sys.stderr)
+            rows.append({"model": name, "error": exc.reason, "message": str(exc)})
+            continue
+        seconds = round(time.perf_counter() - started, 2)
+        rows.append(
+            {
+                "model": name,
+                "bento": built.bento_tag,
+                "modelTag": built.model_tag,
+                "built": built.built,
+                "seconds": seconds,
+            }
+        )
+        if args.format == "text":
+            what = f"built in {seconds:g}s" if built.built else "present"
+            print(f"{name:<24} {built.bento_tag:<40} {what}", flush=True)
+    if args.format == "json":
+        print(json.dumps({"builds": rows}, indent=2))
+    return EXIT_INVALID if failed else EXIT_OK
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from controller.runtime import release_log  # noqa: PLC0415
+
+    path = release_log(Path(args.state_dir), f"{args.model}/{args.release}")
+    if not path.exists():
+        print(
+            f"mdc logs: no logs for {args.model}/{args.release} in {args.state_dir}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    lines = path.read_text(errors="replace").splitlines()[-args.lines :]
+    print("\n".join(lines))
     return EXIT_OK

@@ -34,6 +34,7 @@ __all__ = [
     "Model",
     "Node",
     "ObjectRef",
+    "Probe",
     "Quota",
     "Resources",
     "RolloutPolicy",
@@ -111,6 +112,17 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A real request that proves a release answers."""
+
+    path: str
+    body: Mapping[str, Any]
+    timeout: float = 5.0
+    interval: float = 10.0
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     version: str
@@ -123,6 +135,8 @@ class Model:
     rollout: str
     description: str
     source: Document = field(repr=False, compare=False)
+    ready_timeout: float = 120.0
+    probe: Probe | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,8 @@ def _model(doc: Document) -> Model:
     art = spec["artifact"]
     res = spec["resources"]
     module, cls = spec["service"].rsplit(":", 1)
+    serving = spec.get("serving", {})
+    probe = serving.get("probe")
     return Model(
         name=doc.data["metadata"]["name"],
         version=spec["version"],
@@ -242,6 +258,16 @@ def _model(doc: Document) -> Model:
         rollout=spec["rollout"],
         description=spec.get("description", ""),
         source=doc,
+        ready_timeout=_maybe_duration(serving.get("readyTimeout")) or 120.0,
+        probe=None
+        if probe is None
+        else Probe(
+            path=probe["path"],
+            body=probe.get("body", {}),
+            timeout=_maybe_duration(probe.get("timeout")) or 5.0,
+            interval=_maybe_duration(probe.get("interval")) or 10.0,
+            failure_threshold=probe.get("failureThreshold", 3),
+        ),
     )
 
 

@@ -17,6 +17,8 @@ import bentoml
 
 args = bentoml.use_arguments()
 MODEL_TAG = getattr(args, "model_tag", None)
+#: mdc imports a single-file artifact into the model store under this name.
+ARTIFACT_FILE = "artifact.json"
 
 
 def score_transaction(weights: dict[str, Any], features: dict[str, float]) -> float:
@@ -35,7 +37,7 @@ class FraudScorer:
     def __init__(self) -> None:
         if self.model is None:
             raise RuntimeError("build this service with --arg model_tag=NAME:VERSION")
-        with open(self.model.path_of("weights.json"), encoding="utf-8") as f:
+        with open(self.model.path_of(ARTIFACT_FILE), encoding="utf-8") as f:
             self.weights = json.load(f)
 
     @bentoml.api

@@ -15,6 +15,8 @@ import bentoml
 
 args = bentoml.use_arguments()
 MODEL_TAG = getattr(args, "model_tag", None)
+#: mdc imports a single-file artifact into the model store under this name.
+ARTIFACT_FILE = "artifact.json"
 
 
 def rank_documents(
@@ -41,7 +43,7 @@ class SearchRanker:
     def __init__(self) -> None:
         if self.model is None:
             raise RuntimeError("build this service with --arg model_tag=NAME:VERSION")
-        with open(self.model.path_of("weights.json"), encoding="utf-8") as f:
+        with open(self.model.path_of(ARTIFACT_FILE), encoding="utf-8") as f:
             self.weights = json.load(f)
 
     @bentoml.api

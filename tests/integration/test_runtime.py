@@ -1,0 +1,296 @@
+"""Real `bentoml serve`: two versions side by side with their own metrics;
+a taken port, a server that never gets ready, one that dies, one that hangs;
+a controller restarted over running and dead releases. Nothing outlives a test."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.loader import load_desired
+from controller.packager import Packager, Source
+from controller.runtime import LocalRuntime, ReleaseSpec, State, release_home
+from controller.spec import Probe
+from controller.tree import DirTree
+from tests.bentos import bentoml_processes, example_copy, repo_with_service
+
+pytestmark = pytest.mark.integration
+PROBE = Probe(
+    "/score",
+    {"transactions": [{"amount_log": 1.0}]},
+    timeout=2.0,
+    interval=0.2,
+    failure_threshold=2,
+)
+
+
+@dataclass(frozen=True)
+class Bentos:
+    home: Path
+    v1: str
+    v2: str
+    slow: str
+
+
+@pytest.fixture(scope="module")
+def bentos(tmp_path_factory: pytest.TempPathFactory) -> Bentos:
+    base = tmp_path_factory.mktemp("bentos")
+    packager = Packager(base / "home", base / "state")
+    repo = example_copy(base / "repo")
+    tree = DirTree(repo)
+    fraud = load_desired(tree).desired.models["fraud-scorer"]
+    v1 = packager.build(fraud, tree, Source()).bento_tag
+    spec = repo / "models" / "fraud-scorer.yaml"
+    spec.write_text(spec.read_text().replace("fraud-scorer/v1.json", "fraud-scorer/v2.json"))
+    tree = DirTree(repo)
+    v2 = packager.build(load_desired(tree).desired.models["fraud-scorer"], tree, Source()).bento_tag
+    slow_repo, slow_model = repo_with_service(
+        base / "slow",
+        "slow-start",
+        """
+        import time
+        import bentoml
+
+        @bentoml.service
+        class Svc:
+            def __init__(self) -> None:
+                time.sleep(120)  # never ready in time
+
+            @bentoml.api
+            def ping(self) -> str:
+                return "pong"
+        """,
+    )
+    slow = packager.build(slow_model, DirTree(slow_repo), Source()).bento_tag
+    return Bentos(base / "home", v1, v2, slow)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, bentos: Bentos) -> Iterator[LocalRuntime]:
+    rt = LocalRuntime(tmp_path / "state", bentos.home, rng=random.Random(0))
+    try:
+        yield rt
+    finally:
+        rt.stop_all(drain=2.0)
+        deadline = time.monotonic() + 10
+        while bentoml_processes(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert bentoml_processes(tmp_path) == [], "a process outlived its test"
+
+
+def spec(name: str, bento: str, **kw: object) -> ReleaseSpec:
+    return replace(
+        ReleaseSpec(name, "fraud-scorer", name, bento, probe=PROBE, ready_timeout=60), **kw
+    )
+
+
+def score(url: str) -> float:
+    answer = httpx.post(
+        f"{url}/score",
+        json={"transactions": [{"amount_log": 3.0, "foreign_merchant": 1}]},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return float(answer.json()[0])
+
+
+def request_count(url: str) -> int:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    pattern = (
+        r'bentoml_service_request_total\{[^}]*endpoint="/score"'
+        r'[^}]*http_response_code="200"[^}]*\} ([0-9.]+)'
+    )
+    return int(sum(float(v) for v in re.findall(pattern, text)))
+
+
+def test_two_versions_side_by_side_with_their_own_metrics(
+    runtime: LocalRuntime, bentos: Bentos
+) -> None:
+    runtime.start(spec("fraud-scorer/stable", bentos.v1))
+    runtime.start(spec("fraud-scorer/canary", bentos.v2))
+    stable = runtime.wait_ready("fraud-scorer/stable", 60)
+    canary = runtime.wait_ready("fraud-scorer/canary", 60)
+    assert (stable.state, canary.state) == (State.READY, State.READY)
+    assert stable.port != canary.port
+    assert score(stable.url) != pytest.approx(score(canary.url))  # v1 and v2 weights differ
+    base_s, base_c = request_count(stable.url), request_count(canary.url)
+    for _ in range(3):
+        score(stable.url)
+    for _ in range(5):
+        score(canary.url)
+    assert request_count(stable.url) - base_s == 3
+    assert request_count(canary.url) - base_c == 5
+    listed = {r.spec.name: r for r in runtime.list()}
+    assert listed["fraud-scorer/canary"].spec.bento == bentos.v2
+    assert listed["fraud-scorer/stable"].pid is not None
+
+
+def test_port_taken_by_another_process(runtime: LocalRuntime, bentos: Bentos) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        runtime.start(spec("fraud-scorer/stable", bentos.v1, port=port))
+        release = runtime.wait_ready("fraud-scorer/stable", 60)
+    assert release.state is State.FAILED
+    assert f"port {port} is taken" in release.reason
+
+
+def test_server_that_never_becomes_ready(runtime: LocalRuntime, bentos: Bentos) -> None:
+    runtime.start(
+        ReleaseSpec(
+            "slow-start/stable",
+            "slow-start",
+            "1",
+            bentos.slow,
+            ready_timeout=3,
+            probe=Probe("/ping", {}),
+        )
+    )
+    release = runtime.wait_ready("slow-start/stable", 30)
+    assert release.state is State.FAILED
+    assert release.reason == "not ready within 3s"
+    assert bentoml_processes(runtime.home("slow-start/stable")) == []
+
+
+def test_server_that_dies_after_ready_is_restarted(runtime: LocalRuntime, bentos: Bentos) -> None:
+    runtime.start(spec("fraud-scorer/stable", bentos.v1))
+    ready = runtime.wait_ready("fraud-scorer/stable", 60)
+    assert ready.state is State.READY
+    assert ready.pid is not None
+    for pid in bentoml_processes(runtime.home("fraud-scorer/stable")):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    events = []
+    while time.monotonic() < deadline:
+        events += runtime.tick()
+        if runtime.releases["fraud-scorer/stable"].state is State.CRASHED:
+            break
+        time.sleep(0.05)
+    crashed = runtime.releases["fraud-scorer/stable"]
+    assert crashed.state is State.CRASHED
+    assert crashed.crashes == 1
+    assert "exited" in crashed.reason
+    assert any(e.kind == "Crashed" for e in events)
+    time.sleep(max(0.0, (crashed.restart_at or 0) - time.time()))
+    back = runtime.wait_ready("fraud-scorer/stable", 60)
+    assert back.state is State.READY
+    assert back.pid != ready.pid
+    assert score(back.url) > 0
+
+
+def test_hung_worker_is_found_by_a_real_request(runtime: LocalRuntime, bentos: Bentos) -> None:
+    runtime.start(spec("fraud-scorer/stable", bentos.v1, probe=replace(PROBE, timeout=1.0)))
+    ready = runtime.wait_ready("fraud-scorer/stable", 60)
+    assert ready.state is State.READY
+    workers = [
+        p
+        for p in bentoml_processes(runtime.home("fraud-scorer/stable"))
+        if b"_bentoml_impl.worker" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            runtime.tick()
+            if runtime.releases["fraud-scorer/stable"].state is State.UNHEALTHY:
+                break
+            time.sleep(0.1)
+        hung = runtime.releases["fraud-scorer/stable"]
+        assert hung.state is State.UNHEALTHY
+        assert "probes failed in a row" in hung.reason
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while (
+        time.monotonic() < deadline
+        and runtime.releases["fraud-scorer/stable"].state is not State.READY
+    ):
+        runtime.tick()
+        time.sleep(0.1)
+    assert runtime.releases["fraud-scorer/stable"].state is State.READY
+
+
+CONTROLLER = """
+import os, random, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from controller.runtime import LocalRuntime, ReleaseSpec
+from controller.spec import Probe
+state, home, v1, v2 = sys.argv[2:6]
+rt = LocalRuntime(Path(state), Path(home), rng=random.Random(0))
+probe = Probe("/score", {"transactions": [{"amount_log": 1.0}]}, 2.0, 0.2, 2)
+for name, bento in (("fraud-scorer/stable", v1), ("fraud-scorer/canary", v2)):
+    rt.start(ReleaseSpec(name, "fraud-scorer", name, bento, probe=probe, ready_timeout=60))
+for name in ("fraud-scorer/stable", "fraud-scorer/canary"):
+    assert rt.wait_ready(name, 60).state.value == "ready", rt.releases[name]
+print("ready", flush=True)
+os.kill(os.getpid(), 9)  # the controller dies; its releases run on
+"""
+
+
+def test_restarted_controller_adopts_live_releases_and_cleans_dead_ones(
+    tmp_path: Path, bentos: Bentos
+) -> None:
+    state = tmp_path / "state"
+    root = str(Path(__file__).resolve().parents[2])
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CONTROLLER,
+            root,
+            str(state),
+            str(bentos.home),
+            bentos.v1,
+            bentos.v2,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "ready" in killed.stdout
+    again = None
+    try:
+        # then the canary's server dies too, while no controller runs
+        for pid in bentoml_processes(release_home(state, "fraud-scorer/canary")):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        stable_before = bentoml_processes(release_home(state, "fraud-scorer/stable"))
+        again = LocalRuntime(state, bentos.home, rng=random.Random(0))
+        kinds = {(e.release, e.kind) for e in again.events}
+        assert ("fraud-scorer/stable", "Adopted") in kinds
+        assert ("fraud-scorer/canary", "CleanedUp") in kinds
+        adopted = again.releases["fraud-scorer/stable"]
+        assert adopted.state is State.READY
+        assert adopted.pid in stable_before
+        assert again.releases["fraud-scorer/canary"].state is State.CRASHED
+        assert bentoml_processes(again.home("fraud-scorer/stable")) == stable_before  # no duplicate
+        assert score(adopted.url) > 0
+        back = again.wait_ready("fraud-scorer/canary", 60)  # restarted at once
+        assert back.state is State.READY
+    finally:
+        if again is not None:
+            again.stop_all(drain=2.0)
+        for pid in bentoml_processes(tmp_path):  # whatever happened, nothing outlives the test
+            os.kill(pid, signal.SIGKILL)
+    assert bentoml_processes(tmp_path) == []
