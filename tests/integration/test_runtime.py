@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from controller.cli import main
 from controller.loader import load_desired
 from controller.packager import Packager, Source
 from controller.runtime import LocalRuntime, ReleaseSpec, State, release_home
@@ -117,9 +118,10 @@ def request_count(url: str) -> int:
 
 
 def test_two_versions_side_by_side_with_their_own_metrics(
-    runtime: LocalRuntime, bentos: Bentos
+    runtime: LocalRuntime, bentos: Bentos, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    runtime.start(spec("fraud-scorer/stable", bentos.v1))
+    gpu_env = {"CUDA_VISIBLE_DEVICES": "GPU-test-0001", "MDC_GPU_MEMORY_LIMIT_BYTES": "1073741824"}
+    runtime.start(spec("fraud-scorer/stable", bentos.v1, env=gpu_env, gpus=("GPU-test-0001",)))
     runtime.start(spec("fraud-scorer/canary", bentos.v2))
     stable = runtime.wait_ready("fraud-scorer/stable", 60)
     canary = runtime.wait_ready("fraud-scorer/canary", 60)
@@ -135,7 +137,17 @@ def test_two_versions_side_by_side_with_their_own_metrics(
     assert request_count(canary.url) - base_c == 5
     listed = {r.spec.name: r for r in runtime.list()}
     assert listed["fraud-scorer/canary"].spec.bento == bentos.v2
-    assert listed["fraud-scorer/stable"].pid is not None
+    assert listed["fraud-scorer/stable"].spec.gpus == ("GPU-test-0001",)
+    # the ledger's environment reaches every process of the release, workers included
+    for pid in bentoml_processes(runtime.home("fraud-scorer/stable")):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"CUDA_VISIBLE_DEVICES=GPU-test-0001" in environ
+        assert b"MDC_GPU_MEMORY_LIMIT_BYTES=1073741824" in environ
+        assert any(v.startswith(b"BENTOML_DO_NOT_TRACK=") for v in environ), environ
+    # and each release's output is kept, for `mdc logs`
+    state = runtime.dir.parent
+    assert main(["logs", "fraud-scorer", "--release", "canary", "--state-dir", str(state)]) == 0
+    assert f"starting {bentos.v2}" in capsys.readouterr().out
 
 
 def test_port_taken_by_another_process(runtime: LocalRuntime, bentos: Bentos) -> None:
