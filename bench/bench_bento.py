@@ -60,7 +60,8 @@ def main() -> None:
                 t = time.perf_counter()
                 again = packager.build(model, tree, Source())
                 warm = time.perf_counter() - t
-                assert result.built and not again.built
+                assert result.built
+                assert not again.built
 
                 context = tmp / f"ctx-{name}"
                 context.mkdir()
