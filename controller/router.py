@@ -1,0 +1,516 @@
+"""The embedded router: one stable HTTP endpoint per model on loopback that
+splits traffic between the stable and the canary release.
+
+Owns, per model: a listening port; the split (``weight`` percent of requests
+to the canary), which changes at once for the next request while in-flight
+requests and kept-alive client connections carry on; sticky assignment by a
+header or cookie value's hash (the same user stays on one version); a header
+override (``X-MDC-Version: stable|canary``) for smoke tests; mirroring (a
+share of requests also copied to the canary, its answers discarded); and
+per-backend counters -- requests by status code and a latency histogram --
+read by the analysis (:meth:`EmbeddedRouter.snapshot`) and exposed as
+Prometheus metrics on an admin port.
+
+HTTP/1.1 with keep-alive on both sides (pooled backend connections),
+``Content-Length`` and chunked request bodies, TCP_NODELAY everywhere. It runs
+an asyncio loop in a thread of its own, so callers stay synchronous. A
+backend that cannot be reached answers 502 and is counted as such.
+
+Called by the rollout driver and the reconciler; :class:`Router` is the small
+protocol a real proxy (HAProxy) implements too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+__all__ = [
+    "BUCKETS",
+    "BackendStats",
+    "EmbeddedRouter",
+    "RouteConfig",
+    "Router",
+    "make_router",
+]
+
+#: Latency histogram bounds (seconds): fine where SLOs usually sit.
+BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+)
+OVERRIDE_HEADER = b"x-mdc-version"
+MAX_HEAD = 64 * 1024
+MAX_BODY = 64 * 1024 * 1024
+T = TypeVar("T")
+_BACKEND_ERRORS = (
+    TimeoutError,
+    OSError,
+    asyncio.IncompleteReadError,
+    asyncio.LimitOverrunError,
+    ValueError,
+    IndexError,
+)
+_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"content-length",
+}
+
+
+@dataclass
+class BackendStats:
+    """Counters of one backend since the router started (monotonic)."""
+
+    codes: dict[int, int] = field(default_factory=dict)
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    seconds: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return sum(self.codes.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(n for code, n in self.codes.items() if code >= 500)
+
+    def copy(self) -> BackendStats:
+        return BackendStats(dict(self.codes), list(self.buckets), self.seconds)
+
+    def minus(self, earlier: BackendStats) -> BackendStats:
+        codes = {c: n - earlier.codes.get(c, 0) for c, n in self.codes.items()}
+        return BackendStats(
+            {c: n for c, n in codes.items() if n},
+            [a - b for a, b in zip(self.buckets, earlier.buckets, strict=True)],
+            self.seconds - earlier.seconds,
+        )
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile, interpolated inside its bucket (as Prometheus does)."""
+        total = sum(self.buckets)
+        if total == 0:
+            return None
+        rank = q * total
+        seen = 0
+        for i, count in enumerate(self.buckets):
+            if seen + count >= rank and count:
+                low = BUCKETS[i - 1] if i > 0 else 0.0
+                high = BUCKETS[i] if i < len(BUCKETS) else BUCKETS[-1] * 2
+                return low + (high - low) * (rank - seen) / count
+            seen += count
+        return BUCKETS[-1]
+
+    def observe(self, code: int, seconds: float) -> None:
+        self.codes[code] = self.codes.get(code, 0) + 1
+        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.seconds += seconds
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    stable: str | None = None  # "127.0.0.1:PORT"
+    canary: str | None = None
+    weight: int = 0  # percent to the canary
+    mirror: int = 0  # percent of requests also copied to the canary
+    sticky: str | None = None  # a header (or "cookie:NAME") whose value pins a user
+
+
+class Router(Protocol):
+    """What the rollout needs from a router, embedded or a real proxy."""
+
+    def add_model(self, model: str, port: int = 0) -> str: ...
+
+    def configure(self, model: str, config: RouteConfig) -> None: ...
+
+    def snapshot(self, model: str) -> dict[str, BackendStats]: ...
+
+    def close(self) -> None: ...
+
+
+class _Model:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.config = RouteConfig()
+        self.stats: dict[str, BackendStats] = {"stable": BackendStats(), "canary": BackendStats()}
+        self.server: asyncio.base_events.Server | None = None
+        self.url = ""
+
+
+class EmbeddedRouter:
+    """The default router (see the module docstring)."""
+
+    def __init__(self, host: str = "127.0.0.1", admin_port: int | None = 0) -> None:
+        self.host = host
+        self.models: dict[str, _Model] = {}
+        self.pools: dict[str, deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self.writers: set[asyncio.StreamWriter] = (
+            set()
+        )  # every open connection, to close at the end
+        self.lock = threading.Lock()
+        self.rng = random.Random()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="mdc-router", daemon=True)
+        self.thread.start()
+        self.admin_url = ""
+        self._admin: asyncio.base_events.Server | None = None
+        if admin_port is not None:
+            self._admin = self._call(asyncio.start_server(self._serve_admin, host, admin_port))
+            self.admin_url = f"http://{host}:{self._admin.sockets[0].getsockname()[1]}"
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    # -- the Router protocol ------------------------------------------------------
+
+    def add_model(self, model: str, port: int = 0) -> str:
+        if model in self.models:
+            return self.models[model].url
+        state = _Model(model)
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await self._serve_client(state, r, w)
+
+        state.server = self._call(asyncio.start_server(handler, self.host, port))
+        state.url = f"http://{self.host}:{state.server.sockets[0].getsockname()[1]}"
+        self.models[model] = state
+        return state.url
+
+    def configure(self, model: str, config: RouteConfig) -> None:
+        """Takes effect for the very next request; nothing in flight is dropped."""
+        if not 0 <= config.weight <= 100 or not 0 <= config.mirror <= 100:
+            raise ValueError(f"weight and mirror are percentages: {config}")
+        self.models[model].config = config
+
+    def snapshot(self, model: str) -> dict[str, BackendStats]:
+        with self.lock:
+            return {k: v.copy() for k, v in self.models[model].stats.items()}
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            for m in self.models.values():
+                if m.server is not None:
+                    m.server.close()
+            if self._admin is not None:
+                self._admin.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for writer in list(self.writers):
+                writer.close()
+            self.writers.clear()
+            self.pools.clear()
+
+        if self.loop.is_running():
+            self._call(shutdown())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+        self.loop.close()
+
+    # -- choosing ---------------------------------------------------------------
+
+    def _choose(self, config: RouteConfig, headers: Mapping[bytes, bytes]) -> str:
+        override = headers.get(OVERRIDE_HEADER, b"").decode().strip().lower()
+        if override in ("stable", "canary"):
+            return override if getattr(config, override) else "stable"
+        if config.canary is None or config.weight <= 0:
+            return "stable"
+        if config.weight >= 100 or config.stable is None:
+            return "canary"
+        key = _sticky_key(config.sticky, headers) if config.sticky else None
+        if key is not None:
+            bucket = int.from_bytes(hashlib.blake2b(key, digest_size=4).digest()) % 100
+        else:
+            bucket = self.rng.randrange(100)
+        return "canary" if bucket < config.weight else "stable"
+
+    # -- serving ----------------------------------------------------------------
+
+    async def _serve_client(
+        self, model: _Model, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        _nodelay(writer)
+        self.writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                except asyncio.LimitOverrunError:
+                    await _answer(writer, 431, b"request head too large")
+                    return
+                request_line, headers, raw_headers = _parse_head(head)
+                try:
+                    body = await _read_body(reader, headers)
+                except ValueError as exc:
+                    await _answer(writer, 400, str(exc).encode())
+                    return
+                config = model.config
+                which = self._choose(config, headers)
+                address = getattr(config, which)
+                if address is None:
+                    await _answer(writer, 503, b"no release is serving this model")
+                    continue
+                outgoing = _outgoing(request_line, raw_headers, body)
+                started = time.perf_counter()
+                status, response = await self._forward(address, outgoing)
+                elapsed = time.perf_counter() - started
+                with self.lock:
+                    model.stats[which].observe(status, elapsed)
+                writer.write(response)
+                await writer.drain()
+                if (
+                    config.mirror
+                    and which == "stable"
+                    and config.canary is not None
+                    and self.rng.randrange(100) < config.mirror
+                ):
+                    self.loop.create_task(self._mirror(model, config.canary, outgoing))
+                if headers.get(b"connection", b"").lower() == b"close":
+                    return
+        finally:
+            self.writers.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _mirror(self, model: _Model, address: str, outgoing: bytes) -> None:
+        started = time.perf_counter()
+        status, _ = await self._forward(address, outgoing)
+        with self.lock:
+            model.stats["canary"].observe(status, time.perf_counter() - started)
+
+    async def _forward(self, address: str, outgoing: bytes) -> tuple[int, bytes]:
+        pool = self.pools.setdefault(address, deque())
+        for attempt in (0, 1):
+            fresh = not pool
+            writer: asyncio.StreamWriter | None = None
+            try:
+                if pool:
+                    reader, writer = pool.pop()
+                else:
+                    host, port = address.rsplit(":", 1)
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection(host, int(port)), timeout=5
+                    )
+                    _nodelay(writer)
+                    self.writers.add(writer)
+                writer.write(outgoing)
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                status_line, headers, raw_headers = _parse_head(head)
+                status = int(status_line.split(b" ", 2)[1])
+                body = await _read_body(reader, headers)
+            except (
+                TimeoutError,
+                OSError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                ValueError,
+                IndexError,
+            ):
+                if fresh or attempt == 1:
+                    return 502, _response(502, b"the release did not answer")
+                continue  # a pooled connection the backend had closed: try a new one
+            if headers.get(b"connection", b"").lower() == b"close":
+                writer.close()
+                self.writers.discard(writer)
+            else:
+                pool.append((reader, writer))
+            return status, _rebuild(status_line, raw_headers, body)
+        return 502, _response(502, b"the release did not answer")  # pragma: no cover
+
+    async def _serve_admin(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            writer.close()
+            return
+        path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"/"
+        if path.startswith(b"/metrics"):
+            writer.write(_response(200, self.metrics_text().encode(), b"text/plain; version=0.0.4"))
+        else:
+            writer.write(_response(404, b"not found"))
+        await writer.drain()
+        writer.close()
+
+    def metrics_text(self) -> str:
+        lines = [
+            "# HELP mdc_router_requests_total Requests the router forwarded, by backend and code.",
+            "# TYPE mdc_router_requests_total counter",
+        ]
+        snapshots = {name: self.snapshot(name) for name in self.models}
+        for model, stats in snapshots.items():
+            for backend, s in stats.items():
+                for code, n in sorted(s.codes.items()):
+                    lines.append(
+                        f'mdc_router_requests_total{{model="{model}",backend="{backend}",'
+                        f'code="{code}"}} {n}'
+                    )
+        lines += [
+            "# HELP mdc_router_request_duration_seconds Time to answer, as seen by the router.",
+            "# TYPE mdc_router_request_duration_seconds histogram",
+        ]
+        for model, stats in snapshots.items():
+            for backend, s in stats.items():
+                labels = f'model="{model}",backend="{backend}"'
+                total = 0
+                for bound, count in zip((*BUCKETS, float("inf")), s.buckets, strict=True):
+                    total += count
+                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                    lines.append(
+                        f'mdc_router_request_duration_seconds_bucket{{{labels},le="{le}"}} {total}'
+                    )
+                lines.append(f"mdc_router_request_duration_seconds_sum{{{labels}}} {s.seconds:.6f}")
+                lines.append(f"mdc_router_request_duration_seconds_count{{{labels}}} {total}")
+        return "\n".join(lines) + "\n"
+
+
+def make_router(kind: str, **options: object) -> Router:
+    """The router named ``kind``; an unknown name is an error, never a fallback."""
+    if kind == "embedded":
+        return EmbeddedRouter(**options)  # type: ignore[arg-type]
+    raise ValueError(f"unknown router {kind!r}; known: embedded")
+
+
+def _nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _sticky_key(sticky: str, headers: Mapping[bytes, bytes]) -> bytes | None:
+    if sticky.lower().startswith("cookie:"):
+        name = sticky.split(":", 1)[1].strip().encode()
+        for part in headers.get(b"cookie", b"").split(b";"):
+            key, _, value = part.strip().partition(b"=")
+            if key == name and value:
+                return value
+        return None
+    return headers.get(sticky.lower().encode()) or None
+
+
+def _parse_head(head: bytes) -> tuple[bytes, dict[bytes, bytes], list[tuple[bytes, bytes]]]:
+    lines = head[:-4].split(b"\r\n")
+    raw: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        raw.append((name.strip(), value.strip()))
+    return lines[0], {n.lower(): v for n, v in raw}, raw
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: Mapping[bytes, bytes]) -> bytes:
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        body = bytearray()
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass  # trailers
+                return bytes(body)
+            if len(body) + size > MAX_BODY:
+                raise ValueError("body too large")
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+    length = headers.get(b"content-length")
+    if length is None:
+        return b""
+    size = int(length)
+    if size < 0 or size > MAX_BODY:
+        raise ValueError("bad content-length")
+    return await reader.readexactly(size)
+
+
+def _outgoing(request_line: bytes, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    kept = [(n, v) for n, v in raw_headers if n.lower() not in _HOP]
+    head = b"\r\n".join(
+        [
+            request_line,
+            *(n + b": " + v for n, v in kept),
+            b"Content-Length: " + str(len(body)).encode(),
+            b"Connection: keep-alive",
+        ]
+    )
+    return head + b"\r\n\r\n" + body
+
+
+def _rebuild(status_line: bytes, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    kept = [(n, v) for n, v in raw_headers if n.lower() not in _HOP]
+    head = b"\r\n".join(
+        [
+            status_line,
+            *(n + b": " + v for n, v in kept),
+            b"Content-Length: " + str(len(body)).encode(),
+        ]
+    )
+    return head + b"\r\n\r\n" + body
+
+
+def _response(status: int, body: bytes, content_type: bytes = b"text/plain") -> bytes:
+    reason = {
+        200: b"OK",
+        400: b"Bad Request",
+        404: b"Not Found",
+        431: b"Too Large",
+        502: b"Bad Gateway",
+        503: b"Service Unavailable",
+    }.get(status, b"Error")
+    return (
+        b"HTTP/1.1 "
+        + str(status).encode()
+        + b" "
+        + reason
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+async def _answer(writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
+    writer.write(_response(status, body))
+    await writer.drain()

@@ -1,0 +1,173 @@
+"""The embedded router against real HTTP backends on loopback: splits,
+stickiness, overrides, mirroring, live weight changes, failures, metrics."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from controller.router import EmbeddedRouter, RouteConfig, make_router
+
+pytestmark = pytest.mark.integration
+
+
+class Backend:
+    """A tiny HTTP/1.1 keep-alive server that says who it is and counts requests."""
+
+    def __init__(self, name: str, status: int = 200) -> None:
+        self.name, self.status, self.hits, self.bodies = name, status, 0, []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.hits += 1
+                outer.bodies.append(body)
+                answer = json.dumps({"backend": outer.name}).encode()
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_POST
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def setup() -> Iterator[tuple[EmbeddedRouter, str, Backend, Backend]]:
+    stable, canary = Backend("stable"), Backend("canary")
+    router = EmbeddedRouter()
+    url = router.add_model("m")
+    router.configure("m", RouteConfig(stable.address, canary.address, 0))
+    try:
+        yield router, url, stable, canary
+    finally:
+        router.close()
+        stable.close()
+        canary.close()
+
+
+def who(client: httpx.Client, url: str, **headers: str) -> str:
+    answer = client.post(f"{url}/score", json={"x": 1}, headers=headers)
+    assert answer.status_code == 200
+    return str(answer.json()["backend"])
+
+
+@pytest.mark.parametrize(("weight", "low", "high"), [(0, 0, 0), (100, 600, 600), (30, 140, 220)])
+def test_weighted_split(setup: tuple, weight: int, low: int, high: int) -> None:
+    router, url, _, _ = setup
+    router.configure("m", RouteConfig(setup[2].address, setup[3].address, weight))
+    with httpx.Client() as client:
+        counts = Counter(who(client, url) for _ in range(600))
+    assert low <= counts["canary"] <= high
+    stats = router.snapshot("m")
+    assert stats["canary"].requests == counts["canary"]
+    assert stats["stable"].requests == counts["stable"]
+
+
+def test_sticky_users_stay_on_one_version(setup: tuple) -> None:
+    router, url, stable, canary = setup
+    router.configure("m", RouteConfig(stable.address, canary.address, 50, sticky="x-user"))
+    with httpx.Client() as client:
+        seen = {
+            u: {who(client, url, **{"x-user": f"user-{u}"}) for _ in range(5)} for u in range(60)
+        }
+    assert all(len(v) == 1 for v in seen.values())
+    on_canary = sum(v == {"canary"} for v in seen.values())
+    assert 15 <= on_canary <= 45
+
+
+def test_header_override_and_missing_canary(setup: tuple) -> None:
+    router, url, stable, _canary = setup
+    with httpx.Client() as client:
+        assert who(client, url, **{"x-mdc-version": "canary"}) == "canary"  # weight 0, forced
+        router.configure("m", RouteConfig(stable.address, None, 100))
+        assert who(client, url) == "stable"  # no canary: everything on stable
+        assert who(client, url, **{"x-mdc-version": "canary"}) == "stable"
+
+
+def test_mirror_copies_to_the_canary_and_answers_from_stable(setup: tuple) -> None:
+    router, url, stable, canary = setup
+    router.configure("m", RouteConfig(stable.address, canary.address, 0, mirror=100))
+    with httpx.Client() as client:
+        answers = Counter(who(client, url) for _ in range(50))
+    assert answers == {"stable": 50}
+    for _ in range(100):
+        if canary.hits == 50:
+            break
+        threading.Event().wait(0.02)
+    assert canary.hits == 50
+    assert canary.bodies[0] == b'{"x":1}'
+
+
+def test_weight_changes_at_once_on_a_kept_alive_connection(setup: tuple) -> None:
+    router, url, stable, canary = setup
+    with httpx.Client() as client:
+        before = [who(client, url) for _ in range(20)]
+        router.configure("m", RouteConfig(stable.address, canary.address, 100))
+        after = [who(client, url) for _ in range(20)]
+        router.configure("m", RouteConfig(stable.address, canary.address, 0))
+        back = [who(client, url) for _ in range(20)]
+    assert set(before) == {"stable"}
+    assert set(after) == {"canary"}
+    assert set(back) == {"stable"}
+    assert stable.server.socket is not None  # one client connection carried all of it
+
+
+def test_unreachable_backend_is_502_and_counted(setup: tuple) -> None:
+    router, url, stable, _ = setup
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    router.configure("m", RouteConfig(stable.address, dead, 100))
+    with httpx.Client() as client:
+        assert client.post(f"{url}/score", json={}).status_code == 502
+    assert router.snapshot("m")["canary"].codes == {502: 1}
+
+
+def test_chunked_body_and_metrics(setup: tuple) -> None:
+    router, url, stable, _canary = setup
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"big": "'
+        yield b"x" * 100_000
+        yield b'"}'
+
+    with httpx.Client() as client:
+        answer = client.post(f"{url}/score", content=chunks())
+        assert answer.status_code == 200
+    assert len(stable.bodies[-1]) == 100_011
+    text = httpx.get(f"{router.admin_url}/metrics").text
+    assert 'mdc_router_requests_total{model="m",backend="stable",code="200"} 1' in text
+    assert 'mdc_router_request_duration_seconds_count{model="m",backend="stable"} 1' in text
+
+
+def test_unknown_router_kind_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown router 'nginx-magic'"):
+        make_router("nginx-magic")
