@@ -322,7 +322,6 @@ class EmbeddedRouter:
         pool = self.pools.setdefault(address, deque())
         for attempt in (0, 1):
             fresh = not pool
-            writer: asyncio.StreamWriter | None = None
             try:
                 if pool:
                     reader, writer = pool.pop()
@@ -333,20 +332,18 @@ class EmbeddedRouter:
                     )
                     _nodelay(writer)
                     self.writers.add(writer)
+            except _BACKEND_ERRORS:
+                return 502, _response(502, b"the release did not answer")
+            try:
                 writer.write(outgoing)
                 await writer.drain()
                 head = await reader.readuntil(b"\r\n\r\n")
                 status_line, headers, raw_headers = _parse_head(head)
                 status = int(status_line.split(b" ", 2)[1])
                 body = await _read_body(reader, headers)
-            except (
-                TimeoutError,
-                OSError,
-                asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError,
-                ValueError,
-                IndexError,
-            ):
+            except _BACKEND_ERRORS:
+                writer.close()
+                self.writers.discard(writer)
                 if fresh or attempt == 1:
                     return 502, _response(502, b"the release did not answer")
                 continue  # a pooled connection the backend had closed: try a new one
