@@ -136,6 +136,23 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--release", choices=("stable", "canary"), default="stable")
     logs.add_argument("--state-dir", default=".mdc-state")
     logs.add_argument("--lines", type=int, default=100)
+    for verb, text in (
+        (
+            "promote",
+            "Send all traffic to the model's canary now (after a manual pause, or on purpose).",
+        ),
+        ("abort", "Roll the model's canary back now."),
+        ("pause", "Freeze the model's canary where it is."),
+        (
+            "resume",
+            "Carry on with a paused canary (also approves a pause that waits for a person).",
+        ),
+        ("retry", "Allow a rolled-back spec to be tried again (removes its pin)."),
+    ):
+        manual = verbs.add_parser(verb, help=text, description=text)
+        manual.add_argument("model")
+        manual.add_argument("--state-dir", default=".mdc-state")
+        manual.add_argument("--as", dest="who", help="who asks (default: $MDC_USER or $USER)")
     read_command("version", "Print the version.")
     return parser
 
@@ -168,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _pool(args)
     if args.verb == "build":
         return _build(args)
+    if args.verb in ("promote", "abort", "pause", "resume", "retry"):
+        return _manual(args)
     if args.verb == "logs":
         return _logs(args)
     try:
@@ -613,4 +632,21 @@ def _logs(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     lines = path.read_text(errors="replace").splitlines()[-args.lines :]
     print("\n".join(lines))
+    return EXIT_OK
+
+
+def _manual(args: argparse.Namespace) -> int:
+    from controller.rollout import Pins, send_command  # noqa: PLC0415
+
+    state = Path(args.state_dir)
+    if args.verb == "retry":
+        pins = Pins(state)
+        pinned = pins.get(args.model)
+        if pinned is None:
+            print(f"mdc retry: {args.model} has no failed spec pinned", file=sys.stderr)
+            return EXIT_INVALID
+    action = send_command(state, args.model, args.verb, args.who)
+    if args.verb == "retry":
+        Pins(state).unpin(args.model)
+    print(f"{args.verb} {args.model}: asked by {action.who}; the controller acts on its next pass")
     return EXIT_OK
