@@ -206,7 +206,8 @@ class EmbeddedRouter:
         state = _Model(model)
 
         async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            await self._serve_client(state, r, w)
+            with contextlib.suppress(asyncio.CancelledError):  # closing the router
+                await self._serve_client(state, r, w)
 
         state.server = self._call(asyncio.start_server(handler, self.host, port))
         state.url = f"http://{self.host}:{state.server.sockets[0].getsockname()[1]}"
