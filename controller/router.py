@@ -408,7 +408,11 @@ def make_router(kind: str, **options: object) -> Router:
     """The router named ``kind``; an unknown name is an error, never a fallback."""
     if kind == "embedded":
         return EmbeddedRouter(**options)  # type: ignore[arg-type]
-    raise ValueError(f"unknown router {kind!r}; known: embedded")
+    if kind == "haproxy":
+        from controller.haproxy import HAProxyRouter  # noqa: PLC0415 - needs the binary
+
+        return HAProxyRouter(**options)  # type: ignore[arg-type]
+    raise ValueError(f"unknown router {kind!r}; known: embedded, haproxy")
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:

@@ -1,4 +1,4 @@
-"""Canaries with real releases behind the embedded router, under real load:
+"""Canaries with real releases behind each router (embedded, HAProxy), under real load:
 a good version is promoted, one that fails 20% of requests is rolled back in
 the tick its failure limit is reached, a slow one is caught by the check
 relative to stable, and no request reaches a canary that is not ready."""
@@ -19,11 +19,12 @@ from controller.canary import CanaryPhase, Outcome
 from controller.loader import load_desired
 from controller.packager import Packager, Source
 from controller.rollout import Pins, RolloutDriver, rollout_decision
-from controller.router import EmbeddedRouter
+from controller.router import Router
 from controller.runtime import LocalRuntime, ReleaseSpec, State
 from controller.spec import Analysis, Check, Metric, Probe, RolloutPolicy, Step, StepKind
 from controller.tree import DirTree
 from tests.bentos import bentoml_processes, example_copy
+from tests.integration.test_router import new_router
 
 pytestmark = pytest.mark.integration
 PROBE = Probe(
@@ -126,10 +127,12 @@ class Load:
         self.thread.join(timeout=20)
 
 
-@pytest.fixture
-def world(tmp_path: Path, built: Built) -> Iterator[tuple[LocalRuntime, EmbeddedRouter, str]]:
+@pytest.fixture(params=["embedded", "haproxy"])
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, built: Built
+) -> Iterator[tuple[LocalRuntime, Router, str]]:
+    router = new_router(request.param, tmp_path / "proxy")
     runtime = LocalRuntime(tmp_path / "state", built.home, rng=random.Random(0))
-    router = EmbeddedRouter()
     url = router.add_model("fraud-scorer")
     try:
         yield runtime, router, url
