@@ -32,7 +32,6 @@ from pathlib import Path
 from controller.canary import (
     Action,
     ActionKind,
-    BackendWindow,
     CanaryPhase,
     CanaryState,
     Command,
@@ -40,6 +39,7 @@ from controller.canary import (
     advance,
     start,
 )
+from controller.metrics import router_window
 from controller.router import BackendStats, RouteConfig, Router
 from controller.runtime import LocalRuntime, ReleaseSpec, State
 from controller.spec import RolloutPolicy
@@ -153,16 +153,6 @@ def rollout_decision(
     return "start"
 
 
-def _window(now: BackendStats, then: BackendStats, seconds: float) -> BackendWindow:
-    delta = now.minus(then)
-    return BackendWindow(
-        requests=delta.requests,
-        errors=delta.errors,
-        seconds=seconds,
-        latency={q: v for q in (0.5, 0.9, 0.99) if (v := delta.quantile(q)) is not None},
-    )
-
-
 class RolloutDriver:
     """Carries out one model's canary (see the module docstring)."""
 
@@ -241,8 +231,8 @@ class RolloutDriver:
         observed = Observation(
             canary_ready=ready,
             smoke_ok=ready,  # READY means its probe -- a real request -- answered
-            canary=_window(snapshot["canary"], before["canary"], seconds),
-            stable=_window(snapshot["stable"], before["stable"], seconds),
+            canary=router_window(snapshot["canary"], before["canary"], seconds),
+            stable=router_window(snapshot["stable"], before["stable"], seconds),
         )
         previous = self.state
         self.state, actions = advance(self.policy, previous, observed, now, command)

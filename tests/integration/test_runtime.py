@@ -22,6 +22,7 @@ import pytest
 
 from controller.cli import main
 from controller.loader import load_desired
+from controller.metrics import bentoml_window
 from controller.packager import Packager, Source
 from controller.runtime import LocalRuntime, ReleaseSpec, State, release_home
 from controller.spec import Probe
@@ -129,12 +130,17 @@ def test_two_versions_side_by_side_with_their_own_metrics(
     assert stable.port != canary.port
     assert score(stable.url) != pytest.approx(score(canary.url))  # v1 and v2 weights differ
     base_s, base_c = request_count(stable.url), request_count(canary.url)
+    scrape = httpx.get(f"{canary.url}/metrics", timeout=10).text
     for _ in range(3):
         score(stable.url)
     for _ in range(5):
         score(canary.url)
     assert request_count(stable.url) - base_s == 3
     assert request_count(canary.url) - base_c == 5
+    # the BentoML /metrics provider reads the same from the canary's own server
+    window = bentoml_window(scrape, httpx.get(f"{canary.url}/metrics", timeout=10).text, 10.0)
+    assert (window.requests, window.errors) == (5, 0)
+    assert 0 < window.latency[0.5] < 1.0
     listed = {r.spec.name: r for r in runtime.list()}
     assert listed["fraud-scorer/canary"].spec.bento == bentos.v2
     assert listed["fraud-scorer/stable"].spec.gpus == ("GPU-test-0001",)

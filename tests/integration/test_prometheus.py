@@ -1,0 +1,124 @@
+"""The Prometheus provider against a real Prometheus server scraping the
+embedded router; a provider that cannot answer fails, never passes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.canary import judge
+from controller.errors import TransientError
+from controller.metrics import PrometheusProvider, make_provider
+from controller.router import EmbeddedRouter, RouteConfig
+from controller.spec import Check, Metric
+from tests.gitservers import free_port
+from tests.integration.test_router import Backend
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[tuple[str, EmbeddedRouter, str, Backend, Backend]]:
+    if shutil.which("prometheus") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI lacks prometheus (Debian package prometheus)")
+        pytest.skip("prometheus is not installed (Debian package prometheus)")
+    stable, canary = Backend("stable"), Backend("canary", status=500)
+    router = EmbeddedRouter()
+    url = router.add_model("m")
+    router.configure("m", RouteConfig(stable.address, canary.address, 25))
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    admin = router.admin_url.removeprefix("http://")
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: mdc-router\n    static_configs:\n"
+        f"      - targets: ['{admin}']\n"
+    )
+    proc = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield base, router, url, stable, canary
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        router.close()
+        stable.close()
+        canary.close()
+
+
+def test_window_from_prometheus_matches_the_router(prometheus: tuple) -> None:
+    base, router, url, _, _ = prometheus
+    provider = make_provider("prometheus", url=base)
+    assert isinstance(provider, PrometheusProvider)
+    try:
+        with httpx.Client() as client:
+            started = time.monotonic()
+            while time.monotonic() - started < 6:  # six scrapes of steady traffic
+                client.post(f"{url}/score", json={})
+        time.sleep(1.5)  # one more scrape after the last request
+        snapshot = router.snapshot("m")
+        total = provider.value('sum(mdc_router_requests_total{model="m"})')
+        assert total == snapshot["stable"].requests + snapshot["canary"].requests
+        canary = provider.window("m", "canary", 8)
+        assert canary.requests > 0
+        # this canary answers 500 to everything (increase() extrapolates: not exact)
+        assert abs(canary.errors - canary.requests) <= 0.02 * canary.requests + 1
+        stable = provider.window("m", "stable", 8)
+        assert stable.errors == 0
+        assert 0.5 < (canary.requests / stable.requests) / (25 / 75) < 2.0
+        assert 0 < stable.latency[0.99] < 0.5
+        outcome, results = judge(
+            (Check("errors", Metric.ERROR_RATE, None, 0.05, None, None),), canary, stable, 1
+        )
+        assert outcome.value == "fail"
+        assert "> max 0.05" in results[0].message
+    finally:
+        provider.close()
+
+
+def test_a_provider_that_cannot_answer_is_an_error_not_a_pass() -> None:
+    provider = PrometheusProvider(f"http://127.0.0.1:{free_port()}", timeout=1)
+    with pytest.raises(TransientError) as caught:
+        provider.window("m", "canary", 10)
+    assert caught.value.reason == "MetricsUnavailable"
+    outcome, _ = judge((Check("errors", Metric.ERROR_RATE, None, 0.05, None, None),), None, None, 1)
+    assert outcome.value == "fail"  # what the driver judges when the provider raised
+
+
+def test_bad_promql_is_refused(prometheus: tuple) -> None:
+    base = prometheus[0]
+    provider = PrometheusProvider(base)
+    try:
+        with pytest.raises(TransientError, match="Prometheus refused"):
+            provider.value("sum(rate(")
+    finally:
+        provider.close()
+
+
+def test_unknown_provider_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown metrics provider 'graphite'"):
+        make_provider("graphite")
