@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
 from controller.spec import Check, Metric, RolloutPolicy, StepKind
 
@@ -52,8 +53,11 @@ __all__ = [
     "Observation",
     "Outcome",
     "advance",
+    "analysis_due",
     "judge",
     "start",
+    "state_from_dict",
+    "state_to_dict",
 ]
 
 DEFAULT_WARMUP_TIMEOUT = 300.0
@@ -116,6 +120,8 @@ class Observation:
     smoke_ok: bool = False
     canary: BackendWindow | None = None  # None: metrics could not be read
     stable: BackendWindow | None = None
+    #: values of PromQL checks, by check name (None or absent: could not be read)
+    custom: Mapping[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,39 @@ class CanaryState:
     verdicts: tuple[IntervalVerdict, ...] = ()
 
 
+def state_to_dict(state: CanaryState) -> dict[str, Any]:
+    """The state as plain JSON-ready data, for status files."""
+    return asdict(state)
+
+
+def state_from_dict(data: Mapping[str, Any]) -> CanaryState:
+    """The inverse of :func:`state_to_dict`; raises ``ValueError`` on bad data."""
+    try:
+        verdicts = tuple(
+            IntervalVerdict(
+                float(v["at"]),
+                Outcome(v["outcome"]),
+                int(v["weight"]),
+                tuple(
+                    CheckResult(c["check"], Outcome(c["outcome"]), c["value"], c["message"])
+                    for c in v["checks"]
+                ),
+            )
+            for v in data.get("verdicts", ())
+        )
+        paused = data.get("paused_from")
+        return CanaryState(
+            **{
+                **data,
+                "phase": CanaryPhase(data["phase"]),
+                "paused_from": CanaryPhase(paused) if paused else None,
+                "verdicts": verdicts,
+            }
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a canary state: {exc}") from None
+
+
 def start(spec_hash: str, now: float) -> CanaryState:
     """A new canary: warming up, no traffic."""
     return CanaryState(
@@ -177,6 +216,7 @@ def judge(
     canary: BackendWindow | None,
     stable: BackendWindow | None,
     min_requests: int,
+    custom: Mapping[str, float | None] | None = None,
 ) -> tuple[Outcome, tuple[CheckResult, ...]]:
     """One analysis interval: every check, then the interval's outcome.
 
@@ -200,7 +240,7 @@ def judge(
             for c in checks
         )
         return Outcome.NO_DATA, results
-    results = tuple(_judge_check(c, canary, stable) for c in checks)
+    results = tuple(_judge_check(c, canary, stable, custom or {}) for c in checks)
     outcomes = {r.outcome for r in results}
     if Outcome.FAIL in outcomes:
         return Outcome.FAIL, results
@@ -209,17 +249,23 @@ def judge(
     return Outcome.PASS, results
 
 
-def _judge_check(check: Check, canary: BackendWindow, stable: BackendWindow | None) -> CheckResult:
-    value = canary.value(check.metric)
+def _judge_check(
+    check: Check,
+    canary: BackendWindow,
+    stable: BackendWindow | None,
+    custom: Mapping[str, float | None],
+) -> CheckResult:
+    label = str(check.metric) if check.metric is not None else f"query {check.name!r}"
+    value = canary.value(check.metric) if check.metric is not None else custom.get(check.name)
     if value is None or math.isnan(value):
-        return CheckResult(check.name, Outcome.FAIL, None, f"{check.metric} could not be read")
-    shown = f"{check.metric} {value:.4g}"
+        return CheckResult(check.name, Outcome.FAIL, None, f"{label} could not be read")
+    shown = f"{label} {value:.4g}"
     if check.max is not None and value > check.max:
         return CheckResult(check.name, Outcome.FAIL, value, f"{shown} > max {check.max:g}")
     if check.min is not None and value < check.min:
         return CheckResult(check.name, Outcome.FAIL, value, f"{shown} < min {check.min:g}")
     if check.max_ratio_to_stable is not None or check.min_ratio_to_stable is not None:
-        base = stable.value(check.metric) if stable is not None else None
+        base = stable.value(check.metric) if stable is not None and check.metric else None
         if base is None:
             return CheckResult(
                 check.name, Outcome.NO_DATA, value, f"{shown}; no stable value to compare with"
@@ -240,6 +286,15 @@ def _judge_check(check: Check, canary: BackendWindow, stable: BackendWindow | No
             )
         return CheckResult(check.name, Outcome.PASS, value, f"{shown} (stable {base:.4g})")
     return CheckResult(check.name, Outcome.PASS, value, shown)
+
+
+def analysis_due(policy: RolloutPolicy, state: CanaryState, now: float) -> bool:
+    """Whether :func:`advance` judges an interval at ``now`` (so the driver reads
+    slow sources, such as PromQL checks, only then)."""
+    if policy.analysis is None or state.weight <= 0 or state.phase.done:
+        return False
+    since = state.last_interval if state.last_interval is not None else state.step_started
+    return now - since >= policy.analysis.interval
 
 
 def _rollback(
@@ -309,6 +364,7 @@ def advance(
                 observed.canary,
                 observed.stable,
                 policy.analysis.min_requests,
+                observed.custom,
             )
             verdict = IntervalVerdict(now, outcome, state.weight, results)
             state = replace(

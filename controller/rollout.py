@@ -37,17 +37,20 @@ from controller.canary import (
     Command,
     Observation,
     advance,
+    analysis_due,
     start,
 )
-from controller.metrics import router_window
+from controller.errors import TransientError
+from controller.metrics import PrometheusProvider, router_window
 from controller.router import BackendStats, RouteConfig, Router
 from controller.runtime import LocalRuntime, ReleaseSpec, State
-from controller.spec import RolloutPolicy
+from controller.spec import Check, RolloutPolicy
 
 __all__ = [
     "ManualAction",
     "Pins",
     "RolloutDriver",
+    "query_values",
     "read_command",
     "rollout_decision",
     "send_command",
@@ -153,6 +156,22 @@ def rollout_decision(
     return "start"
 
 
+def query_values(
+    checks: tuple[Check, ...], prometheus: PrometheusProvider | None
+) -> dict[str, float | None]:
+    """The value of every PromQL check now; None where it cannot be read
+    (no Prometheus configured, or it did not answer) -- which fails the check."""
+    values: dict[str, float | None] = {}
+    for check in checks:
+        if check.query is None:
+            continue
+        try:
+            values[check.name] = prometheus.value(check.query) if prometheus else None
+        except TransientError:
+            values[check.name] = None
+    return values
+
+
 class RolloutDriver:
     """Carries out one model's canary (see the module docstring)."""
 
@@ -164,6 +183,8 @@ class RolloutDriver:
         router: Router,
         *,
         pins: Pins | None = None,
+        state_dir: Path | None = None,
+        prometheus: PrometheusProvider | None = None,
         clock: Callable[[], float] = time.time,
         record: Callable[[CanaryState, tuple[Action, ...]], None] | None = None,
     ) -> None:
@@ -172,6 +193,8 @@ class RolloutDriver:
         self.runtime = runtime
         self.router = router
         self.pins = pins
+        self.state_dir = state_dir
+        self.prometheus = prometheus
         self.clock = clock
         self.record = record
         self.stable: ReleaseSpec | None = None
@@ -219,7 +242,13 @@ class RolloutDriver:
             raise RuntimeError("begin() first")
         now = self.clock()
         self.runtime.tick(now)
-        if command is not None:
+        if command is None and self.state_dir is not None:
+            pending = read_command(self.state_dir, self.model)
+            if pending is not None:
+                self.manual.append(pending)
+                if pending.command in {c.value for c in Command}:
+                    command = Command(pending.command)
+        elif command is not None:
             self.manual.append(ManualAction(self.model, str(command), who or _who(), now))
         snapshot = self.router.snapshot(self.model)
         if self._since is None or self.state.weight == 0:
@@ -228,11 +257,15 @@ class RolloutDriver:
         seconds = max(now - started, 1e-9)
         canary_release = self.runtime.releases.get(self.canary.name)
         ready = canary_release is not None and canary_release.state is State.READY
+        custom: dict[str, float | None] = {}
+        if self.policy.analysis is not None and analysis_due(self.policy, self.state, now):
+            custom = query_values(self.policy.analysis.checks, self.prometheus)
         observed = Observation(
             canary_ready=ready,
             smoke_ok=ready,  # READY means its probe -- a real request -- answered
             canary=router_window(snapshot["canary"], before["canary"], seconds),
             stable=router_window(snapshot["stable"], before["stable"], seconds),
+            custom=custom,
         )
         previous = self.state
         self.state, actions = advance(self.policy, previous, observed, now, command)

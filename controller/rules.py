@@ -117,6 +117,25 @@ class Rules:
             base: Path = ("spec", "analysis", "checks")
             out += _duplicates(doc, base, [c.name for c in checks], "name", "check")
             for i, chk in enumerate(checks):
+                if (chk.metric is None) == (chk.query is None):
+                    out.append(
+                        doc.diagnostic(
+                            (*base, i),
+                            "a check needs exactly one of metric or query",
+                            "analysis.metric",
+                        )
+                    )
+                elif chk.query is not None and (
+                    chk.min_ratio_to_stable is not None or chk.max_ratio_to_stable is not None
+                ):
+                    out.append(
+                        doc.diagnostic(
+                            (*base, i),
+                            "a query check takes min and max only (bounds relative to stable "
+                            "need a built-in metric)",
+                            "analysis.metric",
+                        )
+                    )
                 bounds = (chk.min, chk.max, chk.min_ratio_to_stable, chk.max_ratio_to_stable)
                 if all(b is None for b in bounds):
                     out.append(

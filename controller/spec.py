@@ -195,11 +195,12 @@ class Step:
 @dataclass(frozen=True)
 class Check:
     name: str
-    metric: Metric
+    metric: Metric | None  # None: a PromQL ``query`` instead
     min: float | None
     max: float | None
     min_ratio_to_stable: float | None
     max_ratio_to_stable: float | None
+    query: str | None = None
 
 
 @dataclass(frozen=True)
@@ -316,11 +317,12 @@ def _policy(doc: Document) -> RolloutPolicy:
             checks=tuple(
                 Check(
                     name=c["name"],
-                    metric=Metric(c["metric"]),
+                    metric=Metric(c["metric"]) if "metric" in c else None,
                     min=c.get("min"),
                     max=c.get("max"),
                     min_ratio_to_stable=c.get("minRatioToStable"),
                     max_ratio_to_stable=c.get("maxRatioToStable"),
+                    query=c.get("query"),
                 )
                 for c in analysis["checks"]
             ),

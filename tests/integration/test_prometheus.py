@@ -16,6 +16,7 @@ import pytest
 from controller.canary import judge
 from controller.errors import TransientError
 from controller.metrics import PrometheusProvider, make_provider
+from controller.rollout import query_values
 from controller.router import EmbeddedRouter, RouteConfig
 from controller.spec import Check, Metric
 from tests.gitservers import free_port
@@ -98,6 +99,42 @@ def test_window_from_prometheus_matches_the_router(prometheus: tuple) -> None:
         assert "> max 0.05" in results[0].message
     finally:
         provider.close()
+
+
+def test_query_checks_read_prometheus(prometheus: tuple) -> None:
+    base, _, url, _, _ = prometheus
+    with httpx.Client() as client:
+        for _ in range(20):
+            client.post(f"{url}/score", json={})
+    checks = (
+        Check(
+            "total",
+            None,
+            None,
+            10_000.0,
+            None,
+            None,
+            query='sum(mdc_router_requests_total{model="m"})',
+        ),
+        Check("nothing", None, None, 1.0, None, None, query='sum(no_such_metric{model="m"})'),
+        Check("broken", None, None, 1.0, None, None, query="sum(rate("),
+        Check("builtin", Metric.ERROR_RATE, None, 0.1, None, None),
+    )
+    provider = PrometheusProvider(base)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # until Prometheus has scraped the 20 requests
+            if provider.value('sum(mdc_router_requests_total{model="m"})') == 20:
+                break
+            time.sleep(0.2)
+        values = query_values(checks, provider)
+    finally:
+        provider.close()
+    assert values["total"] == 20
+    assert values["nothing"] is None  # an empty answer cannot be judged: the check fails
+    assert values["broken"] is None
+    assert "builtin" not in values
+    assert query_values(checks, None)["total"] is None  # no Prometheus configured
 
 
 def test_a_provider_that_cannot_answer_is_an_error_not_a_pass() -> None:

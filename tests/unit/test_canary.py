@@ -3,7 +3,7 @@ with no-data and failures, deadlines, manual gates, and restart anywhere."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
 
 import pytest
 
@@ -11,13 +11,14 @@ from controller.canary import (
     ActionKind,
     BackendWindow,
     CanaryPhase,
-    CanaryState,
     Command,
     Observation,
     Outcome,
     advance,
     judge,
     start,
+    state_from_dict,
+    state_to_dict,
 )
 from controller.spec import Analysis, Check, Metric, RolloutPolicy, Step, StepKind
 
@@ -247,36 +248,10 @@ def test_restart_at_every_tick_gives_the_same_rollout(name: str) -> None:
     restarted = start("hash-1", 0.0)
     for now, observed, command in ticks:
         straight, _ = advance(rollout, straight, observed, float(now), command)
-        saved = asdict(restarted)  # what a status file would hold
-        restarted = _restore(saved)
+        saved = json.loads(json.dumps(state_to_dict(restarted)))  # what a status file holds
+        restarted = state_from_dict(saved)
         restarted, _ = advance(rollout, restarted, observed, float(now), command)
     assert restarted == straight
-
-
-def _restore(saved: dict) -> CanaryState:
-    from controller.canary import CheckResult, IntervalVerdict  # noqa: PLC0415
-
-    verdicts = tuple(
-        IntervalVerdict(
-            v["at"],
-            Outcome(v["outcome"]),
-            v["weight"],
-            tuple(
-                CheckResult(c["check"], Outcome(c["outcome"]), c["value"], c["message"])
-                for c in v["checks"]
-            ),
-        )
-        for v in saved["verdicts"]
-    )
-    paused_from = saved["paused_from"]
-    return CanaryState(
-        **{
-            **saved,
-            "phase": CanaryPhase(saved["phase"]),
-            "verdicts": verdicts,
-            "paused_from": CanaryPhase(paused_from) if paused_from else None,
-        }
-    )
 
 
 def test_rollback_sets_weight_zero_first_and_says_why() -> None:
@@ -316,3 +291,26 @@ def test_judge(
     text = " | ".join(r.message for r in results)
     for message in messages:
         assert message in text
+
+
+def test_bad_recorded_state_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a canary state"):
+        state_from_dict({"phase": "stepping"})
+
+
+QUERY = Check("queue", None, None, 5.0, None, None, query="max(queue_depth)")
+
+
+@pytest.mark.parametrize(
+    ("custom", "outcome", "message"),
+    [
+        ({"queue": 3.0}, Outcome.PASS, "query 'queue' 3"),
+        ({"queue": 9.0}, Outcome.FAIL, "query 'queue' 9 > max 5"),
+        ({"queue": None}, Outcome.FAIL, "query 'queue' could not be read"),
+        ({}, Outcome.FAIL, "could not be read"),
+    ],
+)
+def test_query_checks(custom: dict, outcome: Outcome, message: str) -> None:
+    got, results = judge((QUERY,), window(), window(), 10, custom)
+    assert got is outcome
+    assert message in results[0].message

@@ -31,6 +31,14 @@ CASES = [
     ("artifact-two-sources", "models/model.yaml", 8, 3, "spec.artifact", "artifact.source"),
     ("binary-tag", "models/model.yaml", 6, 12, "spec.version", "yaml.tag"),
     (
+        "check-metric-and-query",
+        "rollouts/policy.yaml",
+        13,
+        9,
+        "spec.analysis.checks[0]",
+        "analysis.metric",
+    ),
+    (
         "check-without-bounds",
         "rollouts/policy.yaml",
         13,
