@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from controller.canary import CanaryPhase, Outcome
+from controller.cli import main
 from controller.loader import load_desired
 from controller.packager import Packager, Source
 from controller.rollout import Pins, RolloutDriver, rollout_decision
@@ -225,3 +226,58 @@ def test_slow_version_is_caught_relative_to_stable(
     assert state.phase is CanaryPhase.ROLLED_BACK, state.reason
     assert "latencyP90" in state.reason
     assert "x stable" in state.reason
+
+
+GATED = RolloutPolicy(
+    "gated",
+    (
+        Step(StepKind.SET_WEIGHT, weight=30),
+        Step(StepKind.PAUSE),
+        Step(StepKind.SET_WEIGHT, weight=70),
+    ),
+    None,
+    progress_deadline=10.0,
+    warmup_timeout=60.0,
+    warmup_hold=None,
+    source=None,  # type: ignore[arg-type]
+)
+
+
+def test_manual_gate_waits_for_mdc_resume(tmp_path: Path, built: Built) -> None:
+    router = new_router("embedded", tmp_path / "proxy")
+    runtime = LocalRuntime(tmp_path / "state", built.home, rng=random.Random(0))
+    try:
+        router.add_model("fraud-scorer")
+        stable = ReleaseSpec(
+            "fraud-scorer/stable", "fraud-scorer", "1.0.0", built.stable, probe=PROBE
+        )
+        runtime.start(stable)
+        assert runtime.wait_ready(stable.name, 60).state is State.READY
+        driver = RolloutDriver("fraud-scorer", GATED, runtime, router, state_dir=tmp_path / "state")
+        canary = ReleaseSpec(
+            "fraud-scorer/canary", "fraud-scorer", "1.1.0", built.canaries["good"], probe=PROBE
+        )
+        driver.begin(stable, canary, "hash-good")
+        deadline = time.monotonic() + 60
+        while driver.state.phase is not CanaryPhase.WAITING_FOR_APPROVAL:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            driver.tick()
+            time.sleep(0.05)
+        time.sleep(11)  # past the progress deadline: a gate waiting for a person is exempt
+        assert driver.tick()[0].phase is CanaryPhase.WAITING_FOR_APPROVAL
+        assert (
+            main(["resume", "fraud-scorer", "--state-dir", str(tmp_path / "state"), "--as", "dana"])
+            == 0
+        )
+        state, actions = driver.tick()
+        assert state.phase is CanaryPhase.PROMOTED  # 70% was the last step
+        assert [(str(a.kind), a.weight) for a in actions] == [
+            ("set-weight", 70),
+            ("set-weight", 100),
+            ("promote", 100),
+        ]
+        assert [(m.command, m.who) for m in driver.manual] == [("resume", "dana")]
+    finally:
+        router.close()
+        runtime.stop_all(drain=2.0)
+    assert bentoml_processes(tmp_path) == []
