@@ -1,0 +1,364 @@
+"""The ``mdc`` verbs that reach beyond the spec files: git history, watching a
+branch, GPU pools, builds, release logs and manual canary control.
+
+Each function takes the parsed arguments of its verb and returns the exit
+code; :mod:`controller.cli` parses, dispatches and owns the shared output
+helpers. Heavy parts (libgit2, NVML, the runtime) are imported inside the
+verb that needs them, so ``mdc validate`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from controller.errors import MdcError
+from controller.gitsource import GitSource
+from controller.history import model_history
+from controller.loader import load_desired
+from controller.output import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style, json_result, report
+from controller.tree import DirTree
+
+__all__ = ["build", "history", "logs", "manual", "pool", "watch"]
+
+
+def _open_history_repo(args: argparse.Namespace) -> tuple[Any, str, str | None]:
+    """The repository to read, the release branch tip and the status branch tip."""
+    import pygit2  # noqa: PLC0415 - only this verb needs libgit2
+
+    local = Path(args.repo)
+    if local.exists():
+        found = pygit2.discover_repository(str(local))
+        if found is None:
+            raise _UsageError(f"{args.repo}: not a git repository")
+        repo = pygit2.Repository(found)
+        branch = args.branch or (repo.head.shorthand if not repo.head_is_unborn else "main")
+        tips = {
+            b: _first_ref(repo, [f"refs/heads/{b}", f"refs/remotes/origin/{b}"])
+            for b in (branch, args.status_branch)
+        }
+    else:
+        source = GitSource(args.repo, args.branch or "main", _cache_dir())
+        repo = source.repo
+        branch = source.branch
+        tips = source.fetch_refs([branch, args.status_branch])
+    tip = tips[branch]
+    if tip is None:
+        raise _UsageError(f"{args.repo}: no branch {branch!r}")
+    return repo, tip, tips[args.status_branch]
+
+
+def _first_ref(repo: Any, names: list[str]) -> str | None:
+    for name in names:
+        ref = repo.references.get(name)
+        if ref is not None:
+            return str(ref.resolve().target)
+    return None
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mdc"
+
+
+class _UsageError(Exception):
+    pass
+
+
+def history(args: argparse.Namespace) -> int:
+    try:
+        repo, tip, status_tip = _open_history_repo(args)
+    except _UsageError as exc:
+        print(f"mdc history: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MdcError as exc:
+        print(f"mdc history: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    events = model_history(repo, tip, status_tip, args.model, args.limit)
+    if args.format == "json":
+        print(json.dumps({"model": args.model, "events": [e.as_dict() for e in events]}, indent=2))
+    else:
+        style = Style(sys.stdout)
+        for e in events:
+            label = style.bold("spec  ") if e.kind == "spec" else style.green("status")
+            print(f"{e.when}  {label}  {e.commit[:10]}  {e.subject}  ({e.author})")
+            for change in e.changes:
+                print(f"    {change}")
+            if e.source_revision:
+                print(f"    for {e.source_revision}")
+    if not events:
+        print(f"mdc history: no change to model {args.model!r} found", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def watch(args: argparse.Namespace) -> int:
+    from controller.gitsource import Credentials, PollResult, SourcePoller  # noqa: PLC0415
+    from controller.loader import SnapshotLoader  # noqa: PLC0415
+    from controller.signing import SigningMode, SigningPolicy  # noqa: PLC0415
+    from controller.watcher import Watcher, push_listener  # noqa: PLC0415
+    from controller.webhook import Trigger, WebhookServer, load_secret  # noqa: PLC0415
+
+    try:
+        policy = SigningPolicy(
+            SigningMode(args.require_signed or "off"),
+            gpg_keyring=Path(args.gpg_keyring) if args.gpg_keyring else None,
+            ssh_allowed_signers=Path(args.ssh_allowed_signers)
+            if args.ssh_allowed_signers
+            else None,
+        )
+        source = GitSource(args.repo, args.branch, Path(args.state_dir), Credentials.from_env())
+        secret = (
+            load_secret(file=os.environ.get("MDC_WEBHOOK_SECRET_FILE")) if args.webhook else b""
+        )
+    except ValueError as exc:
+        print(f"mdc watch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MdcError as exc:
+        print(f"mdc watch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    poller = SourcePoller(source, args.interval, signing=policy)
+    loader = SnapshotLoader()
+    failed = False
+
+    def show(result: PollResult) -> None:
+        nonlocal failed
+        line: dict[str, Any] = {"condition": result.condition}
+        if result.snapshot is not None:
+            loaded = loader.load(source.tree(result.snapshot), result.snapshot.tree)
+            line |= {
+                "revision": result.snapshot.revision,
+                "changed": result.changed,
+                "forced": result.forced,
+                "valid": loaded.ok,
+                "counts": json_result(args.repo, loaded)["counts"],
+                "errors": [d.render() for d in loaded.diagnostics],
+            }
+        failed = result.error is not None or result.refused is not None
+        if args.format == "json":
+            print(json.dumps(line), flush=True)
+            return
+        what = "force-pushed" if result.forced else "changed" if result.changed else "unchanged"
+        print(f"{line.get('revision', '-')}  {what}  {result.condition}", flush=True)
+        for error in line.get("errors", []):
+            print(f"    {error}", flush=True)
+
+    logging.basicConfig(level=logging.WARNING, format="mdc watch: %(message)s")
+    trigger = Trigger()
+    watcher = Watcher(poller, show, trigger)
+    if args.once:
+        watcher.run(max_polls=1)
+        return EXIT_INVALID if failed else EXIT_OK
+    server = None
+    if args.webhook:
+        host, _, port = args.webhook.rpartition(":")
+        server = WebhookServer(
+            secret, push_listener(args.branch, trigger), host=host or "127.0.0.1", port=int(port)
+        )
+        server.start()
+        print(f"mdc watch: webhooks on {server.url}", file=sys.stderr, flush=True)
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.stop()
+    return EXIT_OK
+
+
+def _recorded_statuses(path: str) -> tuple[list[Any], list[str]]:
+    """Model statuses from the status branch of the git repository at ``path``, if any."""
+    import pygit2  # noqa: PLC0415
+
+    from controller.gitsource import GitTree  # noqa: PLC0415
+    from controller.status import parse_model_status  # noqa: PLC0415
+
+    found = pygit2.discover_repository(path)
+    if found is None:
+        return [], []
+    repo = pygit2.Repository(found)
+    tip = _first_ref(repo, ["refs/heads/mdc/status", "refs/remotes/origin/mdc/status"])
+    if tip is None:
+        return [], []
+    commit = repo.get(tip)
+    if not isinstance(commit, pygit2.Commit):
+        return [], [f"mdc/status points at {tip}, not a commit"]
+    tree = GitTree(repo, str(commit.tree_id))
+    statuses, problems = [], []
+    for file in tree.walk():
+        if file.startswith("models/") and file.endswith(".yaml"):
+            try:
+                statuses.append(parse_model_status(file, tree.read(file)))
+            except MdcError as exc:
+                problems.append(str(exc))
+    return statuses, problems
+
+
+def pool(args: argparse.Namespace) -> int:
+    import socket  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from controller.inventory import build_inventory, read_nvml  # noqa: PLC0415
+    from controller.poolview import (  # noqa: PLC0415
+        planned_holdings,
+        pool_report,
+        recorded_holdings,
+        render,
+    )
+    from controller.spec import Discovery  # noqa: PLC0415
+
+    try:
+        tree = DirTree(args.repo)
+    except NotADirectoryError:
+        print(f"mdc pool: {args.repo}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    result = load_desired(tree)
+    pools = sorted(result.desired.pools.values(), key=lambda p: p.name)
+    if args.name is not None:
+        pools = [p for p in pools if p.name == args.name]
+        if not pools:
+            print(f"mdc pool: no valid GPUPool named {args.name!r}", file=sys.stderr)
+            return EXIT_INVALID
+    statuses, problems = _recorded_statuses(args.repo)
+    local = os.environ.get("MDC_NODE_NAME") or socket.gethostname()
+    reports = []
+    for pool in pools:
+        discovered: dict[str, Any] = {}
+        if any(n.name == local and n.discovery is Discovery.NVML for n in pool.nodes):
+            try:
+                discovered[local] = read_nvml(local)
+            except MdcError as exc:
+                discovered[local] = exc
+        inventory = build_inventory(pool, discovered)
+        mine = [
+            s
+            for s in statuses
+            if s.name in result.desired.models and result.desired.models[s.name].pool == pool.name
+        ]
+        if statuses:
+            picture = pool_report(
+                pool, inventory, recorded_holdings(mine), "recorded", statuses=mine, now=time.time()
+            )
+        else:
+            holdings, waiting = planned_holdings(result.desired, pool, inventory)
+            picture = pool_report(pool, inventory, holdings, "planned", waiting=waiting)
+        picture["disagreements"] += problems
+        reports.append(picture)
+    if args.format == "json":
+        print(json.dumps({"pools": reports, "valid": result.ok}, indent=2))
+    else:
+        style = Style(sys.stdout)
+        for picture in reports:
+            print("\n".join(render(picture, style.bold)))
+    if not result.ok:
+        report(result.diagnostics, sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def _bento_home(args: argparse.Namespace) -> Path:
+    if args.bento_home:
+        return Path(args.bento_home)
+    if os.environ.get("BENTOML_HOME"):
+        return Path(os.environ["BENTOML_HOME"])
+    return Path(args.state_dir) / "bentoml"
+
+
+def _revision(path: str) -> str:
+    import pygit2  # noqa: PLC0415
+
+    found = pygit2.discover_repository(path)
+    if found is None:
+        return ""
+    repo = pygit2.Repository(found)
+    return "" if repo.head_is_unborn else str(repo.head.target)
+
+
+def build(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
+    from controller.packager import Packager, Source  # noqa: PLC0415
+
+    try:
+        tree = DirTree(args.repo)
+    except NotADirectoryError:
+        print(f"mdc build: {args.repo}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    result = load_desired(tree)
+    models = result.desired.models
+    names = args.models or sorted(models)
+    missing = [n for n in names if n not in models]
+    if missing:
+        for name in missing:
+            invalid = any(ref.kind == "Model" and ref.name == name for ref in result.invalid)
+            why = "is invalid" if invalid else "does not exist"
+            print(f"mdc build: model {name!r} {why}", file=sys.stderr)
+        if not result.ok:
+            report(result.diagnostics, sys.stderr)
+        return EXIT_INVALID
+    packager = Packager(_bento_home(args), Path(args.state_dir))
+    source = Source(str(Path(args.repo).resolve()), _revision(args.repo))
+    rows, failed = [], False
+    for name in names:
+        started = time.perf_counter()
+        try:
+            built = packager.build(models[name], tree, source)
+        except MdcError as exc:
+            failed = True
+            print(f"mdc build: {exc}", file=sys.stderr)
+            rows.append({"model": name, "error": exc.reason, "message": str(exc)})
+            continue
+        seconds = round(time.perf_counter() - started, 2)
+        rows.append(
+            {
+                "model": name,
+                "bento": built.bento_tag,
+                "modelTag": built.model_tag,
+                "built": built.built,
+                "seconds": seconds,
+            }
+        )
+        if args.format == "text":
+            what = f"built in {seconds:g}s" if built.built else "present"
+            print(f"{name:<24} {built.bento_tag:<40} {what}", flush=True)
+    if args.format == "json":
+        print(json.dumps({"builds": rows}, indent=2))
+    return EXIT_INVALID if failed else EXIT_OK
+
+
+def logs(args: argparse.Namespace) -> int:
+    from controller.runtime import release_log  # noqa: PLC0415
+
+    path = release_log(Path(args.state_dir), f"{args.model}/{args.release}")
+    if not path.exists():
+        print(
+            f"mdc logs: no logs for {args.model}/{args.release} in {args.state_dir}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    lines = path.read_text(errors="replace").splitlines()[-args.lines :]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def manual(args: argparse.Namespace) -> int:
+    from controller.rollout import Pins, send_command  # noqa: PLC0415
+
+    state = Path(args.state_dir)
+    if args.verb == "retry":
+        pins = Pins(state)
+        pinned = pins.get(args.model)
+        if pinned is None:
+            print(f"mdc retry: {args.model} has no failed spec pinned", file=sys.stderr)
+            return EXIT_INVALID
+    action = send_command(state, args.model, args.verb, args.who)
+    if args.verb == "retry":
+        Pins(state).unpin(args.model)
+    print(f"{args.verb} {args.model}: asked by {action.who}; the controller acts on its next pass")
+    return EXIT_OK
