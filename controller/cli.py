@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         "plan", "Show what a spec repository asks for: GPUs per team, rollout timelines."
     )
     plan.add_argument("path", nargs="?", default=".", help="spec repository (default: .)")
+    plan.add_argument("--base", help="with --head: plan merging HEAD into BASE (git refs)")
+    plan.add_argument("--head", help="with --base: the pull request's head (git ref)")
+    plan.add_argument("--markdown", action="store_true", help="with --base/--head: the PR comment")
     history = read_command(
         "history", "Every change to a model's spec, merged with what mdc did about it."
     )
@@ -164,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run.manual(args)
     if args.verb == "logs":
         return run.logs(args)
+    if args.verb == "plan" and (args.base or args.head):
+        return run.change_plan(args)
     try:
         tree = DirTree(args.path)
     except NotADirectoryError:

@@ -24,7 +24,7 @@ from controller.loader import load_desired
 from controller.output import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style, json_result, report
 from controller.tree import DirTree
 
-__all__ = ["build", "history", "logs", "manual", "pool", "watch"]
+__all__ = ["build", "change_plan", "history", "logs", "manual", "pool", "watch"]
 
 
 def _open_history_repo(args: argparse.Namespace) -> tuple[Any, str, str | None]:
@@ -362,3 +362,37 @@ def manual(args: argparse.Namespace) -> int:
         Pins(state).unpin(args.model)
     print(f"{args.verb} {args.model}: asked by {action.who}; the controller acts on its next pass")
     return EXIT_OK
+
+
+def change_plan(args: argparse.Namespace) -> int:
+    """``mdc plan --base REF --head REF``: what merging the PR would change."""
+    import pygit2  # noqa: PLC0415
+
+    from controller.changeplan import plan_change, render_markdown, render_text  # noqa: PLC0415
+    from controller.gitsource import GitTree  # noqa: PLC0415
+
+    if not (args.base and args.head):
+        print("mdc plan: --base and --head go together", file=sys.stderr)
+        return EXIT_USAGE
+    found = pygit2.discover_repository(args.path)
+    if found is None:
+        print(f"mdc plan: {args.path}: not a git repository", file=sys.stderr)
+        return EXIT_USAGE
+    repo = pygit2.Repository(found)
+    commits = []
+    for ref in (args.base, args.head):
+        try:
+            commit = repo.revparse_single(ref).peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError):
+            print(f"mdc plan: {ref!r} names no commit in {args.path}", file=sys.stderr)
+            return EXIT_USAGE
+        commits.append(commit)
+    base, head = (GitTree(repo, str(c.tree_id)) for c in commits)
+    plan = plan_change(base, head, str(commits[0].id), str(commits[1].id))
+    if args.format == "json":
+        print(json.dumps(plan.as_dict(), indent=2))
+    elif args.markdown:
+        print(render_markdown(plan))
+    else:
+        print(render_text(plan))
+    return EXIT_OK if plan.applicable else EXIT_INVALID

@@ -50,7 +50,11 @@ __all__ = [
     "BuildResult",
     "Packager",
     "Source",
+    "bento_tag",
     "bentoml_env",
+    "model_tag_for",
+    "planned_bento_tag",
+    "service_files",
 ]
 
 MAX_ARTIFACT_BYTES = 4 << 30
@@ -114,6 +118,64 @@ def _sha256(data: bytes) -> str:
 
 def _safe_version(digest: str) -> str:
     return digest[:20]
+
+
+def _files_under(tree: Tree, directory: str) -> dict[str, bytes]:
+    prefix = directory.rstrip("/") + "/"
+    return {
+        entry[len(prefix) :]: tree.read(entry)
+        for entry in tree.walk()
+        if entry.startswith(prefix) and tree.kind(entry) is EntryKind.FILE
+    }
+
+
+def _digest_of_files(files: Mapping[str, bytes]) -> str:
+    hasher = hashlib.sha256()
+    for rel in sorted(files):
+        hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
+    return hasher.hexdigest()
+
+
+def model_tag_for(model: Model, tree: Tree) -> str:
+    """The model tag ``model``'s artifact gets, computed without importing anything."""
+    art = model.artifact
+    if art.bento_model:
+        return art.bento_model
+    if art.url:
+        return f"{model.name}:{_safe_version(art.sha256 or '')}"
+    target, kind = resolve(tree, clean_reference(art.path or ""))
+    if kind is EntryKind.FILE:
+        return f"{model.name}:{_safe_version(_sha256(tree.read(target)))}"
+    return f"{model.name}:{_safe_version(_digest_of_files(_files_under(tree, target)))}"
+
+
+def service_files(model: Model, tree: Tree) -> dict[str, bytes]:
+    """The ``.py`` files of the service module's directory, by path inside it."""
+    module = clean_reference(model.service_module)
+    directory = posixpath.dirname(module)
+    prefix = directory + "/" if directory else ""
+    files = {}
+    for path in tree.walk():
+        if path.startswith(prefix) and path.endswith(".py"):
+            target, kind = resolve(tree, path)
+            if kind is EntryKind.FILE and tree.size(target) <= MAX_SERVICE_FILE_BYTES:
+                files[path[len(prefix) :]] = tree.read(target)
+    return files
+
+
+def bento_tag(model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:
+    """The content-addressed bento tag: same inputs, same tag."""
+    hasher = hashlib.sha256()
+    for part in (LAYOUT, _bentoml_version(), model.name, model_tag, model.service_class):
+        hasher.update(part.encode() + b"\n")
+    for rel in sorted(files):
+        hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
+    return f"{model.name}:{_safe_version(hasher.hexdigest())}"
+
+
+def planned_bento_tag(model: Model, tree: Tree) -> str:
+    """The bento tag a build of ``model`` would have (for plans: nothing is built)."""
+    return bento_tag(model, model_tag_for(model, tree), service_files(model, tree))
 
 
 class Packager:
@@ -194,19 +256,12 @@ class Packager:
                 f"{model.name}: artifact {path!r} is not a file or directory in the repo",
                 reason="ArtifactMissing",
             )
-        files: dict[str, bytes] = {}
-        prefix = target.rstrip("/") + "/"
-        for entry in tree.walk():
-            if entry.startswith(prefix) and tree.kind(entry) is EntryKind.FILE:
-                files[entry[len(prefix) :]] = tree.read(entry)
+        files = _files_under(tree, target)
         if sum(len(b) for b in files.values()) > MAX_ARTIFACT_BYTES:
             raise PermanentError(
                 f"{model.name}: artifact over the size cap", reason="ArtifactTooBig"
             )
-        hasher = hashlib.sha256()
-        for rel in sorted(files):
-            hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
-        digest = hasher.hexdigest()
+        digest = _digest_of_files(files)
         staged = self.state / "staging" / digest
         shutil.rmtree(staged, ignore_errors=True)
         for rel, data in files.items():
@@ -276,25 +331,10 @@ class Packager:
     # -- bentos -----------------------------------------------------------------
 
     def service_files(self, model: Model, tree: Tree) -> dict[str, bytes]:
-        """The ``.py`` files of the service module's directory, by path inside it."""
-        module = clean_reference(model.service_module)
-        directory = posixpath.dirname(module)
-        prefix = directory + "/" if directory else ""
-        files = {}
-        for path in tree.walk():
-            if path.startswith(prefix) and path.endswith(".py"):
-                target, kind = resolve(tree, path)
-                if kind is EntryKind.FILE and tree.size(target) <= MAX_SERVICE_FILE_BYTES:
-                    files[path[len(prefix) :]] = tree.read(target)
-        return files
+        return service_files(model, tree)
 
     def bento_tag(self, model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:
-        hasher = hashlib.sha256()
-        for part in (LAYOUT, _bentoml_version(), model.name, model_tag, model.service_class):
-            hasher.update(part.encode() + b"\n")
-        for rel in sorted(files):
-            hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
-        return f"{model.name}:{_safe_version(hasher.hexdigest())}"
+        return bento_tag(model, model_tag, files)
 
     def build(self, model: Model, tree: Tree, source: Source | None = None) -> BuildResult:
         """The bento for ``model`` as ``tree`` describes it; built only when new."""

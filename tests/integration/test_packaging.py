@@ -19,7 +19,7 @@ import yaml
 
 from controller.errors import PermanentError
 from controller.loader import load_desired
-from controller.packager import Packager, Source
+from controller.packager import Packager, Source, planned_bento_tag
 from controller.tree import DirTree
 from tests.bentos import example_copy, repo_with_service
 from tests.conftest import EXAMPLE_REPO
@@ -70,6 +70,10 @@ def test_build_offline_then_nothing_to_do_then_only_what_changed(tmp_path: Path)
     assert first.returncode == 0, first.stderr
     builds = {b["model"]: b for b in json.loads(first.stdout)["builds"]}
     assert {b["built"] for b in builds.values()} == {True}
+    # a plan knows the tag a build will have, without building
+    tree = DirTree(repo)
+    for name, model in load_desired(tree).desired.models.items():
+        assert planned_bento_tag(model, tree) == builds[name]["bento"]
     logs = sorted((state / "logs").glob("build-*.log"))
     assert len(logs) == 2
 

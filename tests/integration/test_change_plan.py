@@ -1,0 +1,125 @@
+"""`mdc plan --base --head`: what a pull request would change, from two real
+git commits -- fields, new bentos, canary fit, errors, and the PR comment."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from controller.changeplan import MARKER
+from controller.cli import EXIT_INVALID, EXIT_OK, main
+from tests.conftest import EXAMPLE_REPO
+from tests.gitservers import run_git
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "specs"
+    shutil.copytree(EXAMPLE_REPO, path)
+    run_git("init", "-q", "-b", "main", cwd=path)
+    run_git("add", "-A", cwd=path)
+    run_git("commit", "-qm", "base", cwd=path)
+    return path
+
+
+def change(repo: Path, file: str, old: str, new: str) -> None:
+    target = repo / file
+    target.write_text(target.read_text().replace(old, new))
+    run_git("commit", "-qam", f"edit {file}", cwd=repo)
+
+
+def plan(repo: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
+    code = main(["plan", str(repo), "--base", "HEAD~1", "--head", "HEAD", *extra])
+    return code, capsys.readouterr().out
+
+
+Edit = Callable[[Path], None]
+
+
+@pytest.mark.parametrize(
+    ("edit", "code", "expect"),
+    [
+        (
+            lambda r: change(
+                r, "models/fraud-scorer.yaml", "fraud-scorer/v1.json", "fraud-scorer/v2.json"
+            ),
+            EXIT_OK,
+            {
+                "fraud-scorer": (
+                    "changed",
+                    True,
+                    [
+                        "spec.artifact.path: 'artifacts/fraud-scorer/v1.json' -> "
+                        "'artifacts/fraud-scorer/v2.json'"
+                    ],
+                )
+            },
+        ),
+        (
+            lambda r: change(r, "models/fraud-scorer.yaml", "# Scores card", "# Scores all card"),
+            EXIT_OK,
+            {"fraud-scorer": ("unchanged", False, [])},
+        ),
+        (
+            lambda r: change(r, "services/search_ranker.py", "best first;", "best first, always;"),
+            EXIT_OK,
+            {"search-ranker": ("unchanged", True, [])},
+        ),  # same spec, new code: new bento
+        (
+            lambda r: change(r, "models/fraud-scorer.yaml", "replicas: 2", "replicas: 5"),
+            EXIT_INVALID,
+            {"fraud-scorer": ("changed", False, ["spec.resources.replicas: 2 -> 5"])},
+        ),
+    ],
+    ids=["new-artifact", "comment-only", "service-code", "canary-cannot-fit"],
+)
+def test_plan_of_a_change(
+    repo: Path,
+    capsys: pytest.CaptureFixture[str],
+    edit: Edit,
+    code: int,
+    expect: dict[str, tuple[str, bool, list[str]]],
+) -> None:
+    edit(repo)
+    got, out = plan(repo, capsys, "--format", "json")
+    assert got == code
+    data = json.loads(out)
+    models = {m["model"]: m for m in data["models"]}
+    for name, (kind, new_bento, fields) in expect.items():
+        assert models[name]["change"] == kind
+        assert models[name]["new_bento"] is new_bento
+        assert models[name]["fields"] == fields
+    assert data["applicable"] is (code == EXIT_OK)
+    if code == EXIT_INVALID:
+        assert any("canary would wait" in r for r in data["reasons"])
+
+
+def test_invalid_head_names_file_and_line(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    change(repo, "models/fraud-scorer.yaml", "gpu: 1 ", "gpu: -1 ")
+    code, out = plan(repo, capsys)
+    assert code == EXIT_INVALID
+    assert "CANNOT be applied" in out
+    assert "models/fraud-scorer.yaml:" in out
+    assert "spec.resources.gpu: must be > 0 (got -1)" in out
+
+
+def test_removed_model_and_markdown_comment(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / "models" / "search-ranker.yaml").unlink()
+    run_git("commit", "-qam", "retire the ranker", cwd=repo)
+    code, out = plan(repo, capsys, "--markdown")
+    assert code == EXIT_OK
+    assert out.startswith(MARKER)
+    assert "| search-ranker | removed |" in out
+    assert "✅ can be applied" in out
+
+
+def test_bad_refs_are_usage_errors(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(repo), "--base", "nope", "--head", "HEAD"]) == 2
+    assert "'nope' names no commit" in capsys.readouterr().err
+    assert main(["plan", str(repo), "--base", "HEAD"]) == 2
