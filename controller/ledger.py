@@ -522,6 +522,24 @@ class Ledger:
         self.used[allocation.team] -= allocation.units
         return allocation
 
+    def rename(self, old: str, new: str) -> Allocation | None:
+        """Give ``old``'s allocation the name ``new`` (a promoted canary becomes the
+        stable release, keeping its GPUs); ``new`` must be free."""
+        allocation = self.allocations.get(old)
+        if allocation is None:
+            return None
+        if new in self.allocations:
+            raise ValueError(f"{new} already holds GPUs")
+        for replica in allocation.replicas:
+            for s in replica:
+                holders = self.gpus[s.gpu].holders
+                if old in holders:
+                    holders[new] = holders.pop(old)
+        renamed = replace(allocation, release=new, kind=ReleaseKind.STABLE, serving=True)
+        del self.allocations[old]
+        self.allocations[new] = renamed
+        return renamed
+
     # -- restart ------------------------------------------------------------
 
     def adopt(self, allocation: Allocation) -> str | None:

@@ -41,6 +41,7 @@ from controller.canary import (
     start,
 )
 from controller.errors import TransientError
+from controller.ledger import Ledger, ReleaseKind
 from controller.metrics import PrometheusProvider, router_window
 from controller.router import BackendStats, RouteConfig, Router
 from controller.runtime import LocalRuntime, ReleaseSpec, State
@@ -185,6 +186,7 @@ class RolloutDriver:
         pins: Pins | None = None,
         state_dir: Path | None = None,
         prometheus: PrometheusProvider | None = None,
+        ledger: Ledger | None = None,
         clock: Callable[[], float] = time.time,
         record: Callable[[CanaryState, tuple[Action, ...]], None] | None = None,
     ) -> None:
@@ -195,6 +197,7 @@ class RolloutDriver:
         self.pins = pins
         self.state_dir = state_dir
         self.prometheus = prometheus
+        self.ledger = ledger  # GPUs: the canary's freed on rollback, the old stable's on promotion
         self.clock = clock
         self.record = record
         self.stable: ReleaseSpec | None = None
@@ -288,6 +291,8 @@ class RolloutDriver:
         elif action.kind is ActionKind.ROLLBACK:
             self.router.configure(self.model, RouteConfig(self.address(self.stable), None, 0))
             self.runtime.stop(self.canary.name, drain=5.0)
+            if self.ledger is not None:
+                self.ledger.release(f"{self.model}/{ReleaseKind.CANARY}")
             if self.pins is not None:
                 self.pins.pin(self.model, self.state.spec_hash, action.reason, now)
         elif action.kind is ActionKind.PROMOTE:
@@ -296,6 +301,11 @@ class RolloutDriver:
             self.stable = replace(self.canary)
             if old is not None:
                 self.runtime.stop(old.name, drain=5.0)
+            if self.ledger is not None:
+                self.ledger.release(f"{self.model}/{ReleaseKind.STABLE}")
+                self.ledger.rename(
+                    f"{self.model}/{ReleaseKind.CANARY}", f"{self.model}/{ReleaseKind.STABLE}"
+                )
 
     def run(self, timeout: float, step: float = 0.1) -> CanaryState:
         """Tick until the canary is promoted or rolled back (for tests and the CLI)."""

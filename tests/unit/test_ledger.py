@@ -464,3 +464,26 @@ def test_preemption_reasons_name_the_numbers() -> None:
     (reason,) = decision.reasons
     assert reason.startswith("s4 gives back 1 GPU borrowed by team search (holding 4, guaranteed 1")
     assert "within team fraud's guarantee of 2" in reason
+
+
+def test_promotion_renames_the_canary_allocation() -> None:
+    ledger = Ledger(inventory(a=[80] * 2), [quota("t", guaranteed=2, limit=2)])
+    placed(ledger.place(req("m/stable", gpus=1, serving=True)))
+    canary = placed(ledger.place(req("m/canary", gpus=1, kind=ReleaseKind.CANARY)))
+    ledger.release("m/stable")
+    promoted = ledger.rename("m/canary", "m/stable")
+    assert promoted is not None
+    assert (promoted.release, promoted.kind, promoted.serving) == (
+        "m/stable",
+        ReleaseKind.STABLE,
+        True,
+    )
+    assert where(promoted) == where(canary)
+    assert set(ledger.allocations) == {"m/stable"}
+    ledger.check()
+    assert ledger.release("m/stable") is not None
+    assert ledger.free_gpus() == 2
+    placed(ledger.place(req("x", gpus=1)))
+    placed(ledger.place(req("y", gpus=1)))
+    with pytest.raises(ValueError, match="already holds"):
+        ledger.rename("x", "y")
