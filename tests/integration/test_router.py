@@ -4,6 +4,7 @@ embedded router's stickiness, mirroring and metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -89,11 +90,9 @@ def settled(router: Router, backend: str, count: int) -> BackendStats:
         time.sleep(0.02)
 
 
-@pytest.fixture(params=["embedded", "haproxy"])
-def setup(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[Router, str, Backend, Backend]]:
-    router = new_router(request.param, tmp_path)
+@contextlib.contextmanager
+def routed(router: Router) -> Iterator[tuple[Router, str, Backend, Backend]]:
+    """``router`` in front of two live backends, the canary at weight 0."""
     stable, canary = Backend("stable"), Backend("canary")
     url = router.add_model("m")
     router.configure("m", RouteConfig(stable.address, canary.address, 0))
@@ -103,6 +102,14 @@ def setup(
         router.close()
         stable.close()
         canary.close()
+
+
+@pytest.fixture(params=["embedded", "haproxy"])
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Router, str, Backend, Backend]]:
+    with routed(new_router(request.param, tmp_path)) as world:
+        yield world
 
 
 def who(client: httpx.Client, url: str, **headers: str) -> str:
@@ -123,17 +130,9 @@ def test_weighted_split(setup: tuple, weight: int, low: int, high: int) -> None:
 
 
 @pytest.fixture
-def embedded() -> Iterator[tuple[EmbeddedRouter, str, Backend, Backend]]:
-    stable, canary = Backend("stable"), Backend("canary")
-    router = EmbeddedRouter()
-    url = router.add_model("m")
-    router.configure("m", RouteConfig(stable.address, canary.address, 0))
-    try:
-        yield router, url, stable, canary
-    finally:
-        router.close()
-        stable.close()
-        canary.close()
+def embedded() -> Iterator[tuple[Router, str, Backend, Backend]]:
+    with routed(EmbeddedRouter()) as world:
+        yield world
 
 
 def test_sticky_users_stay_on_one_version(embedded: tuple) -> None:
