@@ -116,10 +116,7 @@ def watch(args: argparse.Namespace) -> int:
         secret = (
             load_secret(file=os.environ.get("MDC_WEBHOOK_SECRET_FILE")) if args.webhook else b""
         )
-    except ValueError as exc:
-        print(f"mdc watch: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except MdcError as exc:
+    except (ValueError, MdcError) as exc:
         print(f"mdc watch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     poller = SourcePoller(source, args.interval, signing=policy)

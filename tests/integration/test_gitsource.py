@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,15 +52,6 @@ def commit_change(work: Path, path: str, old: str, new: str, message: str) -> st
     file.write_text(file.read_text().replace(old, new))
     run_git("commit", "-qam", message, cwd=work)
     return run_git("rev-parse", "HEAD", cwd=work).stdout.strip()
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[GitDaemon]:
-    base = tmp_path / "served"
-    base.mkdir()
-    make_bare_repo(base, "specs")
-    with GitDaemon(base) as server:
-        yield server
 
 
 def example_models() -> set[str]:
