@@ -85,6 +85,11 @@ class HAProxyRouter:
             '  log-format "mdc %b %s %ST %Ta"',
             "  option http-keep-alive",
             "  http-reuse always",
+            # a release stopped or moved behind a pooled connection must not fail a
+            # request: buffer it, and retry on a fresh connection
+            "  option http-buffer-request",
+            "  retries 3",
+            "  retry-on conn-failure empty-response response-timeout",
             "  timeout connect 5s",
             "  timeout client 60s",
             "  timeout server 60s",
