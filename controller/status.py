@@ -62,6 +62,8 @@ class Release:
     version: str
     bento: str | None = None
     started_at: str | None = None
+    name: str | None = None  # the runtime's release name ("fraud-scorer/3f2a9c1d0e")
+    spec_hash: str | None = None  # the hash of the resolved spec it runs
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,11 @@ class ModelStatus:
     #: GPU-hours of shares already given back, by release kind ("stable", "canary");
     #: shares still held add (now - since) x share (see :mod:`controller.costs`)
     gpu_hours: Mapping[str, float] = field(default_factory=dict)
+    #: the canary state machine's state (:func:`controller.canary.state_to_dict`),
+    #: so a restarted controller resumes at the same step, weight and failure count
+    canary_state: Mapping[str, Any] | None = None
+    pull_request: int | None = None  # the PR that introduced the attempted revision
+    phase_since: str | None = None  # ISO 8601, UTC: when the phase last changed
 
     def with_event(self, entry: HistoryEntry) -> ModelStatus:
         """This status with ``entry`` first in its history, trimmed to the limit."""
@@ -150,14 +157,24 @@ def _model_dict(status: ModelStatus) -> dict[str, Any]:
         return (
             None
             if r is None
-            else _drop_empty({"version": r.version, "bento": r.bento, "startedAt": r.started_at})
+            else _drop_empty(
+                {
+                    "version": r.version,
+                    "bento": r.bento,
+                    "startedAt": r.started_at,
+                    "name": r.name,
+                    "specHash": r.spec_hash,
+                }
+            )
         )
 
     return _drop_empty(
         {
             "name": status.name,
             "phase": str(status.phase),
+            "phaseSince": status.phase_since,
             "team": status.team,
+            "pullRequest": status.pull_request,
             "revisions": _drop_empty(
                 {"attempted": status.attempted_revision, "applied": status.applied_revision}
             ),
@@ -196,6 +213,7 @@ def _model_dict(status: ModelStatus) -> dict[str, Any]:
                 )
                 for h in status.history
             ],
+            "canaryState": status.canary_state,
         }
     )
 
@@ -221,6 +239,14 @@ def render(status: ModelStatus | PoolStatus) -> bytes:
     return ("# Written by mdc. Do not edit: the next pass overwrites it.\n" + text).encode()
 
 
+def _mapping_or_none(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError("canaryState must be a mapping")
+    return value
+
+
 def parse_model_status(file: str, raw: bytes) -> ModelStatus:
     """Read a status file back; raises :class:`PermanentError` (BadStatusFile)."""
     documents, problems = parse_yaml(file, raw)
@@ -236,7 +262,11 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
             if raw_release is None:
                 return None
             return Release(
-                raw_release["version"], raw_release.get("bento"), raw_release.get("startedAt")
+                raw_release["version"],
+                raw_release.get("bento"),
+                raw_release.get("startedAt"),
+                raw_release.get("name"),
+                raw_release.get("specHash"),
             )
 
         return ModelStatus(
@@ -275,6 +305,9 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
                 for h in data.get("history", [])
             ),
             gpu_hours={str(k): float(v) for k, v in data.get("gpuHours", {}).items()},
+            canary_state=_mapping_or_none(data.get("canaryState")),
+            pull_request=None if data.get("pullRequest") is None else int(data["pullRequest"]),
+            phase_since=data.get("phaseSince"),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PermanentError(

@@ -27,7 +27,7 @@ FULL = ModelStatus(
     attempted_revision="main@sha1:" + "b" * 40,
     applied_revision="main@sha1:" + "a" * 40,
     spec_hash="abc",
-    stable=Release("1.0.0", "fraud-scorer:aaa", "2026-11-27T10:00:00Z"),
+    stable=Release("1.0.0", "fraud-scorer:aaa", "2026-11-27T10:00:00Z", "fraud-scorer/aaa", "h1"),
     canary=Release("1.1.0", "fraud-scorer:bbb"),
     weight=25,
     step=2,
@@ -40,6 +40,9 @@ FULL = ModelStatus(
     gpu_hours={"stable": 12.5, "canary": 0.25},
     conditions=(Condition("Ready", True, "Progressing", "step 2 of 5"),),
     history=(HistoryEntry("2026-11-27T10:05:00Z", "StepStarted", "weight 25%", "main@sha1:bb"),),
+    canary_state={"spec_hash": "abc", "phase": "Progressing", "step": 1, "weight": 25},
+    pull_request=42,
+    phase_since="2026-11-27T10:04:00Z",
 )
 
 
