@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/mdc validate example-repo
-	$(BIN)/mdc plan example-repo
+	$(BIN)/mdc demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,8 +11,9 @@ Exit codes scripts can trust:
 * 1 -- the command ran and found a problem (invalid specs)
 * 2 -- usage error (unknown flag, a path that is not a directory)
 
-Verbs so far: ``validate``, ``plan``, ``pool``, ``build``, ``logs``,
-``history``, ``watch``, ``version``. Called by the ``mdc`` console script and
+Verbs: ``validate``, ``plan``, ``pool``, ``build``, ``logs``, ``history``,
+``watch``, ``run``, ``status``, ``demo``, ``promote``/``abort``/``pause``/``resume``/``retry``,
+``version``. Called by the ``mdc`` console script and
 ``python -m controller``.
 """
 
@@ -129,6 +130,43 @@ def _parser() -> argparse.ArgumentParser:
         manual.add_argument("model")
         manual.add_argument("--state-dir", default=".mdc-state")
         manual.add_argument("--as", dest="who", help="who asks (default: $MDC_USER or $USER)")
+    run = verbs.add_parser(
+        "run",
+        help="Run the controller: keep what runs equal to the release branch.",
+        description="Run the controller: poll the release branch (and take its push "
+        "webhooks), build, canary, promote or roll back, and record it all on the status "
+        "branch. Serves the dashboard, /metrics, /healthz, /readyz and the webhook on one port.",
+    )
+    run.add_argument("--repo", help="remote URL or path of the spec repository")
+    run.add_argument("--branch", help="release branch (default: main)")
+    run.add_argument("--config", help="an mdc.yaml with these settings and more")
+    run.add_argument("--state-dir", help="mirror, bentos, releases, lock (default: .mdc-state)")
+    run.add_argument("--status-branch", help="where status is recorded (default: mdc/status)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="default: 127.0.0.1:8080")
+    run.add_argument("--poll-interval", type=float, help="seconds between fetches (default: 30)")
+    run.add_argument("--router", choices=("embedded", "haproxy"), help="default: embedded")
+    run.add_argument("--github-repository", metavar="OWNER/NAME", help="report on GitHub")
+    run.add_argument("--once", action="store_true", help="one pass; exit 1 if anything failed")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    status = read_command(
+        "status", "Every model: versions, phase, canary step and weight, verdict, GPUs, age."
+    )
+    status.add_argument(
+        "--repo", default=".", help="a local repository or a remote URL (default: .)"
+    )
+    status.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
+    status.add_argument("--branch", help="the release branch (default: the repo's HEAD, or main)")
+    status.add_argument("--controller", metavar="URL", help="ask a running controller instead")
+    demo = verbs.add_parser(
+        "demo",
+        help="A team's week with mdc on this machine, in a few minutes (no GPU, no network).",
+        description="Serve the example repo with git daemon, run the controller, deploy, "
+        "then a PR that is canaried and promoted and one that is rolled back; prints "
+        "status, the status branch's log and a model's history. Stops all it started.",
+    )
+    demo.add_argument("--dir", help="workspace (default: a new temporary directory)")
+    demo.add_argument("--keep", action="store_true", help="keep running until Ctrl-C")
+    demo.add_argument("-v", "--verbose", action="store_true", help="the controller's log too")
     read_command("version", "Print the version.")
     return parser
 
@@ -167,6 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run.manual(args)
     if args.verb == "logs":
         return run.logs(args)
+    if args.verb == "run":
+        return run.run_controller(args)
+    if args.verb == "status":
+        return run.status(args)
+    if args.verb == "demo":
+        return run.demo(args)
     if args.verb == "plan" and (args.base or args.head):
         return run.change_plan(args)
     try:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +394,233 @@ def change_plan(args: argparse.Namespace) -> int:
     else:
         print(render_text(plan))
     return EXIT_OK if plan.applicable else EXIT_INVALID
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    """``mdc run``: the controller; ``--once`` runs one pass and exits 0 or 1."""
+    import logging  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    from controller.daemon import Config, Daemon, StateLock, load_config  # noqa: PLC0415
+    from controller.reconciler import Reconciler  # noqa: PLC0415
+    from controller.router import make_router  # noqa: PLC0415
+    from controller.webhook import load_secret  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(Path(args.config)) if args.config else Config()
+    except MdcError as exc:
+        print(f"mdc run: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    overrides: dict[str, Any] = {
+        "repo": args.repo,
+        "branch": args.branch,
+        "status_branch": args.status_branch,
+        "state_dir": Path(args.state_dir) if args.state_dir else None,
+        "listen": args.listen,
+        "poll_interval": args.poll_interval,
+        "router": args.router,
+        "github_repository": args.github_repository,
+    }
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if not config.repo:
+        print("mdc run: --repo (or repo: in --config) is required", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        secret = None
+        if config.webhook_secret_file is not None:
+            secret = load_secret(file=config.webhook_secret_file)
+        elif os.environ.get("MDC_WEBHOOK_SECRET") or os.environ.get("MDC_WEBHOOK_SECRET_FILE"):
+            secret = load_secret(file=os.environ.get("MDC_WEBHOOK_SECRET_FILE"))
+        lock = StateLock(config.state_dir)
+        lock.acquire()
+    except MdcError as exc:
+        print(f"mdc run: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        return _serve(config, secret, args.once, Reconciler, Daemon, make_router, signal)
+    except MdcError as exc:
+        print(f"mdc run: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    finally:
+        lock.release()
+
+
+def _serve(  # noqa: PLR0917
+    config: Any,
+    secret: bytes | None,
+    once: bool,
+    reconciler_of: Any,
+    daemon_of: Any,
+    make_router: Any,
+    signal: Any,
+) -> int:
+    from controller.pullrequests import reporter_for  # noqa: PLC0415
+
+    reporter, on_event = reporter_for(config)
+    reconciler = reconciler_of(
+        config.repo,
+        config.branch,
+        config.state_dir,
+        router=make_router(config.router),
+        status_branch=config.status_branch,
+        poll_interval=config.poll_interval,
+        reporter=reporter,
+        node=config.node,
+        router_ports=config.router_ports,
+    )
+    if hasattr(reporter, "bind"):
+        reporter.bind(reconciler)
+    daemon = daemon_of(
+        config,
+        reconciler,
+        secret=secret,
+        on_event=on_event,
+        routes={"/": _dashboard_route(reconciler, config)},
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.stop())
+    print(f"mdc run: serving {daemon.url}/ (dashboard, /metrics, /healthz)", file=sys.stderr)
+    shown: dict[str, str] = {}
+
+    def on_pass(result: Any) -> None:
+        for entry in result.plan:
+            status = reconciler.statuses.get(entry.model)
+            line = f"{entry.model}: {entry.move}"
+            if status is not None:
+                line += f" -> {status.phase}"
+                if status.canary is not None:
+                    line += f" (step {status.step}/{status.steps}, weight {status.weight}%)"
+            if shown.get(entry.model) != line:
+                shown[entry.model] = line
+                print(f"mdc run: {line}", file=sys.stderr)
+        for diagnostic in result.diagnostics:
+            if shown.get(diagnostic.render()) is None:
+                shown[diagnostic.render()] = "shown"
+                print(f"mdc run: {diagnostic.render()}", file=sys.stderr)
+
+    try:
+        return int(daemon.run(once=once, on_pass=on_pass))
+    finally:
+        reconciler.close()
+        if hasattr(reporter, "close"):
+            reporter.close()
+
+
+def _dashboard_route(reconciler: Any, config: Any) -> Any:
+    def page() -> tuple[int, str, bytes]:
+        import time  # noqa: PLC0415
+
+        from controller.dashboard import render_dashboard  # noqa: PLC0415
+        from controller.poolview import pool_report, recorded_holdings  # noqa: PLC0415
+
+        load = reconciler.load
+        statuses = sorted(reconciler.statuses.values(), key=lambda s: s.name)
+        pool = None
+        policies: dict[str, Any] = {}
+        policy_of: dict[str, str] = {}
+        if load is not None:
+            policies = dict(load.desired.policies)
+            policy_of = {name: m.rollout for name, m in load.desired.models.items()}
+            pools = list(load.desired.pools.values())
+            if pools:
+                from controller.inventory import build_inventory  # noqa: PLC0415
+
+                first = pools[0]
+                holdings = [
+                    h
+                    for h in recorded_holdings(statuses)
+                    if load.desired.models.get(h.model) is None
+                    or load.desired.models[h.model].pool == first.name
+                ]
+                pool = pool_report(
+                    first,
+                    build_inventory(first, {}),
+                    holdings,
+                    "status",
+                    statuses=statuses,
+                    now=time.time(),
+                )
+        html = render_dashboard(
+            statuses, pool, policies, time.time(), policy_of=policy_of, title=f"mdc - {config.repo}"
+        )
+        return 200, "text/html; charset=utf-8", html.encode()
+
+    return page
+
+
+def status(args: argparse.Namespace) -> int:
+    """``mdc status``: a table of every model (from the status branch, or a controller)."""
+    import time  # noqa: PLC0415
+
+    from controller.dashboard import render_status_table, status_rows  # noqa: PLC0415
+    from controller.status import parse_model_status  # noqa: PLC0415
+
+    now = time.time()
+    if args.controller:
+        import httpx  # noqa: PLC0415
+
+        try:
+            answer = httpx.get(args.controller.rstrip("/") + "/api/status", timeout=10)
+            answer.raise_for_status()
+            rows = answer.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            print(f"mdc status: {args.controller}: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+    else:
+        try:
+            repo, _, status_tip = _open_history_repo(args)
+        except _UsageError as exc:
+            print(f"mdc status: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except MdcError as exc:
+            print(f"mdc status: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        statuses = []
+        if status_tip is not None:
+            from controller.gitsource import GitTree  # noqa: PLC0415
+
+            tree = GitTree(repo, str(repo.get(status_tip).tree_id))
+            for path in sorted(tree.walk()):
+                if path.startswith("models/") and path.endswith(".yaml"):
+                    try:
+                        statuses.append(parse_model_status(path, tree.read(path)))
+                    except MdcError as exc:
+                        print(f"mdc status: {exc}", file=sys.stderr)
+        rows = status_rows(statuses, now)
+    if args.format == "json":
+        print(json.dumps({"models": rows}, indent=2, default=str))
+    elif not rows:
+        print("no model has a status yet (is the controller running?)")
+    else:
+        print(render_status_table(rows, Style(sys.stdout)))
+    return EXIT_OK
+
+
+def demo(args: argparse.Namespace) -> int:
+    """``mdc demo``: a team's week on one machine (see :mod:`controller.demo`)."""
+    import logging  # noqa: PLC0415
+
+    from controller.demo import run_demo  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    base = Path(args.dir) if args.dir else None
+    if base is not None and base.exists() and any(base.iterdir()):
+        print(f"mdc demo: {base} is not empty", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run_demo(base, keep=args.keep)
+    except KeyboardInterrupt:
+        print("mdc demo: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except (TimeoutError, RuntimeError, MdcError) as exc:
+        print(f"mdc demo: {exc}", file=sys.stderr)
+        return EXIT_INVALID

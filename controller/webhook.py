@@ -8,7 +8,10 @@ ids, and hands each event to a callback: the watch loop's records it and fires a
 :class:`Trigger`, so a burst of pushes costs one reconcile pass. Signatures carry no
 timestamp and deliveries get lost: polling keeps mdc correct, webhooks make it prompt.
 
-Called by the controller's watch loop. Standard library only.
+The same server answers the controller's GET ``routes`` (``/healthz``, ``/readyz``,
+``/metrics``, the dashboard) on the same port, so one port serves everything.
+
+Called by the controller's watch loop and by ``mdc run``. Standard library only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import string
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from functools import partial
@@ -40,6 +43,7 @@ __all__ = [
     "IssueCommentEvent",
     "PullRequestEvent",
     "PushEvent",
+    "Route",
     "Trigger",
     "WebhookServer",
     "load_secret",
@@ -48,6 +52,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: A GET handler: no arguments, returns (status, content type, body).
+Route = Callable[[], tuple[int, str, bytes]]
 
 MAX_BODY = 1 << 20
 DELIVERY_MEMORY = 1000
@@ -238,10 +245,30 @@ class _Handler(BaseHTTPRequestHandler):
         if self._on_path():
             self._reply(405, {"error": "only POST is allowed"}, unread=True)
 
-    do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
+    def do_GET(self) -> None:
+        route = self.server.hook.routes.get(urlsplit(self.path).path)
+        if route is None:
+            return self._not_allowed()
+        try:
+            status, content_type, data = route()
+        except Exception:
+            log.exception("GET %s failed", self.path)
+            status, content_type, data = 500, "text/plain", b"internal error\n"
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        return None
+
+    do_HEAD = do_GET
+    do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
 
     def _on_path(self) -> bool:
-        if not (found := urlsplit(self.path).path == self.server.hook.path):
+        hook = self.server.hook
+        if not (found := urlsplit(self.path).path == hook.path and hook.accepts_webhooks):
             self._reply(404, {"error": "not found"}, unread=True)
         return found
 
@@ -307,17 +334,21 @@ class WebhookServer:
 
     def __init__(
         self,
-        secret: bytes,
+        secret: bytes | None,
         on_event: Callable[[Event], None],
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         path: str = "/webhook",
         max_body: int = MAX_BODY,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
-        if not secret:
+        if secret is not None and not secret:
             raise ValueError("the webhook secret must not be empty")
-        self._secret = secret
+        #: ``secret=None``: no webhooks (the path answers 404), only the GET ``routes``
+        self.accepts_webhooks = secret is not None
+        self.routes: Mapping[str, Route] = routes or {}
+        self._secret = secret or b""
         self.on_event = on_event
         self.host, self.port, self.path, self.max_body = host, port, path, max_body
         self._seen, self._seen_lock = OrderedDict[str, None](), threading.Lock()  # oldest first

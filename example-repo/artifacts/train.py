@@ -7,8 +7,10 @@ mdc checks this). No pickle: weights are plain JSON a reviewer can read.
 * fraud-scorer: logistic regression over four transaction features, trained on
   synthetic transactions where fraud grows with amount, a foreign merchant, the
   hour of night and the number of recent declines. v2 trains longer on more data.
-* search-ranker: a linear relevance model over three query/document features,
-  trained with a pairwise (RankNet-style) logistic loss on synthetic judgements.
+* search-ranker: a linear relevance model over query/document features, trained
+  with a pairwise (RankNet-style) logistic loss on synthetic judgements. v2 trains
+  longer on more pairs; v3 adds a fourth feature, ``dwell_time``, that documents
+  from the older indexer do not carry (the demo's release that fails under load).
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ def accuracy(rows: list[tuple[list[float], int]], w: list[float], b: float) -> f
     return hits / len(rows)
 
 
-def train_ranker(rng: random.Random, pairs: int, epochs: int, lr: float) -> list[float]:
-    true_w = [0.7, 1.3, 0.4]
+def train_ranker(
+    rng: random.Random, pairs: int, epochs: int, lr: float, true_w: list[float] | None = None
+) -> list[float]:
+    true_w = true_w or [0.7, 1.3, 0.4]
     data = []
     for _ in range(pairs):
         a = [rng.uniform(0, 1) for _ in true_w]
@@ -94,16 +98,21 @@ def main() -> None:
                              "testAccuracy": round(accuracy(test, w, b), 4)},
             },
         )
-    w = train_ranker(random.Random(3), pairs=500, epochs=80, lr=1.0)
-    write(
-        HERE / "search-ranker" / "v1.json",
-        {
-            "format": "mdc-example/linear-ranker@1",
-            "features": RANK_FEATURES,
-            "weights": [round(v, 6) for v in w],
-            "training": {"seed": 3, "pairs": 500, "epochs": 80},
-        },
-    )
+    for version, seed, pairs, epochs, features, true_w in (
+        ("v1", 3, 500, 80, RANK_FEATURES, None),
+        ("v2", 5, 1000, 160, RANK_FEATURES, None),
+        ("v3", 9, 1000, 160, [*RANK_FEATURES, "dwell_time"], [0.7, 1.3, 0.4, 0.9]),
+    ):
+        w = train_ranker(random.Random(seed), pairs=pairs, epochs=epochs, lr=1.0, true_w=true_w)
+        write(
+            HERE / "search-ranker" / f"{version}.json",
+            {
+                "format": "mdc-example/linear-ranker@1",
+                "features": features,
+                "weights": [round(v, 6) for v in w],
+                "training": {"seed": seed, "pairs": pairs, "epochs": epochs},
+            },
+        )
 
 
 if __name__ == "__main__":

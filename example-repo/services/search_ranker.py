@@ -22,12 +22,20 @@ ARTIFACT_FILE = "artifact.json"
 def rank_documents(
     weights: dict[str, Any], documents: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The documents with a ``score``, best first; ties keep their input order."""
+    """The documents with a ``score``, best first; ties keep their input order.
+
+    A document that lacks one of the model's features is an error, never a
+    silent zero: a score made up from missing data is worse than no answer.
+    """
+    for doc in documents:
+        missing = [name for name in weights["features"] if name not in doc]
+        if missing:
+            raise ValueError(f"document {doc.get('id')!r} lacks feature(s) {missing}")
     scored = [
         dict(
             doc,
             score=sum(
-                w * float(doc.get(name, 0.0))
+                w * float(doc[name])
                 for name, w in zip(weights["features"], weights["weights"], strict=True)
             ),
         )

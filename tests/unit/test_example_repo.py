@@ -20,7 +20,13 @@ import yaml
 from controller.cli import verbs
 from tests.conftest import EXAMPLE_REPO
 
-ARTIFACTS = ["fraud-scorer/v1.json", "fraud-scorer/v2.json", "search-ranker/v1.json"]
+ARTIFACTS = [
+    "fraud-scorer/v1.json",
+    "fraud-scorer/v2.json",
+    "search-ranker/v1.json",
+    "search-ranker/v2.json",
+    "search-ranker/v3.json",
+]
 
 
 def test_training_script_rebuilds_the_committed_artifacts(tmp_path: Path) -> None:

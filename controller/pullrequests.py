@@ -1,0 +1,361 @@
+"""What mdc says and hears on GitHub pull requests, in the manner of Atlantis.
+
+Owns :class:`PullRequests`, the controller's GitHub reporter:
+
+* on a PR to the release branch (``opened``, ``synchronize``, ``reopened``): the
+  plan of merging it (:mod:`controller.changeplan`) upserted as one comment --
+  found again by its hidden marker, never a new comment per push -- and the
+  commit status ``mdc/plan`` on its head (failure blocks the merge when the
+  change cannot be applied);
+* after the merge: the same comment gains the rollout's progress and each
+  interval's verdicts (metric values against thresholds), and ``mdc/rollout``
+  on the merge commit goes pending, then success or failure;
+* after a rollback, optionally, a revert PR that puts the last good spec back;
+* ``/mdc promote``, ``/mdc abort``, ``/mdc pause``, ``/mdc resume`` and
+  ``/mdc retry`` comments from users with write access act on the rollout of
+  that PR's models (checked through the API; others get a polite refusal).
+
+Webhook events arrive on the server thread and are queued; they are handled
+in the controller's loop (:meth:`drain`, once a pass), so git and GitHub are
+only touched from one thread. A report GitHub did not take (5xx, rate limit)
+is kept and sent again on the next pass -- never dropped.
+
+Called by :mod:`controller.reconciler` (as its reporter) and ``mdc run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable
+from typing import Any
+
+from controller.canary import state_from_dict
+from controller.changeplan import MARKER, plan_change, render_markdown
+from controller.errors import MdcError, PermanentError
+from controller.github import GitHubReporter
+from controller.gitsource import GitTree
+from controller.rollout import Pins, send_command
+from controller.status import ModelStatus, Phase, model_path
+from controller.webhook import Event, IssueCommentEvent, PullRequestEvent, PushEvent
+
+__all__ = [
+    "COMMANDS",
+    "ROLLOUT_MARKER",
+    "PullRequests",
+    "parse_command",
+    "render_rollout",
+    "reporter_for",
+    "rollout_state",
+]
+
+log = logging.getLogger(__name__)
+
+#: Splits the plan (above) from the rollout's progress (below) in the PR comment.
+ROLLOUT_MARKER = "<!-- mdc:rollout -->"
+COMMANDS = ("promote", "abort", "pause", "resume", "retry")
+_PR_ACTIONS = ("opened", "synchronize", "reopened", "edited")
+_MARKS = {"pass": "✅", "fail": "❌"}
+
+
+def parse_command(body: str) -> str | None:
+    """The ``/mdc VERB`` a comment asks for (first line that starts with /mdc), if any."""
+    for line in body.splitlines():
+        words = line.strip().split()
+        if len(words) >= 2 and words[0] == "/mdc" and words[1] in COMMANDS:
+            return words[1]
+    return None
+
+
+def rollout_state(status: ModelStatus) -> str:
+    """The commit status ``mdc/rollout`` says for a model's phase."""
+    if status.phase is Phase.HEALTHY:
+        return "success"
+    if status.phase in (Phase.ROLLED_BACK, Phase.STALLED):
+        return "failure"
+    if status.phase is Phase.DEGRADED:
+        return "error"
+    return "pending"
+
+
+def _revision_sha(revision: str | None) -> str | None:
+    if not revision or "sha1:" not in revision:
+        return None
+    return revision.rsplit("sha1:", 1)[1]
+
+
+def render_rollout(statuses: list[ModelStatus]) -> str:
+    """The rollout part of a PR comment: one section per model the PR changed."""
+    parts = [ROLLOUT_MARKER, "## mdc rollout"]
+    for status in sorted(statuses, key=lambda s: s.name):
+        version = status.canary.version if status.canary else None
+        if version is None and status.stable is not None:
+            version = status.stable.version
+        head = f"### `{status.name}` {version or ''}: **{status.phase}**"
+        if status.step is not None and status.steps:
+            head += f", step {status.step}/{status.steps}, weight {status.weight}%"
+        parts.append(head)
+        for condition in status.conditions:
+            if not condition.status:
+                parts.append(f"- {condition.reason}: {condition.message}")
+        state = None
+        if status.canary_state is not None:
+            try:
+                state = state_from_dict(status.canary_state)
+            except ValueError:
+                state = None
+        if state is not None and state.verdicts:
+            parts += ["", "| interval ended | weight | outcome | checks |", "|---|---|---|---|"]
+            for verdict in state.verdicts:
+                checks = "; ".join(
+                    f"{c.check} {_MARKS.get(str(c.outcome), '…')} {c.message}"
+                    for c in verdict.checks
+                )
+                at = time.strftime("%H:%M:%S", time.gmtime(verdict.at))
+                parts.append(
+                    f"| {at} | {verdict.weight}% | {verdict.outcome} | {checks.replace('|', '/')} |"
+                )
+        if state is not None and state.reason:
+            parts.append(f"\n{state.reason}")
+        if status.history:
+            parts.append("\n<details><summary>history</summary>\n")
+            parts += [f"- {h.at} {h.event}: {h.message}" for h in status.history[:10]]
+            parts.append("\n</details>")
+    return "\n".join(parts) + "\n"
+
+
+class PullRequests:
+    """The GitHub reporter of one controller (see the module docstring)."""
+
+    def __init__(
+        self,
+        github: GitHubReporter,
+        *,
+        branch: str,
+        revert_prs: bool = False,
+        target_url: str | None = None,
+    ) -> None:
+        self.github = github
+        self.branch = branch
+        self.revert_prs = revert_prs
+        self.target_url = target_url
+        self.reconciler: Any = None
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._pulls: dict[str, int | None] = {}
+        self._reported: dict[str, tuple[str, int | None, int]] = {}  # model -> phase, step, weight
+        self._unsent: dict[str, ModelStatus] = {}
+        self._reverted: set[str] = set()
+
+    def bind(self, reconciler: Any) -> None:
+        self.reconciler = reconciler
+
+    def close(self) -> None:
+        self.github.close()
+
+    # -- webhook side (server thread): queue only -----------------------------------
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, PushEvent):
+            self.events.put(event)
+
+    # -- the Reporter protocol (controller thread) ------------------------------------
+
+    def pull_request_for(self, commit: str) -> int | None:
+        if commit not in self._pulls:
+            try:
+                numbers = self.github.pulls_for_commit(commit)
+            except PermanentError:  # GitHub does not know the commit (pushed elsewhere)
+                numbers = []
+            self._pulls[commit] = min(numbers) if numbers else None
+        return self._pulls[commit]
+
+    def on_status(self, previous: ModelStatus | None, status: ModelStatus) -> None:
+        key = (str(status.phase), status.step, status.weight)
+        if self._reported.get(status.name) == key and status.name not in self._unsent:
+            return
+        try:
+            self._report(status)
+        except MdcError as exc:
+            self._unsent[status.name] = status
+            log.warning("GitHub report for %s kept for later: %s", status.name, exc.message)
+            return
+        self._unsent.pop(status.name, None)
+        self._reported[status.name] = key
+
+    def drain(self) -> None:
+        """Once a pass: reports GitHub did not take, then the queued webhook events."""
+        for name, status in list(self._unsent.items()):
+            latest = self.reconciler.statuses.get(name, status) if self.reconciler else status
+            self._unsent.pop(name, None)
+            self._reported.pop(name, None)
+            self.on_status(None, latest)
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if isinstance(event, PullRequestEvent):
+                    self._plan(event)
+                elif isinstance(event, IssueCommentEvent):
+                    self._command(event)
+            except MdcError as exc:
+                log.warning("GitHub event not handled: %s", exc.message)
+
+    # -- reports -------------------------------------------------------------------------
+
+    def _report(self, status: ModelStatus) -> None:
+        sha = _revision_sha(status.attempted_revision)
+        if sha is not None:
+            description = f"{status.name}: {status.phase}"
+            if status.step is not None and status.steps:
+                description += f", step {status.step}/{status.steps}, weight {status.weight}%"
+            self.github.set_status(
+                sha, "mdc/rollout", rollout_state(status), description, self.target_url
+            )
+        if status.pull_request is None:
+            return
+        number = status.pull_request
+        models = [status]
+        if self.reconciler is not None:
+            models = [
+                s
+                for s in self.reconciler.statuses.values()
+                if s.pull_request == number and s.name != status.name
+            ] + [status]
+        existing = self.github.find_comment(number, MARKER)
+        plan_part = MARKER
+        if existing is not None:
+            plan_part = existing.body.split(ROLLOUT_MARKER, 1)[0].rstrip()
+        self.github.upsert_comment(number, plan_part + "\n\n" + render_rollout(models), MARKER)
+        if status.phase is Phase.ROLLED_BACK and self.revert_prs:
+            self._revert(status, number)
+
+    def _revert(self, status: ModelStatus, number: int) -> None:
+        """A PR putting the last spec that ran well back (once per failed spec)."""
+        key = f"{status.name}@{status.canary_state and status.canary_state.get('spec_hash')}"
+        if key in self._reverted or self.reconciler is None:
+            return
+        source = self.reconciler.source
+        path = model_path(status.name)
+        applied = _revision_sha(status.applied_revision)
+        if applied is None:
+            return
+        try:
+            good = GitTree(source.repo, str(source.repo.get(applied).tree_id)).read(path)
+        except (KeyError, MdcError, AttributeError, OSError):
+            log.warning("no last good spec of %s at %s to revert to", status.name, applied[:12])
+            return
+        reason = ""
+        if status.canary_state is not None:
+            reason = str(status.canary_state.get("reason", ""))
+        body = (
+            f"mdc rolled back `{status.name}` (see #{number}): {reason}\n\n"
+            f"This puts back `{path}` as it was at {applied[:12]}, the last revision that "
+            "ran well, so that git again says what runs. The failed spec stays pinned "
+            "until git changes or someone comments `/mdc retry`."
+        )
+        try:
+            self.github.open_revert_pr(
+                self.branch,
+                path,
+                good,
+                f"Revert {status.name} to its last good spec",
+                body,
+                f"mdc/revert-{status.name}-{key.rsplit('@', 1)[1][:10]}",
+            )
+        except PermanentError as exc:  # e.g. NothingToRevert: git already says it
+            log.warning("no revert PR for %s: %s", status.name, exc.message)
+        self._reverted.add(key)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _plan(self, event: PullRequestEvent) -> None:
+        if event.action not in _PR_ACTIONS or event.base_ref != self.branch:
+            return
+        source = self.reconciler.source
+        tips = source.fetch_refs([event.base_ref, event.head_ref])
+        head = (
+            event.head_sha
+            if source.repo.get(event.head_sha) is not None
+            else tips.get(event.head_ref)
+        )
+        base = tips.get(event.base_ref)
+        if head is None or base is None:
+            raise PermanentError(
+                f"PR #{event.number}: {event.head_ref} or {event.base_ref} cannot be fetched",
+                reason="PullRequestUnreadable",
+            )
+        merge_base = source.repo.merge_base(base, head)
+        base_commit = str(merge_base) if merge_base is not None else base
+        trees = [GitTree(source.repo, str(source.repo.get(c).tree_id)) for c in (base_commit, head)]
+        plan = plan_change(trees[0], trees[1], base_commit, head)
+        self.github.upsert_comment(event.number, render_markdown(plan), MARKER)
+        state = "success" if plan.applicable else "failure"
+        changed = sum(1 for c in plan.models if c.change != "unchanged")
+        description = (
+            f"{changed} model(s) change; the plan applies"
+            if plan.applicable
+            else "the change cannot be applied: see the plan comment"
+        )
+        self.github.set_status(event.head_sha, "mdc/plan", state, description, self.target_url)
+
+    def _command(self, event: IssueCommentEvent) -> None:
+        if event.action != "created" or not event.is_pull_request:
+            return
+        verb = parse_command(event.body)
+        if verb is None:
+            return
+        number = event.issue_number
+        if not self.github.can_write(event.user):
+            self.github.comment(
+                number,
+                f"@{event.user}: `/mdc {verb}` needs write access to this repository, so "
+                "mdc did not act on it. Ask a maintainer to comment instead.",
+            )
+            return
+        models = sorted(
+            s.name for s in self.reconciler.statuses.values() if s.pull_request == number
+        )
+        if not models:
+            self.github.comment(
+                number, f"@{event.user}: no model is being rolled out from this pull request."
+            )
+            return
+        state_dir = self.reconciler.state_dir
+        for model in models:
+            if verb == "retry":
+                Pins(state_dir).unpin(model)
+            send_command(state_dir, model, verb, f"{event.user} (GitHub)")
+        listed = ", ".join(f"`{m}`" for m in models)
+        self.github.comment(
+            number, f"@{event.user}: `{verb}` sent for {listed}; mdc acts on its next pass."
+        )
+
+
+def reporter_for(config: Any) -> tuple[Any, Callable[[Event], None] | None]:
+    """The reporter ``mdc run`` uses: GitHub when a repository and a token are
+    configured, else status branch and log only."""
+    from controller.reconciler import NullReporter  # noqa: PLC0415
+
+    if not config.github_repository:
+        return NullReporter(), None
+    env_url = {"MDC_GITHUB_API_URL": config.github_api_url} if config.github_api_url else {}
+    import os  # noqa: PLC0415
+
+    github = GitHubReporter.from_env(
+        config.github_repository,
+        env={**os.environ, **env_url},
+        max_attempts=3,
+        max_wait=10.0,  # a longer wait is reported as transient and retried next pass
+    )
+    if github is None:
+        log.warning(
+            "github: %s configured but no token (MDC_GITHUB_TOKEN): reports go to the status "
+            "branch and the log only",
+            config.github_repository,
+        )
+        return NullReporter(), None
+    reporter = PullRequests(github, branch=config.branch, revert_prs=config.revert_prs)
+    return reporter, reporter
