@@ -398,8 +398,9 @@ class Demo:
         )
         return pull.number
 
-    def merge(self, branch: str) -> str:
-        """Merge the PR (a merge commit), push main, tell the controller (push webhook)."""
+    def merge(self, branch: str, webhook: bool = True) -> str:
+        """Merge the PR (a merge commit), push main, and tell the controller with a
+        push webhook (``webhook=False``: it finds out by polling)."""
         assert self.github is not None
         before = git("rev-parse", "main", cwd=self.work).strip()
         number = self._pull_numbers[branch]
@@ -409,6 +410,8 @@ class Demo:
         pull = self.github.pulls[number]
         pull.merged, pull.state, pull.merge_commit_sha = True, "closed", after
         self.github.commit_pulls[after] = [number]
+        if not webhook:
+            return after
         self.webhook(
             "push",
             {
