@@ -431,6 +431,11 @@ def run_controller(args: argparse.Namespace) -> int:
         print("mdc run: --repo (or repo: in --config) is required", file=sys.stderr)
         return EXIT_USAGE
     try:
+        config.port  # noqa: B018 - validates --listen
+    except MdcError as exc:
+        print(f"mdc run: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         secret = None
         if config.webhook_secret_file is not None:
             secret = load_secret(file=config.webhook_secret_file)
@@ -484,6 +489,7 @@ def _serve(  # noqa: PLR0917
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
+    daemon.start()
     print(f"mdc run: serving {daemon.url}/ (dashboard, /metrics, /healthz)", file=sys.stderr)
     shown: dict[str, str] = {}
 

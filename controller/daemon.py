@@ -37,6 +37,9 @@ __all__ = ["Config", "Daemon", "StateLock", "load_config", "metrics_text"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds before a pass that raised (a bug) fetches again.
+CRASH_RETRY = 5.0
+
 
 @dataclass(frozen=True)
 class Config:
@@ -63,7 +66,18 @@ class Config:
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return listen_port(self.listen)
+
+
+def listen_port(listen: str) -> int:
+    """The port of ``HOST:PORT`` (or ``PORT``); :class:`PermanentError` (BadConfig) if none."""
+    port = listen.rpartition(":")[2]  # a bare PORT listens on 127.0.0.1
+    if not port.isdigit() or int(port) > 65535:
+        raise PermanentError(
+            f"listen: {listen!r} is not HOST:PORT (e.g. 127.0.0.1:8080; port 0 picks one)",
+            reason="BadConfig",
+        )
+    return int(port)
 
 
 _KEYS = {
@@ -89,9 +103,12 @@ def _convert(name: str, value: Any) -> Any:
             raise TypeError
         return Path(value)
     if kind is dict:
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535
+            for v in value.values()
+        ):
             raise TypeError
-        return {str(k): int(v) for k, v in value.items()}
+        return {str(k): v for k, v in value.items()}
     if kind is bool:
         if not isinstance(value, bool):
             raise TypeError
@@ -102,6 +119,8 @@ def _convert(name: str, value: Any) -> Any:
         return float(value)
     if not isinstance(value, str):
         raise TypeError
+    if name == "listen":
+        listen_port(value)
     return value
 
 
@@ -247,13 +266,12 @@ def metrics_text(reconciler: Reconciler, stats: _PassStats) -> str:
         lines.append(
             f'mdc_canary_verdicts_total{{model="{_label(model)}",outcome="{outcome}"}} {count}'
         )
+    pools = sorted(reconciler.ledgers.items())
     lines += [
         "# HELP mdc_gpus_held GPUs held, by pool, team and release kind.",
         "# TYPE mdc_gpus_held gauge",
-        "# HELP mdc_gpus_total GPUs in each pool.",
-        "# TYPE mdc_gpus_total gauge",
     ]
-    for pool_name, (_, ledger) in sorted(reconciler.ledgers.items()):
+    for pool_name, (_, ledger) in pools:
         held: dict[tuple[str, str], float] = {}
         for allocation in ledger.allocations.values():
             key = (allocation.team, str(allocation.kind))
@@ -263,6 +281,8 @@ def metrics_text(reconciler: Reconciler, stats: _PassStats) -> str:
                 f'mdc_gpus_held{{pool="{_label(pool_name)}",team="{_label(team)}",'
                 f'release="{kind}"}} {gpus:g}'
             )
+    lines += ["# HELP mdc_gpus_total GPUs in each pool.", "# TYPE mdc_gpus_total gauge"]
+    for pool_name, (_, ledger) in pools:
         lines.append(f'mdc_gpus_total{{pool="{_label(pool_name)}"}} {len(ledger.gpus)}')
     return "\n".join(lines) + "\n"
 
@@ -288,6 +308,7 @@ class Daemon:
         self.stats = _PassStats()
         self.stopping = threading.Event()
         self.webhooks = 0
+        self._serving = False
         self.crashes = 0  # passes that raised (bugs): logged, and the loop went on
         self._extra_events = on_event
         self._lock = threading.Lock()  # passes and HTTP readers of the reconciler
@@ -368,7 +389,7 @@ class Daemon:
     def run(self, once: bool = False, on_pass: Callable[[PassResult], None] | None = None) -> int:
         """Pass until :meth:`stop`; with ``once``, a single pass. The exit status:
         0 when the last pass went through, 1 when something in it failed."""
-        self.server.start()
+        self.start()
         try:
             next_fetch = 0.0
             while True:
@@ -379,15 +400,26 @@ class Daemon:
                     on_pass(result)
                 if result.poll is not None:
                     next_fetch = now + result.poll.retry_in
+                elif fetch:  # the pass broke before it fetched: try again after a while
+                    next_fetch = now + min(self.config.poll_interval, CRASH_RETRY)
                 if once or self.stopping.is_set():
                     return 0 if result.ok else 1
                 wait = min(self.config.tick, max(0.0, next_fetch - self.clock()))
+                if self.crashes and result.revision is None and result.poll is None:
+                    wait = max(wait, self.config.tick)  # never a busy loop over a bug
                 if self.trigger.wait(wait):
                     next_fetch = 0.0  # a push: fetch now
                 if self.stopping.is_set():
                     return 0 if result.ok else 1
         finally:
             self.server.stop()
+            self._serving = False
+
+    def start(self) -> None:
+        """Open the HTTP port (done by :meth:`run` when not done before)."""
+        if not self._serving:
+            self.server.start()
+            self._serving = True
 
     def stop(self) -> None:
         self.stopping.set()

@@ -206,6 +206,7 @@ class Demo:
     reporter: PullRequests | None = None
     traffic: Traffic | None = None
     passes: list[PassResult] = field(default_factory=list)
+    hook_url: str | None = None  # a controller run elsewhere (mdc run): its webhook URL
     _thread: threading.Thread | None = None
     _pull_numbers: dict[str, int] = field(default_factory=dict)
 
@@ -229,46 +230,61 @@ class Demo:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def setup(self) -> None:
-        """The example repo as a git repository served by ``git daemon``; fake GitHub."""
+    def setup(self, prepare: Callable[[Path], None] | None = None) -> None:
+        """The example repo (changed by ``prepare``, if given) as a git repository
+        served by ``git daemon``; the fake GitHub."""
         self.base.mkdir(parents=True, exist_ok=True)
         shutil.copytree(EXAMPLE_REPO, self.work)
+        if prepare is not None:
+            prepare(self.work)
         git("init", "-q", "-b", "main", cwd=self.work)
         git("add", "-A", cwd=self.work)
         git("commit", "-q", "-m", "Example models: fraud-scorer and search-ranker", cwd=self.work)
         self.served.mkdir()
         git("init", "-q", "--bare", "-b", "main", self.served / "models.git")
-        port = _free_port()
-        exec_path = git("--exec-path").strip()
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    f"{exec_path}/git-daemon",
-                    "--export-all",
-                    "--enable=receive-pack",
-                    "--reuseaddr",
-                    "--listen=127.0.0.1",
-                    f"--port={port}",
-                    f"--base-path={self.served}",
-                    str(self.served),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
-        self.remote = f"git://127.0.0.1:{port}/models.git"
-        for _ in range(100):
-            with contextlib.suppress(RuntimeError):
-                git("ls-remote", self.remote)
-                break
-            time.sleep(0.05)
+        self.git_port = _free_port()
+        self.start_git()
+        self.remote = f"git://127.0.0.1:{self.git_port}/models.git"
         git("push", "-q", self.remote, "main", cwd=self.work)
         self.github = FakeGitHub(GITHUB_REPO, token=secrets.token_hex(12)).start()
         self.github.permissions[TEAM[1]] = "write"
         self.github.permissions[TEAM[0]] = "read"
         self.say(f"spec repository served at {self.remote}; fake GitHub at {self.github.url}")
+
+    def start_git(self) -> None:
+        """Serve ``served/`` with ``git daemon`` on :attr:`git_port` (again after a stop)."""
+        exec_path = git("--exec-path").strip()
+        self.git_process = subprocess.Popen(
+            [
+                f"{exec_path}/git-daemon",
+                "--export-all",
+                "--enable=receive-pack",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+                f"--port={self.git_port}",
+                f"--base-path={self.served}",
+                str(self.served),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.processes.append(self.git_process)
+        url = f"git://127.0.0.1:{self.git_port}/models.git"
+        for _ in range(200):
+            with contextlib.suppress(RuntimeError):
+                git("ls-remote", url)
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"git daemon did not start on port {self.git_port}")
+
+    def stop_git(self) -> None:
+        """Take the git server away (an outage)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.git_process.pid, 9)
+        self.git_process.wait(timeout=10)
+        self.processes.remove(self.git_process)
 
     def start_controller(self) -> None:
         assert self.github is not None
@@ -355,11 +371,12 @@ class Demo:
         raise TimeoutError(f"{model} did not get there in {timeout:.0f}s: {self.status(model)}")
 
     def webhook(self, event: str, payload: dict[str, Any]) -> int:
-        assert self.daemon is not None
+        url = self.hook_url or (self.daemon.server.url if self.daemon else None)
+        assert url is not None, "no controller to send webhooks to"
         body = json.dumps(payload).encode()
         signature = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
         answer = httpx.post(
-            self.daemon.server.url,
+            url,
             content=body,
             headers={
                 "X-GitHub-Event": event,
