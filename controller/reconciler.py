@@ -247,7 +247,8 @@ class Reconciler:
         tree = self.source.tree(self.snapshot)
         self.load = load = self.loader.load(tree, self.snapshot.tree)
         desired = load.desired
-        self.runtime.tick(now)
+        for event in self.runtime.tick(now):
+            log.info("release %s: %s: %s", event.release, event.kind, event.message)
         hashes = self._spec_hashes(desired.models, tree)
         invalid = frozenset(ref.name for ref in load.invalid if ref.kind == "Model")
         plan = make_plan(
@@ -538,6 +539,7 @@ class Reconciler:
             state_dir=self.state_dir,
             ledger=self._ledger(model),
             clock=self.clock,
+            tick_runtime=False,
         )
         driver.begin(run.stable, spec, wanted)
         run.driver, run.finished = driver, None
@@ -559,6 +561,7 @@ class Reconciler:
             state_dir=self.state_dir,
             ledger=self._ledger(model),
             clock=self.clock,
+            tick_runtime=False,
         )
         driver.begin(run.stable, canary, state.spec_hash, state)
         run.driver, run.resume = driver, None

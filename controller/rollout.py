@@ -189,6 +189,7 @@ class RolloutDriver:
         ledger: Ledger | None = None,
         clock: Callable[[], float] = time.time,
         record: Callable[[CanaryState, tuple[Action, ...]], None] | None = None,
+        tick_runtime: bool = True,
     ) -> None:
         self.model = model
         self.policy = policy
@@ -200,6 +201,7 @@ class RolloutDriver:
         self.ledger = ledger  # GPUs: the canary's freed on rollback, the old stable's on promotion
         self.clock = clock
         self.record = record
+        self.tick_runtime = tick_runtime  # False: the caller ticks the runtime once a pass
         self.stable: ReleaseSpec | None = None
         self.canary: ReleaseSpec | None = None
         self.state: CanaryState | None = None
@@ -244,7 +246,8 @@ class RolloutDriver:
         if self.state is None or self.canary is None:
             raise RuntimeError("begin() first")
         now = self.clock()
-        self.runtime.tick(now)
+        if self.tick_runtime:
+            self.runtime.tick(now)
         if command is None and self.state_dir is not None:
             pending = read_command(self.state_dir, self.model)
             if pending is not None:

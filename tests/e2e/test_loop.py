@@ -194,5 +194,31 @@ def test_the_week_of_a_team(tmp_path: Path) -> None:
         assert "search-ranker" in page
         assert "RolledBack" in page
         traffic.stop()
+
+        # -- 5. a model removed from git: shown in the plan, then pruned -------------------
+        fraud = [r for r in demo.reconciler.runtime.list() if r.spec.model == "fraud-scorer"]
+        assert [r.state for r in fraud] == ["ready"]
+        gone = demo.open_pr(
+            "retire-fraud",
+            "Retire fraud-scorer",
+            lambda repo: (repo / "models" / "fraud-scorer.yaml").unlink(),
+        )
+        _wait(lambda: _mdc_comments(demo, gone))
+        assert re.search(r"\| fraud-scorer \| removed \|", _mdc_comments(demo, gone)[0])
+        demo.merge("retire-fraud")
+        _wait(lambda: demo.status("fraud-scorer") is None, 60)
+        release = demo.reconciler.runtime.releases[fraud[0].spec.name]
+        assert release.state == "stopped"
+        ledger = demo.reconciler.ledgers["shared-a100"][1]
+        assert not [a for a in ledger.allocations if a.startswith("fraud-scorer/")]
+        _wait(
+            lambda: (
+                "fraud-scorer: removed (pruned)"
+                in git("log", "--format=%s", "-3", "mdc/status", cwd=bare)
+            )
+        )
+        files = git("ls-tree", "--name-only", "-r", "mdc/status", cwd=bare).split()
+        assert "models/fraud-scorer.yaml" not in files
+        assert f"models/{RANKER}.yaml" in files
     # everything the demo started is gone
     assert bentoml_processes(tmp_path) == []
