@@ -65,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--base", help="with --head: plan merging HEAD into BASE (git refs)")
     plan.add_argument("--head", help="with --base: the pull request's head (git ref)")
     plan.add_argument("--markdown", action="store_true", help="with --base/--head: the PR comment")
+    plan.add_argument(
+        "--comment",
+        type=int,
+        metavar="PR",
+        help="with --base/--head: upsert the plan as one comment on pull request PR and set "
+        "the commit status mdc/plan (token: MDC_GITHUB_TOKEN or GITHUB_TOKEN)",
+    )
+    plan.add_argument("--github-repository", metavar="OWNER/NAME", help="with --comment")
+    plan.add_argument("--status-sha", help="with --comment: where mdc/plan goes (default: --head)")
     history = read_command(
         "history", "Every change to a model's spec, merged with what mdc did about it."
     )

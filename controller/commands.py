@@ -362,6 +362,35 @@ def manual(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _post_plan(args: argparse.Namespace, plan: Any, head: str) -> int:
+    """``--comment PR``: the plan as the PR's one mdc comment, and ``mdc/plan`` on its head."""
+    from controller.changeplan import MARKER, render_markdown  # noqa: PLC0415
+    from controller.github import GitHubReporter  # noqa: PLC0415
+
+    repository = args.github_repository or os.environ.get("GITHUB_REPOSITORY")
+    if not repository:
+        print("mdc plan: --comment needs --github-repository OWNER/NAME", file=sys.stderr)
+        return EXIT_USAGE
+    env = dict(os.environ)
+    if "MDC_GITHUB_API_URL" not in env and env.get("GITHUB_API_URL"):
+        env["MDC_GITHUB_API_URL"] = env["GITHUB_API_URL"]  # set by GitHub Actions
+    try:
+        github = GitHubReporter.from_env(repository, env=env)
+        if github is None:
+            print("mdc plan: --comment needs MDC_GITHUB_TOKEN or GITHUB_TOKEN", file=sys.stderr)
+            return EXIT_USAGE
+        with github:
+            comment = github.upsert_comment(args.comment, render_markdown(plan), MARKER)
+            state = "success" if plan.applicable else "failure"
+            text = "the plan applies" if plan.applicable else "the change cannot be applied"
+            github.set_status(args.status_sha or head, "mdc/plan", state, text, comment.html_url)
+    except MdcError as exc:
+        print(f"mdc plan: GitHub: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"mdc plan: posted on {repository}#{args.comment}: {comment.html_url}", file=sys.stderr)
+    return EXIT_OK
+
+
 def change_plan(args: argparse.Namespace) -> int:
     """``mdc plan --base REF --head REF``: what merging the PR would change."""
     import pygit2  # noqa: PLC0415
@@ -387,6 +416,10 @@ def change_plan(args: argparse.Namespace) -> int:
         commits.append(commit)
     base, head = (GitTree(repo, str(c.tree_id)) for c in commits)
     plan = plan_change(base, head, str(commits[0].id), str(commits[1].id))
+    if args.comment is not None:
+        code = _post_plan(args, plan, str(commits[1].id))
+        if code != EXIT_OK:
+            return code
     if args.format == "json":
         print(json.dumps(plan.as_dict(), indent=2))
     elif args.markdown:

@@ -123,3 +123,35 @@ def test_bad_refs_are_usage_errors(repo: Path, capsys: pytest.CaptureFixture[str
     assert main(["plan", str(repo), "--base", "nope", "--head", "HEAD"]) == 2
     assert "'nope' names no commit" in capsys.readouterr().err
     assert main(["plan", str(repo), "--base", "HEAD"]) == 2
+
+
+def test_plan_posted_as_one_comment_with_a_status(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.testing import FakeGitHub  # noqa: PLC0415
+
+    change(repo, "models/fraud-scorer.yaml", "fraud-scorer/v1.json", "fraud-scorer/v2.json")
+    head = run_git("rev-parse", "HEAD", cwd=repo).stdout.strip()
+    with FakeGitHub("acme/models", token="t0ken") as github:
+        pull = github.repo.add_pull("bump", head_sha=head)
+        monkeypatch.setenv("MDC_GITHUB_TOKEN", "t0ken")
+        monkeypatch.setenv("MDC_GITHUB_API_URL", github.url)
+        args = ["--comment", str(pull.number), "--github-repository", "acme/models"]
+        assert plan(repo, capsys, *args)[0] == EXIT_OK
+        change(repo, "models/fraud-scorer.yaml", "replicas: 2", "replicas: 40")  # over quota
+        head2 = run_git("rev-parse", "HEAD", cwd=repo).stdout.strip()
+        code = main(["plan", str(repo), "--base", "HEAD~2", "--head", "HEAD", *args])
+        assert code == EXIT_INVALID
+        bodies = [c.body for c in github.comments[pull.number]]
+        assert len(bodies) == 1  # upserted, never a second comment
+        assert bodies[0].startswith(MARKER)
+        assert "cannot be applied" in bodies[0]
+        assert [s["state"] for s in github.statuses[head]] == ["success"]
+        assert [(s["context"], s["state"]) for s in github.statuses[head2]] == [
+            ("mdc/plan", "failure")
+        ]
+        monkeypatch.delenv("MDC_GITHUB_TOKEN")
+        monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+        capsys.readouterr()
+        assert main(["plan", str(repo), "--base", "HEAD~1", "--head", "HEAD", *args]) == 2
+        assert "MDC_GITHUB_TOKEN" in capsys.readouterr().err
