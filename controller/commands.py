@@ -558,7 +558,7 @@ def _dashboard_route(reconciler: Any, config: Any) -> Any:
         from controller.poolview import pool_report, recorded_holdings  # noqa: PLC0415
 
         load = reconciler.load
-        statuses = sorted(reconciler.statuses.values(), key=lambda s: s.name)
+        statuses = sorted(dict(reconciler.statuses).values(), key=lambda s: s.name)
         pool = None
         policies: dict[str, Any] = {}
         policy_of: dict[str, str] = {}

@@ -441,6 +441,21 @@ class Demo:
         )
         return after
 
+    def comment(self, number: int, body: str, user: str) -> None:
+        """``user`` comments ``body`` on PR ``number`` (the webhook included)."""
+        assert self.github is not None
+        self.github.repo.add_comment(number, body, user=user)
+        self.webhook(
+            "issue_comment",
+            {
+                "action": "created",
+                "issue": {"number": number, "pull_request": {"url": f"pulls/{number}"}},
+                "comment": {"body": body},
+                "sender": {"login": user},
+                "repository": {"full_name": GITHUB_REPO},
+            },
+        )
+
     def plan_comment(self, number: int) -> str:
         assert self.github is not None
         for comment in self.github.comments.get(number, []):
@@ -498,90 +513,96 @@ def split_line(counts: dict[str, int]) -> str:
 
 
 def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = False) -> int:
-    """The whole story; 0 when every step happened as told."""
-    base = base or Path(tempfile.mkdtemp(prefix="mdc-demo-"))
+    """The whole story; 0 when every step happened as told. A workspace it made
+    itself is removed at the end (also on an error or Ctrl-C); ``base`` is kept."""
     started = time.monotonic()
-    with Demo(base, out) as demo:
-        demo.setup()
-        demo.start_controller()
-        demo.say("1. deploying the models from git (bentos are built on first use)")
-        for model in ("fraud-scorer", RANKER):
-            demo.wait_for(model, lambda s: s.phase is Phase.HEALTHY, 240)
-        traffic = demo.start_traffic()
-        demo.say(f"traffic: {traffic.rate:.0f} searches/s through the router at {traffic.url}")
+    temporary = base is None
+    base = base or Path(tempfile.mkdtemp(prefix="mdc-demo-"))
+    try:
+        with Demo(base, out) as demo:
+            demo.setup()
+            demo.start_controller()
+            demo.say("1. deploying the models from git (bentos are built on first use)")
+            for model in ("fraud-scorer", RANKER):
+                demo.wait_for(model, lambda s: s.phase is Phase.HEALTHY, 240)
+            traffic = demo.start_traffic()
+            demo.say(f"traffic: {traffic.rate:.0f} searches/s through the router at {traffic.url}")
 
-        demo.say("2. a PR bumps search-ranker to 2026.11.2 (retrained on more data)")
-        number = demo.open_pr("ranker-v2", "search-ranker 2026.11.2", _bump("2026.11.2", "v2.json"))
-        deadline = time.monotonic() + 30
-        while not demo.plan_comment(number) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        demo.say(f"the plan mdc posted on PR #{number}:")
-        for line in demo.plan_comment(number).splitlines()[:24]:
-            print(f"    {line}", file=out)
-        demo.say(f"a reviewer merges PR #{number}")
-        merged_at = time.time()
-        demo.merge("ranker-v2")
-        seen_weights: dict[int, float] = {}
-
-        def note(status: ModelStatus) -> bool:
-            if status.weight and status.weight not in seen_weights:
-                seen_weights[status.weight] = time.time()
-            return (
-                status.phase is Phase.HEALTHY
-                and status.stable is not None
-                and (status.stable.version == "2026.11.2")
+            demo.say("2. a PR bumps search-ranker to 2026.11.2 (retrained on more data)")
+            number = demo.open_pr(
+                "ranker-v2", "search-ranker 2026.11.2", _bump("2026.11.2", "v2.json")
             )
+            deadline = time.monotonic() + 30
+            while not demo.plan_comment(number) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            demo.say(f"the plan mdc posted on PR #{number}:")
+            for line in demo.plan_comment(number).splitlines()[:24]:
+                print(f"    {line}", file=out)
+            demo.say(f"a reviewer merges PR #{number}")
+            merged_at = time.time()
+            demo.merge("ranker-v2")
+            seen_weights: dict[int, float] = {}
 
-        demo.wait_for(RANKER, note, 180)
-        weights = sorted(seen_weights.items(), key=lambda kv: kv[1])
-        for i, (weight, since) in enumerate(weights):
-            until = weights[i + 1][1] if i + 1 < len(weights) else time.time()
+            def note(status: ModelStatus) -> bool:
+                if status.weight and status.weight not in seen_weights:
+                    seen_weights[status.weight] = time.time()
+                return (
+                    status.phase is Phase.HEALTHY
+                    and status.stable is not None
+                    and (status.stable.version == "2026.11.2")
+                )
+
+            demo.wait_for(RANKER, note, 180)
+            weights = sorted(seen_weights.items(), key=lambda kv: kv[1])
+            for i, (weight, since) in enumerate(weights):
+                until = weights[i + 1][1] if i + 1 < len(weights) else time.time()
+                demo.say(
+                    f"measured at weight {weight}%: {split_line(traffic.window(since + 1, until))}"
+                )
+            demo.say(f"promoted {time.time() - merged_at:.0f}s after the merge")
+
+            demo.say("3. a PR brings 2026.11.3, which needs a feature old documents lack")
+            bad = demo.open_pr(
+                "ranker-v3", "search-ranker 2026.11.3", _bump("2026.11.3", "v3.json", probe=True)
+            )
+            demo.merge("ranker-v3")
+            status = demo.wait_for(RANKER, lambda s: s.phase is Phase.ROLLED_BACK, 180)
+            demo.say(f"rolled back: {status.history[0].message if status.history else ''}")
+            rolled_back = time.time()
+            time.sleep(3)
             demo.say(
-                f"measured at weight {weight}%: {split_line(traffic.window(since + 1, until))}"
+                "since the rollback, the answers came from: "
+                f"{split_line(traffic.window(rolled_back + 0.5))}"
             )
-        demo.say(f"promoted {time.time() - merged_at:.0f}s after the merge")
+            assert demo.github is not None
+            reverts = [p for p in demo.github.pulls.values() if p.head.startswith("mdc/revert-")]
+            for pull in reverts:
+                demo.say(f"mdc opened revert PR #{pull.number}: {pull.title}")
+            demo.say(f"PR #{bad} carries the failed analysis in mdc's comment")
 
-        demo.say("3. a PR brings 2026.11.3, which needs a feature old documents lack")
-        bad = demo.open_pr(
-            "ranker-v3", "search-ranker 2026.11.3", _bump("2026.11.3", "v3.json", probe=True)
-        )
-        demo.merge("ranker-v3")
-        status = demo.wait_for(RANKER, lambda s: s.phase is Phase.ROLLED_BACK, 180)
-        demo.say(f"rolled back: {status.history[0].message if status.history else ''}")
-        rolled_back = time.time()
-        time.sleep(3)
-        demo.say(
-            "since the rollback, the answers came from: "
-            f"{split_line(traffic.window(rolled_back + 0.5))}"
-        )
-        assert demo.github is not None
-        reverts = [p for p in demo.github.pulls.values() if p.head.startswith("mdc/revert-")]
-        for pull in reverts:
-            demo.say(f"mdc opened revert PR #{pull.number}: {pull.title}")
-        demo.say(f"PR #{bad} carries the failed analysis in mdc's comment")
+            demo.say("4. where it all is")
+            from controller.cli import main as mdc  # noqa: PLC0415
 
-        demo.say("4. where it all is")
-        from controller.cli import main as mdc  # noqa: PLC0415
-
-        print("$ mdc status", file=out, flush=True)
-        mdc(["status", "--controller", demo.daemon.url if demo.daemon else ""])
-        print("$ git log --oneline mdc/status | head", file=out)
-        log = git("log", "--oneline", "-12", "mdc/status", cwd=demo.served / "models.git")
-        print(log, file=out, end="")
-        print(f"$ mdc history {RANKER}", file=out, flush=True)
-        mdc(["history", RANKER, "--repo", demo.remote, "--limit", "12"])
-        if demo.daemon is not None and demo.reconciler is not None:
-            demo.say(f"dashboard:   {demo.daemon.url}/")
-            demo.say(f"metrics:     {demo.daemon.url}/metrics")
-            for model, url in sorted(demo.reconciler.routes.items()):
-                demo.say(f"{model}: {url}")
-        demo.say(f"the demo took {time.monotonic() - started:.0f}s")
-        if keep:
-            demo.say("running until Ctrl-C")
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(1)
-        demo.say("stopping everything the demo started")
-    if not keep:
-        shutil.rmtree(base, ignore_errors=True)
+            print("$ mdc status", file=out, flush=True)
+            mdc(["status", "--controller", demo.daemon.url if demo.daemon else ""])
+            print("$ git log --oneline mdc/status | head", file=out)
+            log = git("log", "--oneline", "-12", "mdc/status", cwd=demo.served / "models.git")
+            print(log, file=out, end="")
+            print(f"$ mdc history {RANKER}", file=out, flush=True)
+            mdc(["history", RANKER, "--repo", demo.remote, "--limit", "12"])
+            if demo.daemon is not None and demo.reconciler is not None:
+                demo.say(f"dashboard:   {demo.daemon.url}/")
+                demo.say(f"metrics:     {demo.daemon.url}/metrics")
+                for model, url in sorted(demo.reconciler.routes.items()):
+                    demo.say(f"{model}: {url}")
+            demo.say(f"the demo took {time.monotonic() - started:.0f}s")
+            if keep:
+                demo.say("running until Ctrl-C")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(1)
+            demo.say("stopping everything the demo started")
+    finally:
+        if temporary and not keep:
+            shutil.rmtree(base, ignore_errors=True)
     return 0

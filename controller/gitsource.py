@@ -311,6 +311,20 @@ class GitSource:
             ) from None
         return {b: self.tip(f"refs/remotes/origin/{b}") for b in branches}
 
+    def fetch_pull(self, number: int) -> str | None:
+        """Fetch GitHub's ``refs/pull/NUMBER/head`` (a PR from a fork); its tip or None."""
+        ref = f"refs/remotes/origin/pull/{int(number)}"
+        try:
+            self.remote_handle().fetch(
+                [f"+refs/pull/{int(number)}/head:{ref}"], callbacks=self.callbacks()
+            )
+        except (pygit2.GitError, OSError, _AuthFailed) as exc:
+            raise TransientError(
+                self.credentials.redact(f"fetch of pull request {number} failed: {exc}"),
+                reason="GitUnavailable",
+            ) from None
+        return self.tip(ref)
+
     def tip(self, ref: str) -> str | None:
         found = self.repo.references.get(ref)
         return str(found.resolve().target) if found is not None else None

@@ -25,6 +25,7 @@ Called by :mod:`controller.reconciler` (as its reporter) and ``mdc run``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
@@ -33,7 +34,7 @@ from typing import Any
 
 from controller.canary import state_from_dict
 from controller.changeplan import MARKER, plan_change, render_markdown
-from controller.errors import MdcError, PermanentError
+from controller.errors import MdcError, PermanentError, TransientError
 from controller.github import GitHubReporter
 from controller.gitsource import GitTree
 from controller.rollout import Pins, send_command
@@ -57,6 +58,8 @@ ROLLOUT_MARKER = "<!-- mdc:rollout -->"
 COMMANDS = ("promote", "abort", "pause", "resume", "retry")
 _PR_ACTIONS = ("opened", "synchronize", "reopened", "edited")
 _MARKS = {"pass": "✅", "fail": "❌"}
+#: After GitHub failed transiently, seconds it is left alone (reports are kept meanwhile).
+QUIET_SECONDS = 5.0
 
 
 def parse_command(body: str) -> str | None:
@@ -135,8 +138,10 @@ class PullRequests:
         branch: str,
         revert_prs: bool = False,
         target_url: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.github = github
+        self.clock = clock
         self.branch = branch
         self.revert_prs = revert_prs
         self.target_url = target_url
@@ -145,6 +150,7 @@ class PullRequests:
         self._pulls: dict[str, int | None] = {}
         self._reported: dict[str, tuple[str, int | None, int]] = {}  # model -> phase, step, weight
         self._unsent: dict[str, ModelStatus] = {}
+        self._quiet_until = 0.0  # after a transient failure, GitHub is left alone until then
         self._reverted: set[str] = set()
 
     def bind(self, reconciler: Any) -> None:
@@ -174,10 +180,15 @@ class PullRequests:
         key = (str(status.phase), status.step, status.weight)
         if self._reported.get(status.name) == key and status.name not in self._unsent:
             return
+        if self.clock() < self._quiet_until:  # GitHub is down: do not stall the pass on it
+            self._unsent[status.name] = status
+            return
         try:
             self._report(status)
         except MdcError as exc:
             self._unsent[status.name] = status
+            if isinstance(exc, TransientError):
+                self._quiet_until = self.clock() + max(QUIET_SECONDS, exc.retry_after)
             log.warning("GitHub report for %s kept for later: %s", status.name, exc.message)
             return
         self._unsent.pop(status.name, None)
@@ -185,6 +196,8 @@ class PullRequests:
 
     def drain(self) -> None:
         """Once a pass: reports GitHub did not take, then the queued webhook events."""
+        if self.clock() < self._quiet_until:
+            return  # the queue waits too; webhooks stay queued, reports stay unsent
         for name, status in list(self._unsent.items()):
             latest = self.reconciler.statuses.get(name, status) if self.reconciler else status
             self._unsent.pop(name, None)
@@ -276,6 +289,9 @@ class PullRequests:
             return
         source = self.reconciler.source
         tips = source.fetch_refs([event.base_ref, event.head_ref])
+        if source.repo.get(event.head_sha) is None:  # a PR from a fork: GitHub's pull ref
+            with contextlib.suppress(MdcError):
+                source.fetch_pull(event.number)
         head = (
             event.head_sha
             if source.repo.get(event.head_sha) is not None

@@ -530,29 +530,16 @@ class Reconciler:
         if allocation is None:
             return
         spec = self._release_spec(model, wanted, bento, allocation)
-        driver = RolloutDriver(
-            model.name,
-            self.load.desired.policies[model.rollout],
-            self.runtime,
-            self.router,
-            pins=self.pins,
-            state_dir=self.state_dir,
-            ledger=self._ledger(model),
-            clock=self.clock,
-            tick_runtime=False,
-        )
+        driver = self._driver(model)
         driver.begin(run.stable, spec, wanted)
         run.driver, run.finished = driver, None
         run.canary_record = Release(model.version, bento, iso(now), spec.name, wanted)
         run.pull = self._pull()
         run.event = ("CanaryStarted", f"canary {model.version} ({bento}) beside stable")
 
-    def _adopt_driver(self, run: _Run, model: Model) -> None:
-        """Take over a canary recorded before a restart, at its recorded step and weight."""
+    def _driver(self, model: Model) -> RolloutDriver:
         assert self.load is not None
-        assert run.resume is not None
-        canary, state = run.resume
-        driver = RolloutDriver(
+        return RolloutDriver(
             model.name,
             self.load.desired.policies[model.rollout],
             self.runtime,
@@ -561,8 +548,15 @@ class Reconciler:
             state_dir=self.state_dir,
             ledger=self._ledger(model),
             clock=self.clock,
-            tick_runtime=False,
+            tick_runtime=False,  # the pass ticks the runtime once for all models
         )
+
+    def _adopt_driver(self, run: _Run, model: Model) -> None:
+        """Take over a canary recorded before a restart, at its recorded step and weight."""
+        assert self.load is not None
+        assert run.resume is not None
+        canary, state = run.resume
+        driver = self._driver(model)
         driver.begin(run.stable, canary, state.spec_hash, state)
         run.driver, run.resume = driver, None
         run.event = ("Resumed", f"canary resumed at step {state.step + 1}, weight {state.weight}%")

@@ -71,17 +71,7 @@ def test_the_week_of_a_team(tmp_path: Path) -> None:
         _wait(lambda: _statuses(demo, head, "mdc/plan") == ["success"])
 
         # a reader cannot steer the rollout from the PR
-        demo.github.repo.add_comment(number, "/mdc promote", user=TEAM[0])
-        demo.webhook(
-            "issue_comment",
-            {
-                "action": "created",
-                "issue": {"number": number, "pull_request": {"url": "x"}},
-                "comment": {"body": "/mdc promote"},
-                "sender": {"login": TEAM[0]},
-                "repository": {"full_name": "acme/models"},
-            },
-        )
+        demo.comment(number, "/mdc promote", TEAM[0])
         _wait(
             lambda: any(
                 "needs write access" in c.body for c in demo.github.comments.get(number, [])

@@ -30,6 +30,7 @@ from controller.errors import PermanentError, TransientError
 from controller.github import COMMENT_LIMIT, DESCRIPTION_LIMIT, GitHubReporter
 from controller.testing import FakeGitHub, RecordedRequest, blob_sha
 from tests.conftest import ROOT
+from tests.integration.test_webhook import to_json_schema
 
 SPEC = ROOT / "tests" / "fixtures" / "github" / "github-rest-subset.json"
 TOKEN = "ghp_test0123456789abcdefTOKEN"
@@ -44,23 +45,6 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 @cache
 def description() -> dict[str, Any]:
     return dict(json.loads(SPEC.read_text()))
-
-
-def to_json_schema(node: Any) -> Any:
-    """OpenAPI 3.0's ``nullable: true`` becomes an explicit null alternative."""
-    if isinstance(node, list):
-        return [to_json_schema(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: to_json_schema(value) for key, value in node.items() if key != "nullable"}
-    if node.get("nullable") is True:
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-        if isinstance(out.get("type"), str):
-            out["type"] = [out["type"], "null"]
-        elif "type" not in out:
-            out = {"anyOf": [out, {"type": "null"}]}
-    return out
 
 
 @cache

@@ -375,3 +375,19 @@ def test_fetch_over_ssh_checks_the_host_key(tmp_path: Path) -> None:
         with pytest.raises(TransientError) as caught:
             GitSource(url, "main", tmp_path / "state2", untrusted).fetch()
         assert caught.value.reason == "GitHostUntrusted"
+
+
+def test_pull_request_ref_of_a_fork_is_fetched(daemon: GitDaemon, tmp_path: Path) -> None:
+    """A PR from a fork has no branch in the repository, only GitHub's refs/pull/N/head."""
+    url = daemon.url("specs")
+    work = tmp_path / "work"
+    push_example(url, work)
+    head = commit_change(
+        work, "models/fraud-scorer.yaml", "replicas: 2", "replicas: 3", "fork change"
+    )
+    run_git("push", "-q", "origin", "HEAD:refs/pull/7/head", cwd=work)
+    source = GitSource(url, "main", tmp_path / "state")
+    source.fetch()
+    assert source.repo.get(head) is None  # not on any branch
+    assert source.fetch_pull(7) == head
+    assert source.fetch_pull(8) is None  # no such pull request: nothing fetched

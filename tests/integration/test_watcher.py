@@ -75,6 +75,7 @@ def test_burst_of_pushes_is_one_immediate_fetch(daemon: GitDaemon, tmp_path: Pat
         run_git("push", "-q", "origin", "HEAD:main", cwd=work)
         sent = time.monotonic()
         codes = [deliver(hooks.url, "refs/heads/main", sha) for _ in range(20)]
+        burst = time.monotonic() - sent  # long on a loaded machine: each delivery is a request
         assert codes == [202] * 20
         assert changed.wait(10), "the webhook did not cause a fetch"
         time.sleep(0.5)  # let any trailing poll of the burst happen
@@ -86,9 +87,11 @@ def test_burst_of_pushes_is_one_immediate_fetch(daemon: GitDaemon, tmp_path: Pat
     first_change = next(at for at, r in results if r.changed and at > sent)
     assert first_change - sent < 2.0  # seconds, not the 60 s poll interval
     assert fired == 20
-    # 1 poll at start + the burst coalesced into 1 (at most 2 when pushes
-    # arrived while that poll ran); never one per push
-    assert 2 <= polls <= 3
+    # 1 poll at start + the burst coalesced: one fetch per max_settle window of the
+    # burst (1 on a quiet machine), plus one when pushes arrived while a poll ran;
+    # never one per push
+    bound = 1 + (1 + int(burst / watcher.max_settle)) + 1
+    assert 2 <= polls <= min(bound, 20), (polls, burst)
     changed_results = [r for _, r in results if r.changed]
     assert changed_results[-1].snapshot is not None
     assert changed_results[-1].snapshot.commit == sha
