@@ -504,7 +504,7 @@ def _serve(  # noqa: PLR0917
         config.repo,
         config.branch,
         config.state_dir,
-        router=make_router(config.router),
+        router=make_router(config.router, **router_options(config)),
         status_branch=config.status_branch,
         poll_interval=config.poll_interval,
         reporter=reporter,
@@ -548,6 +548,11 @@ def _serve(  # noqa: PLR0917
         reconciler.close()
         if hasattr(reporter, "close"):
             reporter.close()
+
+
+def router_options(config: Any) -> dict[str, Any]:
+    """What ``make_router`` needs besides the name: HAProxy keeps its files in the state dir."""
+    return {"state_dir": config.state_dir} if config.router == "haproxy" else {}
 
 
 def _dashboard_route(reconciler: Any, config: Any) -> Any:

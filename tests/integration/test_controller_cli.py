@@ -593,6 +593,13 @@ def test_run_once_against_a_repo_without_models_succeeds(specs: str, tmp_path: P
     assert "no model has a status yet" in status.stdout
 
 
+def test_run_once_with_the_haproxy_router(specs: str, tmp_path: Path) -> None:
+    done = mdc_run(tmp_path, specs, "--once", "--router", "haproxy")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "state" / "haproxy").is_dir()  # the real proxy was configured
+
+
 def test_run_once_against_a_missing_repo_fails(daemon: GitDaemon, tmp_path: Path) -> None:
     done = mdc_run(tmp_path, daemon.url("absent"), "--once")
     assert done.returncode == 1
