@@ -51,17 +51,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mdc {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    def read_command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def read_command(
+        name: str, help_text: str, formats: tuple[str, ...] = ("text", "json")
+    ) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+        sub.add_argument("--format", choices=formats, default="text", help="output format")
         return sub
 
     validate = read_command("validate", "Check a spec repository; exit 1 if anything is invalid.")
     validate.add_argument("path", nargs="?", default=".", help="spec repository (default: .)")
     plan = read_command(
-        "plan", "Show what a spec repository asks for: GPUs per team, rollout timelines."
+        "plan",
+        "Show what a spec repository asks for: GPUs per team, rollout timelines.",
+        formats=("text", "json", "markdown"),
     )
     plan.add_argument("path", nargs="?", default=".", help="spec repository (default: .)")
+    plan.add_argument("--repo", dest="repo_path", help="the same as PATH")
     plan.add_argument("--base", help="with --head: plan merging HEAD into BASE (git refs)")
     plan.add_argument("--head", help="with --base: the pull request's head (git ref)")
     plan.add_argument("--markdown", action="store_true", help="with --base/--head: the PR comment")
@@ -220,6 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run.status(args)
     if args.verb == "demo":
         return run.demo(args)
+    if args.verb == "plan" and args.repo_path:
+        args.path = args.repo_path
+    if args.verb == "plan" and args.format == "markdown":
+        args.markdown = True
+        if not (args.base or args.head):
+            print("mdc plan: --format markdown needs --base and --head", file=sys.stderr)
+            return EXIT_USAGE
     if args.verb == "plan" and (args.base or args.head):
         return run.change_plan(args)
     try:

@@ -155,3 +155,14 @@ def test_plan_posted_as_one_comment_with_a_status(
         capsys.readouterr()
         assert main(["plan", str(repo), "--base", "HEAD~1", "--head", "HEAD", *args]) == 2
         assert "MDC_GITHUB_TOKEN" in capsys.readouterr().err
+
+
+def test_repo_flag_and_markdown_format(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    change(repo, "models/fraud-scorer.yaml", '"1.0.0"', '"1.0.1"')
+    args = ["plan", "--repo", str(repo), "--base", "HEAD~1", "--head", "HEAD"]
+    assert main([*args, "--format", "markdown"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith(MARKER)
+    assert "| fraud-scorer | changed |" in out
+    assert main(["plan", "--repo", str(repo), "--format", "markdown"]) == 2
+    assert "needs --base and --head" in capsys.readouterr().err
