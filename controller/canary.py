@@ -122,6 +122,8 @@ class Observation:
     stable: BackendWindow | None = None
     #: values of PromQL checks, by check name (None or absent: could not be read)
     custom: Mapping[str, float | None] = field(default_factory=dict)
+    #: the canary is gone for good (its node left the cluster, it failed): judged failed
+    canary_lost: str | None = None
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,8 @@ def advance(
         return state, ()
     if command is Command.ABORT:
         return _rollback(state, now, "aborted by a person")
+    if observed.canary_lost:  # never promoted on partial data
+        return _rollback(state, now, f"the canary was lost: {observed.canary_lost}")
     if command is Command.PROMOTE:
         if state.phase is CanaryPhase.WARMING and not observed.canary_ready:
             return replace(state, reason="promote refused: the canary is not ready"), ()

@@ -159,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", metavar="HOST:PORT", help="default: 127.0.0.1:8080")
     run.add_argument("--poll-interval", type=float, help="seconds between fetches (default: 30)")
     run.add_argument("--router", choices=("embedded", "haproxy"), help="default: embedded")
+    run.add_argument("--runtime", choices=("local", "ray"), help="default: local")
+    run.add_argument("--ray-address", help="with --runtime ray: the cluster (default: auto)")
     run.add_argument("--github-repository", metavar="OWNER/NAME", help="report on GitHub")
     run.add_argument("--once", action="store_true", help="one pass; exit 1 if anything failed")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")

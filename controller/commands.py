@@ -458,6 +458,8 @@ def run_controller(args: argparse.Namespace) -> int:
         "poll_interval": args.poll_interval,
         "router": args.router,
         "github_repository": args.github_repository,
+        "runtime": args.runtime,
+        "ray_address": args.ray_address,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if not config.repo:
@@ -510,6 +512,8 @@ def _serve(  # noqa: PLR0917
         reporter=reporter,
         node=config.node,
         router_ports=config.router_ports,
+        runtime=config.runtime,
+        ray_address=config.ray_address,
     )
     if hasattr(reporter, "bind"):
         reporter.bind(reconciler)

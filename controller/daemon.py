@@ -53,6 +53,8 @@ class Config:
     tick: float = 0.5  # seconds between passes that tick canaries without fetching
     listen: str = "127.0.0.1:8080"  # host:port of the health, metrics, dashboard and webhook
     router: str = "embedded"
+    runtime: str = "local"  # or ray: releases on a Ray cluster (the `ray` extra)
+    ray_address: str | None = None  # with runtime: ray, e.g. ray://head:10001 or auto
     router_ports: Mapping[str, int] = field(default_factory=dict)  # model -> port
     webhook_secret_file: Path | None = None  # else MDC_WEBHOOK_SECRET; neither: no webhook
     github_repository: str | None = None  # owner/name; the token comes from the environment
@@ -96,6 +98,9 @@ _TYPES: dict[str, type] = {
 }
 
 
+_CHOICES = {"router": ("embedded", "haproxy"), "runtime": ("local", "ray")}
+
+
 def _convert(name: str, value: Any) -> Any:
     kind = _TYPES.get(name, str)
     if kind is Path:
@@ -121,6 +126,8 @@ def _convert(name: str, value: Any) -> Any:
         raise TypeError
     if name == "listen":
         listen_port(value)
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ValueError(f"one of {', '.join(_CHOICES[name])}")
     return value
 
 

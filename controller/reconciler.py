@@ -162,6 +162,8 @@ class Reconciler:
         node: str | None = None,
         clock: Callable[[], float] = time.time,
         router_ports: Mapping[str, int] | None = None,
+        runtime: str = "local",
+        ray_address: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.clock = clock
@@ -170,7 +172,14 @@ class Reconciler:
         self.status = StatusBranch(self.source, status_branch)
         bento_home = self.state_dir / "bentoml"
         self.packager = Packager(bento_home, self.state_dir / "packager")
-        self.runtime = LocalRuntime(self.state_dir, bento_home)
+        self.runtime: LocalRuntime
+        if runtime == "local":
+            self.runtime = LocalRuntime(self.state_dir, bento_home)
+        else:
+            from controller.rayruntime import make_runtime  # noqa: PLC0415 - optional extra
+
+            options = {"address": ray_address or "auto"} if runtime == "ray" else {}
+            self.runtime = make_runtime(runtime, self.state_dir, bento_home, **options)
         self.router = router
         self.reporter: Reporter = reporter or NullReporter()
         self.pins = Pins(self.state_dir)
@@ -480,6 +489,8 @@ class Reconciler:
             gpus=tuple(s.gpu for s in replica),
             ready_timeout=model.ready_timeout,
             probe=model.probe,
+            node=replica[0].node if replica else None,
+            gpu_share=sum(s.units for s in replica) / 1000 if replica else 0.0,
         )
 
     def _deploy(self, run: _Run, model: Model, wanted: str, tree: object, now: float) -> None:
@@ -498,7 +509,7 @@ class Reconciler:
         assert run.stable is not None
         release = self.runtime.releases.get(run.stable.name)
         if release is not None and release.state is State.READY:
-            self.router.configure(run.name, RouteConfig(f"127.0.0.1:{release.port}", None, 0))
+            self.router.configure(run.name, RouteConfig(release.address, None, 0))
             run.event = ("Deployed", f"{run.stable.version} serves all traffic")
         elif release is None or release.state is State.FAILED:
             reason = release.reason if release is not None else "the release is gone"
@@ -609,11 +620,7 @@ class Reconciler:
 
     def _steady(self, run: _Run, move: Move, now: float) -> None:
         release = self.runtime.releases.get(run.stable.name) if run.stable else None
-        address = (
-            f"127.0.0.1:{release.port}"
-            if release is not None and release.state is State.READY
-            else None
-        )
+        address = release.address if release is not None and release.state is State.READY else None
         self.router.configure(run.name, RouteConfig(address, None, 0))
         if address is None and run.stable is not None:
             state = release.state if release is not None else "gone"

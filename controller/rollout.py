@@ -214,7 +214,7 @@ class RolloutDriver:
         release = self.runtime.releases.get(spec.name)
         if release is None or release.state is not State.READY:
             return None
-        return f"127.0.0.1:{release.port}"
+        return release.address
 
     def begin(
         self,
@@ -266,7 +266,11 @@ class RolloutDriver:
         custom: dict[str, float | None] = {}
         if self.policy.analysis is not None and analysis_due(self.policy, self.state, now):
             custom = query_values(self.policy.analysis.checks, self.prometheus)
+        lost = None
+        if canary_release is not None and canary_release.state is State.FAILED:
+            lost = canary_release.reason or "it failed"
         observed = Observation(
+            canary_lost=lost,
             canary_ready=ready,
             smoke_ok=ready,  # READY means its probe -- a real request -- answered
             canary=router_window(snapshot["canary"], before["canary"], seconds),

@@ -81,6 +81,8 @@ class ReleaseSpec:
     ready_timeout: float = 120.0
     probe: Probe | None = None
     port: int | None = None  # None: a free loopback port
+    node: str | None = None  # the pool node the ledger placed it on (the Ray runtime uses it)
+    gpu_share: float = 0.0  # GPUs it holds (1.5 = one and a half), for Ray's own accounting
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,16 @@ class Release:
     probe_failures: int = 0
     next_probe: float = 0.0
     proc_start: int | None = None  # the kernel's start time of pid (guards PID reuse)
+    host: str = "127.0.0.1"  # where it listens (a Ray node's address for the Ray runtime)
+
+    @property
+    def address(self) -> str:
+        """``host:port``, as the router takes it."""
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}"
 
 
 @dataclass(frozen=True)

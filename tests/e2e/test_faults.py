@@ -65,9 +65,15 @@ def _mdc_comments(demo: Demo, number: int) -> list[str]:
 
 
 @pytest.fixture
-def cleanup(tmp_path: Path) -> Iterator[None]:
-    """Whatever a test leaves running under tmp_path (releases of a killed controller)."""
-    yield
+def cleanup(tmp_path: Path) -> Iterator[list[Controller]]:
+    """Controllers a test started, then whatever still runs under tmp_path (releases
+    a killed controller left): the controllers go first, or they would restart them."""
+    started: list[Controller] = []
+    yield started
+    for controller in started:
+        if controller.proc is not None and controller.proc.poll() is None:
+            controller.proc.kill()
+            controller.proc.wait(timeout=10)
     for pid in bentoml_processes(tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -140,7 +146,9 @@ def _approval_policy(repo: Path) -> None:
     spec.write_text(spec.read_text().replace("rollout: fast", "rollout: approval"))
 
 
-def test_killed_mid_canary_resumes_at_the_same_step(tmp_path: Path, cleanup: None) -> None:
+def test_killed_mid_canary_resumes_at_the_same_step(
+    tmp_path: Path, cleanup: list[Controller]
+) -> None:
     with Demo(tmp_path / "demo") as demo:
         demo.setup(prepare=_approval_policy)
         assert demo.github is not None
@@ -167,6 +175,7 @@ def test_killed_mid_canary_resumes_at_the_same_step(tmp_path: Path, cleanup: Non
         )
         env = {**os.environ, "MDC_GITHUB_TOKEN": demo.github.token}
         controller = Controller(config, tmp_path / "controller.log", env)
+        cleanup.append(controller)
         controller.start()
         demo.hook_url = controller.url() + "/webhook"
         for model in ("fraud-scorer", RANKER):

@@ -11,6 +11,7 @@ from controller.canary import (
     ActionKind,
     BackendWindow,
     CanaryPhase,
+    CanaryState,
     Command,
     Observation,
     Outcome,
@@ -314,3 +315,13 @@ def test_query_checks(custom: dict, outcome: Outcome, message: str) -> None:
     got, results = judge((QUERY,), window(), window(), 10, custom)
     assert got is outcome
     assert message in results[0].message
+
+
+@pytest.mark.parametrize("phase", [CanaryPhase.WARMING, CanaryPhase.STEPPING, CanaryPhase.PAUSED])
+def test_a_lost_canary_is_judged_failed_never_promoted(phase: CanaryPhase) -> None:
+    state = CanaryState("h", phase, step=1, weight=20)
+    lost = Observation(canary_ready=False, canary_lost="node lost: gpu-node-b left")
+    after, actions = advance(policy(W(20), A(1)), state, lost, 100.0)
+    assert after.phase is CanaryPhase.ROLLED_BACK
+    assert "node lost: gpu-node-b left" in after.reason
+    assert [a.kind for a in actions] == [ActionKind.SET_WEIGHT, ActionKind.ROLLBACK]

@@ -42,6 +42,8 @@ githubRepository: acme/specs
 githubApiUrl: https://ghe.example.invalid/api/v3
 revertPrs: true
 node: gpu-node-1
+runtime: ray
+rayAddress: ray://head:10001
 """
 
 FULL_EXPECTED = Config(
@@ -59,6 +61,8 @@ FULL_EXPECTED = Config(
     github_api_url="https://ghe.example.invalid/api/v3",
     revert_prs=True,
     node="gpu-node-1",
+    runtime="ray",
+    ray_address="ray://head:10001",
 )
 
 
@@ -116,6 +120,8 @@ def test_unknown_key_names_file_line_column_and_key(
         ('repo: x\nbranch: main\nrevertPrs: "yes"\n', 3, "revertPrs"),
         ("revertPrs: 1\n", 1, "revertPrs"),
         ("routerPorts: [1]\n", 1, "routerPorts"),
+        ("repo: x\nruntime: kubernetes\n", 2, "runtime"),
+        ("router: nginx\n", 1, "router"),
         ("routerPorts:\n  fraud-scorer: http\n", 1, "routerPorts"),
         ("tick: true\n", 1, "tick"),
         ("repo: x\ntick: [0.5]\n", 2, "tick"),

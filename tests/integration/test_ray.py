@@ -1,0 +1,262 @@
+"""Releases on a simulated multi-node Ray cluster (``ray.cluster_utils.Cluster``,
+one per module, dashboard off): each release lands on the node and with the GPU
+share the ledger chose, a canary runs across two nodes and is promoted, and a
+canary whose node dies is rolled back while the stable keeps serving. Nothing
+started outlives the module: the cluster is shut down by its own handles and
+any ``bentoml serve`` left behind by a killed node is stopped by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.canary import CanaryPhase
+from controller.inventory import GPU
+from controller.ledger import Demand, Ledger, Placed, ReleaseKind, Request, launch_env
+from controller.loader import load_desired
+from controller.packager import Packager, Source
+from controller.rayruntime import RayRuntime, node_ids
+from controller.rollout import RolloutDriver
+from controller.router import EmbeddedRouter
+from controller.runtime import ReleaseSpec, State
+from controller.spec import Analysis, Check, Metric, Quota, RolloutPolicy, Step, StepKind
+from controller.tree import DirTree
+from tests.bentos import bentoml_processes, example_copy
+
+ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+NODES = ("gpu-node-a", "gpu-node-b")
+DOC = {"documents": [{"id": "x", "bm25": 0.5, "click_rate": 0.25, "freshness": 0.75}]}
+
+
+class _Load:
+    """Requests through the router from a thread, until stopped; their status codes."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self._codes = url, list[int]()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.is_set():
+                try:
+                    self._codes.append(client.post(self.url, json=DOC).status_code)
+                except httpx.HTTPError:
+                    self._codes.append(0)
+                time.sleep(0.02)
+
+    def codes(self) -> list[int]:
+        return list(self._codes)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+POLICY = RolloutPolicy(
+    "ray-canary",
+    (Step(StepKind.SET_WEIGHT, weight=50), Step(StepKind.ANALYSIS, intervals=1)),
+    Analysis(1.0, 0, 5, (Check("errors", Metric.ERROR_RATE, None, 0.05, None, None),)),
+    progress_deadline=60.0,
+    warmup_timeout=90.0,
+    warmup_hold=None,
+    source=None,  # type: ignore[arg-type]
+)
+
+
+#: a canary that takes traffic and then waits (for a node to die under it)
+HOLD = RolloutPolicy(
+    "hold",
+    (Step(StepKind.SET_WEIGHT, weight=30), Step(StepKind.PAUSE, duration=600.0)),
+    None,
+    progress_deadline=None,
+    warmup_timeout=90.0,
+    warmup_hold=None,
+    source=None,  # type: ignore[arg-type]
+)
+
+
+@dataclass
+class World:
+    cluster: Any
+    nodes: dict[str, Any]  # pool node name -> cluster_utils node handle
+    home: Path
+    state: Path
+    marker: Path
+    stable: str
+    canary: str
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("ray")
+    marker = base / "ray-homes"
+    os.environ["MDC_RAY_HOME"] = str(marker)  # inherited by the cluster's processes
+    short = tempfile.mkdtemp(prefix="mdcray", dir="/tmp")  # unix socket paths are short
+    os.environ["RAY_TMPDIR"] = short
+    from ray.cluster_utils import Cluster  # noqa: PLC0415
+
+    packager = Packager(base / "home", base / "packager")
+    repo = example_copy(base / "repo")
+    tree = DirTree(repo)
+    model = load_desired(tree).desired.models["search-ranker"]
+    stable = packager.build(model, tree, Source()).bento_tag
+    spec = repo / "models" / "search-ranker.yaml"
+    spec.write_text(spec.read_text().replace("search-ranker/v1.json", "search-ranker/v2.json"))
+    tree = DirTree(repo)
+    canary = packager.build(
+        load_desired(tree).desired.models["search-ranker"], tree, Source()
+    ).bento_tag
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False},
+    )
+    nodes = {
+        name: cluster.add_node(num_cpus=2, num_gpus=2, resources={f"mdc-node:{name}": 1})
+        for name in NODES
+    }
+    cluster.wait_for_nodes()
+    try:
+        yield World(cluster, nodes, base / "home", base / "state", marker, stable, canary)
+    finally:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        cluster.shutdown()
+        for pid in bentoml_processes(marker):  # servers orphaned by a killed node
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.environ.pop("MDC_RAY_HOME", None)
+        os.environ.pop("RAY_TMPDIR", None)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def _ledger() -> Ledger:
+    gib = 1 << 30
+    gpus = [
+        GPU(node, i, f"GPU-{node}-{i}", "A100", 40 * gib, declared=True)
+        for node in NODES
+        for i in range(2)
+    ]
+    return Ledger(gpus, [Quota("search", 2, 4, 100)])
+
+
+def _spec(name: str, bento: str, ledger: Ledger, node: str, kind: ReleaseKind) -> ReleaseSpec:
+    # the ledger chooses; to pin a node, fill the other one first
+    placed = ledger.place(Request(name, "search-ranker", "search", Demand(fraction=0.5), 1, kind))
+    assert isinstance(placed, Placed), placed
+    replica = placed.allocation.replicas[0]
+    assert replica[0].node == node, (replica, node)
+    return ReleaseSpec(
+        name,
+        "search-ranker",
+        "1",
+        bento,
+        env=launch_env(replica),
+        gpus=tuple(s.gpu for s in replica),
+        ready_timeout=90.0,
+        node=replica[0].node,
+        gpu_share=sum(s.units for s in replica) / 1000,
+    )
+
+
+def test_release_runs_on_the_ledgers_node_with_its_gpus(world: World) -> None:
+    runtime = RayRuntime(world.state / "one", world.home, address=world.cluster.address)
+    ledger = _ledger()
+    ledger.place(Request("filler", "f", "search", Demand(gpus=2), 1, ReleaseKind.STABLE))
+    spec = _spec("search-ranker/one", world.stable, ledger, "gpu-node-b", ReleaseKind.STABLE)
+    before = ray.available_resources().get("GPU", 0.0)
+    runtime.start(spec)
+    release = runtime.wait_ready(spec.name, timeout=120)
+    assert release.state is State.READY, runtime.tail(spec.name)
+    assert ray.available_resources().get("GPU", 0.0) == pytest.approx(before - 0.5)
+    answer = httpx.post(release.url + "/rank", json=DOC, timeout=10)
+    assert answer.status_code == 200
+    where = runtime.placements[spec.name]
+    assert where["node"] == node_ids(ray)["gpu-node-b"]  # node affinity to the ledger's node
+    assert where["cuda"] == spec.env["CUDA_VISIBLE_DEVICES"]
+    assert spec.env["CUDA_VISIBLE_DEVICES"].startswith("GPU-gpu-node-b-")
+    environ = Path(f"/proc/{release.pid}/environ").read_bytes().split(b"\0")
+    assert f"CUDA_VISIBLE_DEVICES={spec.gpus[0]}".encode() in environ  # the server sees it
+    runtime.stop(spec.name, drain=2.0)
+    assert runtime.releases[spec.name].state is State.STOPPED
+    time.sleep(1)
+    assert ray.available_resources().get("GPU", 0.0) == pytest.approx(before)
+
+
+def test_canary_across_two_nodes_then_its_node_dies(world: World) -> None:
+    """Stable on node a, canary on node b: promoted; then a second canary on node b
+    loses its node mid-rollout and is rolled back while the stable keeps serving."""
+    runtime = RayRuntime(world.state / "two", world.home, address=world.cluster.address)
+    router = EmbeddedRouter()
+    ledger = _ledger()
+    try:
+        # the ledger chooses the nodes: node a full first puts the stable on node b;
+        # then node b full puts the canary on node a
+        ledger.place(Request("fill-a", "f", "search", Demand(gpus=2), 1, ReleaseKind.STABLE))
+        stable = _spec("search-ranker/v1", world.stable, ledger, "gpu-node-b", ReleaseKind.STABLE)
+        ledger.release("fill-a")
+        ledger.place(Request("fill-b", "f", "search", Demand(fraction=0.5), 1, ReleaseKind.STABLE))
+        ledger.place(Request("fill-b2", "f", "search", Demand(gpus=1), 1, ReleaseKind.STABLE))
+        canary = _spec("search-ranker/v2", world.canary, ledger, "gpu-node-a", ReleaseKind.CANARY)
+        runtime.start(stable)
+        assert runtime.wait_ready(stable.name, timeout=120).state is State.READY
+        url = router.add_model("search-ranker")
+        driver = RolloutDriver("search-ranker", POLICY, runtime, router, ledger=ledger)
+        driver.begin(stable, canary, "h2")  # routes to the stable at once
+        load = _Load(url + "/rank")
+        final = driver.run(timeout=150, step=0.2)
+        assert final.phase is CanaryPhase.PROMOTED, (final.reason, runtime.tail(canary.name))
+        placements = runtime.placements
+        nodes = node_ids(ray)
+        assert placements[stable.name]["node"] == nodes["gpu-node-b"]
+        assert placements[canary.name]["node"] == nodes["gpu-node-a"]
+        assert runtime.releases[stable.name].state is State.STOPPED  # the old stable
+        served = load.codes()
+        assert served.count(200) > 20
+        assert set(served) == {200}
+
+        # -- a canary whose node leaves the cluster is judged failed, not promoted ----
+        # the stable now runs on node a; the next canary goes to node b, which dies
+        third = replace(
+            canary,
+            name="search-ranker/v3",
+            bento=world.stable,
+            node="gpu-node-b",
+            env={"CUDA_VISIBLE_DEVICES": "GPU-gpu-node-b-1"},
+            gpus=("GPU-gpu-node-b-1",),
+        )
+        new_driver = RolloutDriver("search-ranker", HOLD, runtime, router)
+        new_driver.begin(driver.stable, third, "h3")
+        deadline = time.monotonic() + 120
+        while new_driver.state is not None and new_driver.state.weight == 0:
+            new_driver.tick()
+            assert time.monotonic() < deadline, (new_driver.state, runtime.tail(third.name))
+            time.sleep(0.2)
+        world.cluster.remove_node(world.nodes["gpu-node-b"], allow_graceful=False)
+        final = new_driver.run(timeout=90, step=0.2)
+        assert final.phase is CanaryPhase.ROLLED_BACK
+        assert "node lost" in final.reason
+        assert runtime.releases[third.name].state is State.STOPPED  # rolled back: stopped
+        before = len(load.codes())
+        time.sleep(2)
+        after = load.codes()[before:]
+        assert after
+        assert set(after) == {200}  # the stable, on the surviving node, serves it all
+        load.stop()
+    finally:
+        router.close()
