@@ -71,15 +71,23 @@ class _UsageError(Exception):
     pass
 
 
-def history(args: argparse.Namespace) -> int:
+def _open_or_exit(args: argparse.Namespace) -> tuple[Any, str, str | None] | int:
+    """:func:`_open_history_repo`, or the exit code after saying why on stderr."""
     try:
-        repo, tip, status_tip = _open_history_repo(args)
+        return _open_history_repo(args)
     except _UsageError as exc:
-        print(f"mdc history: {exc}", file=sys.stderr)
+        print(f"mdc {args.verb}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except MdcError as exc:
-        print(f"mdc history: {exc}", file=sys.stderr)
+        print(f"mdc {args.verb}: {exc}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def history(args: argparse.Namespace) -> int:
+    opened = _open_or_exit(args)
+    if isinstance(opened, int):
+        return opened
+    repo, tip, status_tip = opened
     events = model_history(repo, tip, status_tip, args.model, args.limit)
     if args.format == "json":
         print(json.dumps({"model": args.model, "events": [e.as_dict() for e in events]}, indent=2))
@@ -620,14 +628,10 @@ def status(args: argparse.Namespace) -> int:
             print(f"mdc status: {args.controller}: {exc}", file=sys.stderr)
             return EXIT_INVALID
     else:
-        try:
-            repo, _, status_tip = _open_history_repo(args)
-        except _UsageError as exc:
-            print(f"mdc status: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except MdcError as exc:
-            print(f"mdc status: {exc}", file=sys.stderr)
-            return EXIT_INVALID
+        opened = _open_or_exit(args)
+        if isinstance(opened, int):
+            return opened
+        repo, _, status_tip = opened
         statuses = []
         if status_tip is not None:
             from controller.gitsource import GitTree  # noqa: PLC0415

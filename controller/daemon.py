@@ -210,7 +210,6 @@ class _PassStats:
     total: int = 0
     failed: int = 0
     seconds_sum: float = 0.0
-    last_seconds: float = 0.0
     last_ok: float | None = None  # when a pass last fetched and applied without error
     buckets: dict[float, int] = field(
         default_factory=lambda: dict.fromkeys((0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0), 0)
@@ -220,7 +219,6 @@ class _PassStats:
         self.total += 1
         self.failed += 0 if result.ok else 1
         self.seconds_sum += result.seconds
-        self.last_seconds = result.seconds
         for bound in self.buckets:
             if result.seconds <= bound:
                 self.buckets[bound] += 1
@@ -314,8 +312,8 @@ class Daemon:
         self.trigger = Trigger()
         self.stats = _PassStats()
         self.stopping = threading.Event()
-        self.webhooks = 0
         self._serving = False
+        self.webhooks = 0  # verified deliveries taken
         self.crashes = 0  # passes that raised (bugs): logged, and the loop went on
         self._extra_events = on_event
         self._lock = threading.Lock()  # passes and HTTP readers of the reconciler

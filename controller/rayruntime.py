@@ -248,11 +248,6 @@ class RayRuntime(LocalRuntime):
             host=str(where["host"]),
         )
         self.releases[spec.name] = release
-        self.events_started(spec, release, where)
-        self._save()
-        return release
-
-    def events_started(self, spec: ReleaseSpec, release: Release, where: dict[str, Any]) -> None:
         log.info(
             "%s on Ray node %s (%s) at %s, CUDA_VISIBLE_DEVICES=%s",
             spec.name,
@@ -261,6 +256,8 @@ class RayRuntime(LocalRuntime):
             release.address,
             where.get("cuda"),
         )
+        self._save()
+        return release
 
     def _node_alive(self, r: Release) -> bool:
         return r.spec.node in node_ids(self.ray)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from controller.canary import Action, CanaryPhase, CanaryState, Command, state_from_dict
+from controller.canary import Action, CanaryPhase, CanaryState, state_from_dict
 from controller.documents import Diagnostic
 from controller.errors import MdcError, PermanentError, TransientError
 from controller.gitsource import Credentials, GitSource, PollResult, Snapshot, SourcePoller
@@ -766,9 +766,3 @@ class Reconciler:
         if stop_releases:
             self.runtime.stop_all(drain=2.0)
         self.router.close()
-
-    def send(self, model: str, command: Command | str, who: str) -> None:
-        """Queue a manual command for ``model`` (as ``mdc promote`` does)."""
-        from controller.rollout import send_command  # noqa: PLC0415
-
-        send_command(self.state_dir, model, str(command), who)

@@ -55,15 +55,16 @@ def repo_with_service(dest: Path, name: str, code: str, api: str = "ping") -> tu
     return dest, result.desired.models[name]
 
 
-def bentoml_processes(marker: Path) -> list[int]:
-    """Live processes whose environment mentions ``marker`` (a test's tmp dir)."""
+def bentoml_processes(marker: Path, where: str = "environ") -> list[int]:
+    """Live processes whose environment (or, with ``where="cmdline"``, command line)
+    mentions ``marker`` (a test's tmp dir)."""
     wanted = str(marker).encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            environ = (entry / "environ").read_bytes()
+            environ = (entry / where).read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue

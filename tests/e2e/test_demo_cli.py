@@ -3,7 +3,6 @@ stops every process it started (releases, git daemon) and exits 130."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,23 +14,6 @@ import pytest
 from tests.bentos import bentoml_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-
-def _processes_mentioning(marker: Path) -> list[int]:
-    """Live processes whose command line names ``marker`` (the git daemon serves it)."""
-    wanted = str(marker).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if wanted in cmdline and state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
 
 
 def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
@@ -50,7 +32,7 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
             assert demo.poll() is None, log.read_text()
             time.sleep(0.2)
         assert bentoml_processes(workspace), "releases should be running by now"
-        assert _processes_mentioning(workspace / "served"), "git daemon should be running"
+        assert bentoml_processes(workspace / "served", "cmdline"), "git daemon should be running"
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 130, log.read_text()
     finally:
@@ -59,4 +41,4 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
             demo.wait()
     assert "interrupted" in log.read_text()
     assert bentoml_processes(workspace) == []
-    assert _processes_mentioning(workspace / "served") == []
+    assert bentoml_processes(workspace / "served", "cmdline") == []
