@@ -161,6 +161,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--router", choices=("embedded", "haproxy"), help="default: embedded")
     run.add_argument("--runtime", choices=("local", "ray"), help="default: local")
     run.add_argument("--ray-address", help="with --runtime ray: the cluster (default: auto)")
+    run.add_argument(
+        "--ray-namespace",
+        help="with --runtime ray: the Ray namespace of this controller's actors (default: mdc)",
+    )
     run.add_argument("--github-repository", metavar="OWNER/NAME", help="report on GitHub")
     run.add_argument("--once", action="store_true", help="one pass; exit 1 if anything failed")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -275,6 +279,12 @@ def _plan(path: str, result: LoadResult, fmt: str) -> int:
     for pool in sorted(desired.pools.values(), key=lambda p: p.name):
         total = pool.declared_gpus
         gpus = f"{total} GPUs declared" if total is not None else "GPUs discovered with NVML"
+        if pool.cluster is not None:
+            chosen = ", ".join(f"{k}={v}" for k, v in sorted(pool.cluster.selector.items()))
+            gpus = (
+                f"nodes from the cluster ({chosen or 'every node'}), "
+                f"GPUs {'read with NVML' if pool.cluster.discovery == 'NVML' else 'declared'}"
+            )
         print(f"\n{style.bold('Pool ' + pool.name)}  sharing {pool.sharing}, {gpus}", file=out)
         for node in pool.nodes:
             groups = ", ".join(

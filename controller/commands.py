@@ -468,6 +468,7 @@ def run_controller(args: argparse.Namespace) -> int:
         "github_repository": args.github_repository,
         "runtime": args.runtime,
         "ray_address": args.ray_address,
+        "ray_namespace": args.ray_namespace,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if not config.repo:
@@ -522,6 +523,7 @@ def _serve(  # noqa: PLR0917
         router_ports=config.router_ports,
         runtime=config.runtime,
         ray_address=config.ray_address,
+        ray_namespace=config.ray_namespace,
     )
     if hasattr(reporter, "bind"):
         reporter.bind(reconciler)

@@ -55,6 +55,7 @@ class Config:
     router: str = "embedded"
     runtime: str = "local"  # or ray: releases on a Ray cluster (the `ray` extra)
     ray_address: str | None = None  # with runtime: ray, e.g. ray://head:10001 or auto
+    ray_namespace: str = "mdc"  # with runtime: ray, where this controller's actors are named
     router_ports: Mapping[str, int] = field(default_factory=dict)  # model -> port
     webhook_secret_file: Path | None = None  # else MDC_WEBHOOK_SECRET; neither: no webhook
     github_repository: str | None = None  # owner/name; the token comes from the environment

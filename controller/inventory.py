@@ -12,6 +12,14 @@ NVML is imported lazily so the rest of mdc runs where it is not installed;
 without a driver ``nvmlInit`` raises ``NVMLError_LibraryNotFound``, which
 becomes :class:`NVMLUnavailable` (transient: a driver can come back).
 
+A pool may also take its nodes from the runtime's cluster (``spec.cluster``):
+the runtime reads each live node (:class:`ClusterNode`: its labels, the GPUs it
+declares, and its NVML reading from a task on that node) and
+:func:`cluster_inventory` keeps those whose labels -- their own plus
+``mdc.dev/node``, ``mdc.dev/gpu-product``, ``mdc.dev/gpu-memory`` and
+``mdc.dev/gpu-count`` from their GPUs -- match the pool's ``nodeSelector``.
+:func:`node_changes` says which nodes joined and left between two readings.
+
 Called by the reconciler and ``mdc pool``; the GPU ledger
 (:mod:`controller.ledger`) places releases on :attr:`Inventory.gpus`.
 """
@@ -26,16 +34,31 @@ from typing import Any
 
 from controller.errors import TransientError
 from controller.spec import Discovery, GPUPool
-from controller.units import format_bytes
+from controller.units import format_bytes, parse_memory
 
 __all__ = [
     "GPU",
+    "LABEL_COUNT",
+    "LABEL_MEMORY",
+    "LABEL_NODE",
+    "LABEL_PRODUCT",
+    "ClusterNode",
     "Inventory",
     "NVMLUnavailable",
+    "NodeChange",
     "build_inventory",
+    "cluster_inventory",
     "declared_gpus",
+    "node_changes",
+    "node_labels",
     "read_nvml",
+    "real_uuid",
 ]
+
+LABEL_NODE = "mdc.dev/node"
+LABEL_PRODUCT = "mdc.dev/gpu-product"
+LABEL_MEMORY = "mdc.dev/gpu-memory"
+LABEL_COUNT = "mdc.dev/gpu-count"
 
 #: Declared and discovered memory sizes closer than this count as the same
 #: (NVML reports an "80GB" H100 as 79.6 GiB).
@@ -232,3 +255,121 @@ def build_inventory(
 
 def _renamed(gpu: GPU, node: str) -> GPU:
     return replace(gpu, node=node)
+
+
+# -- pools whose nodes come from the cluster -----------------------------------------
+
+
+def real_uuid(uuid: str) -> bool:
+    """Whether ``uuid`` names a GPU the driver knows (not one mdc made up for a
+    declared GPU): only these can go in ``CUDA_VISIBLE_DEVICES``."""
+    return uuid.startswith(("GPU-", "MIG-"))
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One live node of the runtime's cluster, as the runtime read it."""
+
+    name: str  # its pool node name
+    labels: Mapping[str, str]  # the labels it was started with
+    gpus: int  # the GPUs it declares to the cluster
+    nvml: tuple[GPU, ...] | str = "NVML was not read there"  # the reading, or why none
+
+
+def _declared(node: ClusterNode) -> tuple[list[GPU], str | None]:
+    """The GPUs ``node`` declares, described by its labels; a problem when it declares
+    GPUs whose product or memory its labels do not give (they cannot be booked)."""
+    if node.gpus <= 0:
+        return [], None
+    product = node.labels.get(LABEL_PRODUCT)
+    memory_label = node.labels.get(LABEL_MEMORY)
+    memory = None
+    if memory_label:
+        with contextlib.suppress(ValueError):
+            memory = parse_memory(memory_label)
+    if not product or not memory:
+        missing = " and ".join(
+            label
+            for label, ok in ((LABEL_PRODUCT, bool(product)), (LABEL_MEMORY, bool(memory)))
+            if not ok
+        )
+        return [], (
+            f"node {node.name} declares {node.gpus} GPUs without a usable {missing} label: "
+            "they are left out of the pool"
+        )
+    return [
+        GPU(node.name, i, f"cluster-{node.name}-{i}", product, memory, declared=True)
+        for i in range(node.gpus)
+    ], None
+
+
+def node_labels(node: ClusterNode, gpus: Sequence[GPU]) -> dict[str, str]:
+    """The labels a pool's ``nodeSelector`` is matched against: the node's own, then
+    mdc's from its GPUs (which win: they say what the GPUs are)."""
+    labels = dict(node.labels)
+    labels[LABEL_NODE] = node.name
+    labels[LABEL_COUNT] = str(len(gpus))
+    if gpus:
+        labels[LABEL_PRODUCT] = ",".join(sorted({g.product for g in gpus}))
+        labels[LABEL_MEMORY] = format_bytes(min(g.memory for g in gpus))
+    return labels
+
+
+def cluster_inventory(pool: GPUPool, nodes: Sequence[ClusterNode] | None) -> Inventory:
+    """The inventory of a pool whose nodes come from the cluster (``spec.cluster``):
+    the GPUs of every node in ``nodes`` whose labels match the selector. ``nodes``
+    is None when the runtime has no cluster (the local runtime)."""
+    assert pool.cluster is not None
+    if nodes is None:
+        return Inventory(
+            pool.name,
+            (),
+            (
+                f"pool {pool.name} takes its nodes from the cluster, but the runtime has "
+                "none (run mdc with --runtime ray)",
+            ),
+        )
+    gpus: list[GPU] = []
+    problems: list[str] = []
+    for node in sorted(nodes, key=lambda n: n.name):
+        declared, problem = _declared(node)
+        found = declared
+        if pool.cluster.discovery is Discovery.NVML:
+            if isinstance(node.nvml, tuple) and node.nvml:
+                found = [_renamed(g, node.name) for g in node.nvml]
+                problem = None
+            else:
+                why = node.nvml if isinstance(node.nvml, str) else "NVML sees no GPUs"
+                problem = f"node {node.name}: discovery is NVML but {why}; " + (
+                    f"using the {len(declared)} GPUs it declares"
+                    if declared
+                    else (problem or "it has no usable GPUs")
+                )
+        if not pool.cluster.selects(node_labels(node, found)):
+            continue
+        if problem:
+            problems.append(problem)
+        gpus += found
+    return Inventory(pool.name, tuple(gpus), tuple(problems))
+
+
+@dataclass(frozen=True)
+class NodeChange:
+    """A node that joined or left a pool between two inventories."""
+
+    pool: str
+    node: str
+    change: str  # "joined" or "left"
+    gpus: int
+
+    def describe(self) -> str:
+        return f"pool {self.pool}: node {self.node} {self.change} ({self.gpus} GPUs)"
+
+
+def node_changes(before: Inventory, after: Inventory) -> list[NodeChange]:
+    """The nodes of ``after`` that ``before`` did not have, and the reverse."""
+    old = Counter(g.node for g in before.gpus)
+    new = Counter(g.node for g in after.gpus)
+    joined = [NodeChange(after.pool, n, "joined", new[n]) for n in sorted(set(new) - set(old))]
+    left = [NodeChange(after.pool, n, "left", old[n]) for n in sorted(set(old) - set(new))]
+    return joined + left

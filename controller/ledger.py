@@ -593,6 +593,16 @@ class Ledger:
                 again.append(record.release)
         return ledger, problems, again
 
+    def resize(self, gpus: Iterable[GPU]) -> list[Allocation]:
+        """The pool's GPUs changed (nodes joined or left): keep, in place, every
+        allocation whose GPUs are all still there; free and return those that held
+        a GPU that is gone (their releases must be placed again)."""
+        held = list(self.allocations.values())
+        rebuilt, _, again = Ledger.rebuild(gpus, self.quotas.values(), held)
+        lost = [a for a in held if a.release in set(again)]
+        vars(self).update(vars(rebuilt))
+        return lost
+
     def check(self) -> None:
         """Assert the ledger's invariants (used by the property tests)."""
         for uuid, state in self.gpus.items():

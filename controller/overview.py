@@ -198,6 +198,12 @@ def summarize(desired: Desired) -> dict[str, Any]:
                 "name": pool.name,
                 "sharing": str(pool.sharing),
                 "declaredGPUs": pool.declared_gpus,
+                "cluster": None
+                if pool.cluster is None
+                else {
+                    "discovery": str(pool.cluster.discovery),
+                    "nodeSelector": dict(pool.cluster.selector),
+                },
                 "nodes": [
                     {
                         "name": node.name,

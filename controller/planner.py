@@ -82,6 +82,7 @@ class Move(StrEnum):
     START_CANARY = "start-canary"  # build, reserve the canary's GPUs, start it beside stable
     CONTINUE = "continue"  # the canary walks its steps
     REPLACE = "replace"  # git moved on during a canary: abort it, then canary the new spec
+    RE_PLACE = "re-place"  # the stable's node was lost: place it again on what is left
     STEADY = "steady"  # it runs what git says
     PINNED = "pinned"  # this spec failed: nothing until git changes or someone retries
     HOLD = "hold"  # the spec is invalid: what runs is left alone
@@ -97,6 +98,7 @@ class Observed:
     stable_ready: bool = False
     canary: CanaryState | None = None
     pinned: str | None = None
+    stable_lost: str | None = None  # why the stable release is gone for good (its node left)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,15 @@ def _decide(name: str, wanted: str | None, seen: Observed, given: PlanInput) -> 
                 name, Move.PINNED, wanted, "this spec failed; change it or run mdc retry"
             )
         return ModelPlan(name, Move.DEPLOY, wanted, "first release")
+    if seen.stable_lost is not None:
+        live = seen.canary is not None and not seen.canary.phase.done
+        return ModelPlan(
+            name,
+            Move.RE_PLACE,
+            seen.stable_hash,
+            f"the stable release was lost ({seen.stable_lost}): place it again"
+            + ("; the canary is aborted (nothing to compare it with)" if live else ""),
+        )
     if not seen.stable_ready and seen.stable_hash == wanted and seen.canary is None:
         return ModelPlan(name, Move.AWAIT, wanted, "waiting for the first release to be ready")
     decision = rollout_decision(wanted, seen.stable_hash, seen.canary, seen.pinned)

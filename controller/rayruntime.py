@@ -16,7 +16,15 @@ the actor imports it into its own BentoML home on that node. The actor
 reports its endpoint (the node's address and a free port) for the router.
 
 A release whose actor died with its node is marked failed ("node lost"),
-never restarted onto a dead node.
+never restarted onto a dead node; the reconciler places it again.
+
+Actors are detached and named ``mdc:RELEASE`` in the controller's namespace,
+so releases keep serving while the controller restarts, and the next
+controller adopts them from its process table (:meth:`RayRuntime._still_running`).
+
+:meth:`RayRuntime.cluster_nodes` is the cluster as a pool with
+``spec.cluster`` sees it: each live node's name, labels and declared GPUs,
+and its NVML reading from a task on that node (read once per node).
 
 Called by ``mdc run --runtime ray`` (:func:`make_runtime`) and the Ray
 integration tests. Needs the optional ``ray`` extra.
@@ -30,16 +38,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from controller.errors import PermanentError, TransientError
+from controller.inventory import GPU, LABEL_NODE, ClusterNode, real_uuid
 from controller.packager import bentoml_env
 from controller.runtime import LocalRuntime, Release, ReleaseSpec, State
 
-__all__ = ["NODE_RESOURCE", "RayRuntime", "make_runtime", "node_ids"]
+__all__ = ["NODE_RESOURCE", "RayRuntime", "make_runtime", "node_ids", "node_name"]
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +61,39 @@ _NODE_DIED = "node has died"
 NODE_RESOURCE = "mdc-node:"
 
 
+def node_name(node: Mapping[str, Any]) -> str:
+    """A Ray node's pool name: its ``mdc-node:NAME`` resource, else its
+    ``mdc.dev/node`` label, else its host name and the start of its id."""
+    for resource in node.get("Resources", {}):
+        if resource.startswith(NODE_RESOURCE):
+            return str(resource[len(NODE_RESOURCE) :])
+    label = node.get("Labels", {}).get(LABEL_NODE)
+    if label:
+        return str(label)
+    return f"{node.get('NodeManagerHostname', 'node')}-{str(node['NodeID'])[:8]}"
+
+
+def _live_nodes(ray: Any) -> list[dict[str, Any]]:
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
 def node_ids(ray: Any) -> dict[str, str]:
-    """Pool node name -> Ray node id, for the live nodes that carry ``mdc-node:NAME``."""
-    out: dict[str, str] = {}
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        for resource in node.get("Resources", {}):
-            if resource.startswith(NODE_RESOURCE):
-                out[resource[len(NODE_RESOURCE) :]] = node["NodeID"]
-    return out
+    """Pool node name -> Ray node id, for the live nodes."""
+    return {node_name(node): node["NodeID"] for node in _live_nodes(ray)}
+
+
+def _nvml_reader(ray: Any) -> Any:
+    """A task that reads NVML on the node it runs on (the GPUs, or why not)."""
+
+    def read_gpus(name: str) -> list[dict[str, Any]] | str:
+        from controller.inventory import NVMLUnavailable, read_nvml  # noqa: PLC0415
+
+        try:
+            return [asdict(gpu) for gpu in read_nvml(name)]
+        except NVMLUnavailable as exc:
+            return exc.message
+
+    return ray.remote(num_cpus=0, max_retries=0)(read_gpus)
 
 
 def _normal_priority(pid: int) -> None:
@@ -74,13 +106,14 @@ def _normal_priority(pid: int) -> None:
 def _actor_class(ray: Any) -> Any:
     """The actor, defined once Ray is imported (it is an optional dependency)."""
 
-    @ray.remote(num_cpus=0, max_restarts=0)
+    @ray.remote(num_cpus=0, max_restarts=0, lifetime="detached")
     class ReleaseActor:
         """``bentoml serve`` of one release, on this node."""
 
         def __init__(self, name: str) -> None:
             self.name = name
             self.proc: subprocess.Popen[bytes] | None = None
+            self.placement: dict[str, Any] = {}
             base = Path(os.environ.get("MDC_RAY_HOME", "/tmp/mdc-ray"))
             self.home = base / name.replace("/", "_") / str(os.getpid())
             self.log = self.home / "serve.log"
@@ -119,7 +152,7 @@ def _actor_class(ray: Any) -> Any:
             )
             out.close()
             _normal_priority(self.proc.pid)
-            return {
+            self.placement = {
                 "host": ray.util.get_node_ip_address(),
                 "port": port,
                 "pid": self.proc.pid,
@@ -127,9 +160,13 @@ def _actor_class(ray: Any) -> Any:
                 "cuda": environment.get("CUDA_VISIBLE_DEVICES"),
                 "import_seconds": round(time.monotonic() - began, 3),
             }
+            return self.placement
 
         def alive(self) -> bool:
             return self.proc is not None and self.proc.poll() is None
+
+        def where(self) -> dict[str, Any]:
+            return dict(self.placement)
 
         def stop(self, drain: float) -> None:
             import signal  # noqa: PLC0415
@@ -160,6 +197,7 @@ class RayRuntime(LocalRuntime):
         bento_home: Path,
         *,
         address: str,
+        namespace: str = "mdc",
         clock: Callable[[], float] = time.time,
         call_timeout: float = 30.0,
     ) -> None:
@@ -168,7 +206,10 @@ class RayRuntime(LocalRuntime):
         self.ray = ray
         if not ray.is_initialized():
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        self.namespace = namespace
         self.actor_class = _actor_class(ray)
+        self.read_gpus = _nvml_reader(ray)
+        self.nvml: dict[str, tuple[GPU, ...] | str] = {}  # Ray node id -> reading
         self.actors: dict[str, Any] = {}
         #: release -> what its actor reported: host, port, pid, Ray node id, CUDA_VISIBLE_DEVICES
         self.placements: dict[str, dict[str, Any]] = {}
@@ -178,9 +219,86 @@ class RayRuntime(LocalRuntime):
 
     # -- where releases run ---------------------------------------------------------------
 
-    def _adopt(self) -> None:
-        """Actors do not outlive their driver's job: nothing to adopt after a restart."""
-        self.releases = {}
+    @staticmethod
+    def actor_name(release: str) -> str:
+        return f"mdc:{release}"
+
+    def _named_actor(self, release: str) -> Any:
+        try:
+            return self.ray.get_actor(self.actor_name(release), namespace=self.namespace)
+        except ValueError:
+            return None
+
+    def _still_running(self, release: Release) -> bool:
+        """After a controller restart: adopt the release's actor when it and its
+        server still run (detached actors outlive the controller)."""
+        actor = self._named_actor(release.spec.name)
+        if actor is None:
+            return False
+        try:
+            alive = bool(self.ray.get(actor.alive.remote(), timeout=self.call_timeout))
+            where = self.ray.get(actor.where.remote(), timeout=self.call_timeout) if alive else {}
+        except Exception:
+            alive = False
+        if not alive:
+            return False
+        self.actors[release.spec.name] = actor
+        self.placements[release.spec.name] = dict(where)
+        return True
+
+    def _clear_leftovers(self, release: Release) -> int:
+        actor = self._named_actor(release.spec.name)
+        if actor is None:
+            return 0
+        self._cleanup_actor(actor)
+        return 1
+
+    def _cleanup_actor(self, actor: Any) -> None:
+        try:
+            self.ray.get(actor.stop.remote(2.0), timeout=self.call_timeout)
+        except Exception:
+            log.debug("stop on a dead actor")
+        with contextlib.suppress(Exception):
+            self.ray.kill(actor)
+
+    # -- the cluster, as pools see it ----------------------------------------------------
+
+    def cluster_nodes(self) -> list[ClusterNode]:
+        """Every live node: its name, labels, declared GPUs and NVML reading (read
+        once per node, by a task pinned to it)."""
+        from ray.util.scheduling_strategies import (  # noqa: PLC0415
+            NodeAffinitySchedulingStrategy,
+        )
+
+        live = _live_nodes(self.ray)
+        pending: dict[str, Any] = {}
+        for node in live:
+            if node["NodeID"] not in self.nvml:
+                strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                pending[node["NodeID"]] = self.read_gpus.options(
+                    scheduling_strategy=strategy
+                ).remote(node_name(node))
+        for node_id, ref in pending.items():
+            try:
+                reading = self.ray.get(ref, timeout=self.call_timeout)
+            except Exception as exc:  # the task did not run: try again next time
+                log.warning("NVML on Ray node %s: %s", node_id[:12], exc)
+                continue
+            self.nvml[node_id] = (
+                reading if isinstance(reading, str) else tuple(GPU(**gpu) for gpu in reading)
+            )
+        gone = set(self.nvml) - {node["NodeID"] for node in live}
+        for node_id in gone:
+            del self.nvml[node_id]
+        return [
+            ClusterNode(
+                node_name(node),
+                dict(node.get("Labels", {})),
+                int(node.get("Resources", {}).get("GPU", 0)),
+                self.nvml.get(node["NodeID"], "NVML was not read there yet"),
+            )
+            for node in live
+        ]
 
     def _archive(self, bento: str) -> Any:
         if bento not in self.archives:
@@ -216,12 +334,19 @@ class RayRuntime(LocalRuntime):
                 reason="NodeUnavailable",
                 retry_after=10,
             )
+        stale = self._named_actor(spec.name)
+        if stale is not None:  # a restart: the old actor's server is gone
+            self._cleanup_actor(stale)
         actor = self.actor_class.options(
             num_gpus=spec.gpu_share,
             scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[spec.node], soft=False),
-            name=None,
+            name=self.actor_name(spec.name),
+            namespace=self.namespace,
         ).remote(spec.name)
         env = dict(spec.env)
+        visible = env.get("CUDA_VISIBLE_DEVICES", "")
+        if visible and not all(real_uuid(u) for u in visible.split(",")):
+            del env["CUDA_VISIBLE_DEVICES"]  # made-up UUIDs of declared GPUs: Ray's choice
         try:
             where = self.ray.get(
                 actor.start.remote(spec.bento, self._archive(spec.bento), env, spec.port or 0),
@@ -292,11 +417,7 @@ class RayRuntime(LocalRuntime):
     def _cleanup(self, r: Release) -> None:
         actor = self.actors.pop(r.spec.name, None)
         if actor is not None:
-            try:
-                self.ray.get(actor.stop.remote(2.0), timeout=self.call_timeout)
-            except Exception:
-                log.debug("%s: stop on a dead actor", r.spec.name)
-            self.ray.kill(actor)
+            self._cleanup_actor(actor)
 
     def _exit_reason(self, r: Release) -> str:
         last = next((line for line in reversed(self.tail(r.spec.name, 5)) if line.strip()), "")
@@ -312,7 +433,8 @@ class RayRuntime(LocalRuntime):
                 self.ray.get(actor.stop.remote(drain), timeout=drain + self.call_timeout)
             except Exception:
                 log.debug("%s: its actor was already gone", name)
-            self.ray.kill(actor)
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
         stopped = replace(
             release, state=State.STOPPED, since=self.clock(), pid=None, reason="stopped"
         )

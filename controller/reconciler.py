@@ -22,16 +22,26 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
+
+import yaml
 
 from controller.canary import Action, CanaryPhase, CanaryState, state_from_dict
 from controller.documents import Diagnostic
 from controller.errors import MdcError, PermanentError, TransientError
 from controller.gitsource import Credentials, GitSource, PollResult, Snapshot, SourcePoller
-from controller.inventory import GPU, build_inventory
+from controller.inventory import (
+    GPU,
+    ClusterNode,
+    Inventory,
+    NodeChange,
+    build_inventory,
+    cluster_inventory,
+    node_changes,
+)
 from controller.ledger import (
     Allocation,
     Ledger,
@@ -124,6 +134,7 @@ class _Run:
     event: tuple[str, str] | None = None
     manual: list[ManualAction] = field(default_factory=list)
     since: dict[str, str] = field(default_factory=dict)  # ledger key -> when its GPUs were taken
+    replacing: str | None = None  # why its stable is being placed again (its node was lost)
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,7 @@ class PassResult:
     poll: PollResult | None
     seconds: float
     diagnostics: tuple[Diagnostic, ...] = ()
+    nodes: tuple[NodeChange, ...] = ()  # nodes that joined or left a pool in this pass
 
     @property
     def ok(self) -> bool:
@@ -164,6 +176,7 @@ class Reconciler:
         router_ports: Mapping[str, int] | None = None,
         runtime: str = "local",
         ray_address: str | None = None,
+        ray_namespace: str = "mdc",
     ) -> None:
         self.state_dir = Path(state_dir)
         self.clock = clock
@@ -178,7 +191,11 @@ class Reconciler:
         else:
             from controller.rayruntime import make_runtime  # noqa: PLC0415 - optional extra
 
-            options = {"address": ray_address or "auto"} if runtime == "ray" else {}
+            options = (
+                {"address": ray_address or "auto", "namespace": ray_namespace}
+                if runtime == "ray"
+                else {}
+            )
             self.runtime = make_runtime(runtime, self.state_dir, bento_home, **options)
         self.router = router
         self.reporter: Reporter = reporter or NullReporter()
@@ -191,6 +208,9 @@ class Reconciler:
         self.runs: dict[str, _Run] = {}
         self.statuses: dict[str, ModelStatus] = {}
         self.ledgers: dict[str, tuple[GPUPool, Ledger]] = {}
+        self.inventories: dict[str, Inventory] = {}  # pool -> what its ledger was built on
+        self._view: Sequence[ClusterNode] | None = None  # the cluster, read once a pass
+        self._view_read = False
         self.snapshot: Snapshot | None = None
         self.load: LoadResult | None = None
         self.last: PassResult | None = None
@@ -258,6 +278,8 @@ class Reconciler:
         desired = load.desired
         for event in self.runtime.tick(now):
             log.info("release %s: %s: %s", event.release, event.kind, event.message)
+        self._view_read = False
+        nodes = self._refresh_pools(now)
         hashes = self._spec_hashes(desired.models, tree)
         invalid = frozenset(ref.name for ref in load.invalid if ref.kind == "Model")
         plan = make_plan(
@@ -290,6 +312,7 @@ class Reconciler:
             poll,
             time.monotonic() - started,
             load.diagnostics,
+            tuple(nodes),
         )
         self.passes += 1
         self.last = result
@@ -312,13 +335,17 @@ class Reconciler:
 
     def _observe(self, run: _Run) -> Observed:
         ready = False
+        release = None
         if run.stable is not None:
             release = self.runtime.releases.get(run.stable.name)
             ready = release is not None and release.state is State.READY
         canary = run.driver.state if run.driver is not None else None
         if canary is None and run.resume is not None:
             canary = run.resume[1]
-        return Observed(run.stable_hash, ready, canary, self.pins.get(run.name))
+        lost = None
+        if run.stable is not None and release is not None and release.state is State.FAILED:
+            lost = release.reason if release.reason.startswith("node lost") else None
+        return Observed(run.stable_hash, ready, canary, self.pins.get(run.name), lost)
 
     # -- moves -------------------------------------------------------------------
 
@@ -358,7 +385,12 @@ class Reconciler:
             _, reason, message = run.failed
             run.conditions.append(Condition("Ready", False, reason, message))
             return
-        if now < run.retry_at and move in (Move.DEPLOY, Move.START_CANARY, Move.REPLACE):
+        if now < run.retry_at and move in (
+            Move.DEPLOY,
+            Move.START_CANARY,
+            Move.REPLACE,
+            Move.RE_PLACE,
+        ):
             run.conditions.append(
                 Condition("Ready", False, "RetryLater", f"retrying in {run.retry_at - now:.0f}s")
             )
@@ -368,6 +400,8 @@ class Reconciler:
             self._deploy(run, model, wanted, tree, now)
         elif move is Move.AWAIT:
             self._await(run, now)
+        elif move is Move.RE_PLACE:
+            self._re_place(run, model, now)
         elif move is Move.REPLACE:
             self._abort(run, "the spec changed during the canary", now)
             if wanted != run.stable_hash:  # else git went back to what the stable runs
@@ -420,13 +454,8 @@ class Reconciler:
         known = self.ledgers.get(pool.name)
         if known is not None and known[0] == pool:
             return known[1]
-        discovered: dict[str, list[GPU] | Exception] = {}
-        if self.nvml is not None and self.node is not None:
-            try:
-                discovered[self.node] = self.nvml(self.node)
-            except Exception as exc:
-                discovered[self.node] = exc
-        inventory = build_inventory(pool, discovered)
+        inventory = self._inventory(pool)
+        self.inventories[pool.name] = inventory
         for problem in inventory.disagreements:
             log.warning("pool %s: %s", pool.name, problem)
         if known is not None:
@@ -445,6 +474,76 @@ class Reconciler:
             log.error("pool %s: %s", pool.name, problem)
         self.ledgers[pool.name] = (pool, ledger)
         return ledger
+
+    def _inventory(self, pool: GPUPool) -> Inventory:
+        if pool.cluster is not None:
+            if not self._view_read:
+                self._view, self._view_read = self.runtime.cluster_nodes(), True
+            return cluster_inventory(pool, self._view)
+        discovered: dict[str, list[GPU] | Exception] = {}
+        if self.nvml is not None and self.node is not None:
+            try:
+                discovered[self.node] = self.nvml(self.node)
+            except Exception as exc:
+                discovered[self.node] = exc
+        return build_inventory(pool, discovered)
+
+    def _refresh_pools(self, now: float) -> list[NodeChange]:
+        """Pools whose nodes come from the cluster follow it: a node that joined adds
+        its GPUs; one that left takes its GPUs and what was booked on them with it
+        (those releases are placed again by the plan, see :meth:`_re_place`)."""
+        changes: list[NodeChange] = []
+        for name, (pool, ledger) in list(self.ledgers.items()):
+            if pool.cluster is None:
+                continue
+            before = self.inventories.get(name)
+            after = self._inventory(pool)
+            if before is not None and _gpu_set(before) == _gpu_set(after):
+                continue
+            self.inventories[name] = after
+            moved = node_changes(before, after) if before is not None else []
+            lost = ledger.resize(after.gpus)
+            for change in moved:
+                log.warning("%s", change.describe())
+            for allocation in lost:
+                model = allocation.release.partition("/")[0]
+                log.warning("pool %s: %s lost its GPUs", name, allocation.release)
+                run = self.runs.get(model)
+                if run is not None:
+                    run.since.pop(allocation.release, None)
+            changes += moved
+            if moved:
+                self._record_pool(after, moved, lost)
+        return changes
+
+    def _record_pool(
+        self, inventory: Inventory, moved: list[NodeChange], lost: list[Allocation]
+    ) -> None:
+        """A pool's nodes changed: its file on the status branch says what it has now."""
+        nodes: dict[str, list[GPU]] = {}
+        for gpu in inventory.gpus:
+            nodes.setdefault(gpu.node, []).append(gpu)
+        doc = {
+            "pool": inventory.pool,
+            "nodes": [
+                {
+                    "name": node,
+                    "gpus": len(gpus),
+                    "products": sorted({g.product for g in gpus}),
+                    "source": "declared" if all(g.declared for g in gpus) else "nvml",
+                }
+                for node, gpus in sorted(nodes.items())
+            ],
+            "lastChange": [c.describe() for c in moved],
+            "releasesLost": sorted(a.release for a in lost),
+            "problems": list(inventory.disagreements),
+        }
+        subject = "; ".join(c.describe() for c in moved)
+        self.status.commit(
+            {f"pools/{inventory.pool}.yaml": yaml.safe_dump(doc, sort_keys=False).encode()},
+            subject,
+            {"Pool": inventory.pool},
+        )
 
     def _place(self, run: _Run, model: Model, kind: ReleaseKind, now: float) -> Allocation | None:
         ledger = self._ledger(model)
@@ -505,12 +604,45 @@ class Reconciler:
         run.pull = self._pull()
         run.event = ("Deploying", f"starting {model.version} ({bento})")
 
+    def _re_place(self, run: _Run, model: Model, now: float) -> None:
+        """The stable's node is gone: abort a canary (nothing to compare it with), and
+        place the same release again through the ledger, with the usual quotas and
+        reasons (it waits for GPUs like any release when none are left)."""
+        assert run.stable is not None
+        lost = self.runtime.releases.get(run.stable.name)
+        why = lost.reason if lost is not None else "node lost"
+        if run.replacing is None:
+            run.event = ("NodeLost", f"{run.stable.name}: {why}; placing it again")
+        run.replacing = why
+        if run.driver is not None:
+            self._abort(run, f"the stable release was lost ({why})", now)
+        self.router.configure(run.name, RouteConfig(None, None, 0))
+        run.conditions.append(Condition("Ready", False, "NodeLost", why))
+        self._free(run, ReleaseKind.STABLE, now)
+        allocation = self._place(run, model, ReleaseKind.STABLE, now)
+        if allocation is None:
+            return
+        replica = allocation.replicas[0] if allocation.replicas else ()
+        spec = replace(
+            run.stable,
+            env=launch_env(replica) if replica else {},
+            gpus=tuple(s.gpu for s in replica),
+            node=replica[0].node if replica else None,
+            gpu_share=sum(s.units for s in replica) / 1000 if replica else 0.0,
+        )
+        self.runtime.start(spec)
+        run.stable = spec
+        run.event = ("Replaced", f"{spec.name} placed again on {spec.node or 'this machine'}")
+
     def _await(self, run: _Run, now: float) -> None:
         assert run.stable is not None
         release = self.runtime.releases.get(run.stable.name)
         if release is not None and release.state is State.READY:
             self.router.configure(run.name, RouteConfig(release.address, None, 0))
             run.event = ("Deployed", f"{run.stable.version} serves all traffic")
+            if run.replacing is not None:
+                run.event = ("Recovered", f"{run.stable.name} serves all traffic again")
+                run.replacing = None
         elif release is None or release.state is State.FAILED:
             reason = release.reason if release is not None else "the release is gone"
             self._stop_stable(run, now)
@@ -519,7 +651,13 @@ class Reconciler:
             )
         else:
             run.conditions.append(
-                Condition("Ready", False, "Starting", f"{run.stable.name} is {release.state}")
+                Condition(
+                    "Ready",
+                    False,
+                    "Starting" if run.replacing is None else "NodeLost",
+                    f"{run.stable.name} is {release.state}"
+                    + (f" again ({run.replacing})" if run.replacing else ""),
+                )
             )
 
     def _stop_stable(self, run: _Run, now: float) -> None:
@@ -622,6 +760,10 @@ class Reconciler:
         release = self.runtime.releases.get(run.stable.name) if run.stable else None
         address = release.address if release is not None and release.state is State.READY else None
         self.router.configure(run.name, RouteConfig(address, None, 0))
+        if address is not None and run.replacing is not None:
+            again = run.stable.name if run.stable is not None else run.name
+            run.event = ("Recovered", f"{again} serves all traffic again")
+            run.replacing = None
         if address is None and run.stable is not None:
             state = release.state if release is not None else "gone"
             run.conditions.append(
@@ -733,6 +875,8 @@ class Reconciler:
             phase = Phase.STALLED
         elif any(c.reason == "WaitingForGPUs" for c in run.conditions):
             phase = Phase.WAITING
+        elif run.replacing is not None:
+            phase = Phase.DEGRADED
         elif run.stable is not None and state is None and entry.move in (Move.DEPLOY, Move.AWAIT):
             release = self.runtime.releases.get(run.stable.name)
             ready = release is not None and release.state is State.READY
@@ -766,3 +910,7 @@ class Reconciler:
         if stop_releases:
             self.runtime.stop_all(drain=2.0)
         self.router.close()
+
+
+def _gpu_set(inventory: Inventory) -> frozenset[tuple[str, str, int]]:
+    return frozenset((g.node, g.uuid, g.memory) for g in inventory.gpus)

@@ -64,6 +64,24 @@ class Rules:
     def check_pool(self, pool: GPUPool) -> list[Diagnostic]:
         doc = pool.source
         out: list[Diagnostic] = []
+        if pool.cluster is not None and pool.nodes:
+            out.append(
+                doc.diagnostic(
+                    ("spec", "cluster"),
+                    "give nodes (the machines, listed) or cluster (nodes chosen from the "
+                    "cluster by label), not both",
+                    "pool.nodes",
+                )
+            )
+        elif pool.cluster is None and not pool.nodes:
+            out.append(
+                doc.diagnostic(
+                    ("spec",),
+                    "the pool has no nodes: list them under nodes, or choose them from the "
+                    "cluster under cluster",
+                    "pool.nodes",
+                )
+            )
         out += _duplicates(doc, ("spec", "nodes"), [n.name for n in pool.nodes], "name", "node")
         out += _duplicates(doc, ("spec", "quotas"), [q.team for q in pool.quotas], "team", "team")
         for i, quota in enumerate(pool.quotas):
@@ -349,8 +367,8 @@ def _check_fit(model: Model, pool: GPUPool) -> list[Diagnostic]:
             )
         ]
     known = [node for node in pool.nodes if node.gpus]
-    if len(known) < len(pool.nodes):
-        return []  # an NVML node may have anything: the ledger decides at run time
+    if pool.cluster is not None or not known or len(known) < len(pool.nodes):
+        return []  # an NVML or cluster node may have anything: the ledger decides at run time
     if res.gpu_memory is not None:
         biggest = max((g.memory for n in known for g in n.gpus), default=0)
         if res.gpu_memory > biggest:

@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 
 from controller.gitsource import backoff_delay
+from controller.inventory import ClusterNode
 from controller.packager import bentoml_env
 from controller.spec import Probe
 
@@ -220,19 +221,13 @@ class LocalRuntime:
                 }
             )
             release = Release(**{**row, "spec": spec, "state": State(row["state"])})
-            alive = (
-                release.pid is not None
-                and release.proc_start is not None
-                and _proc_start(release.pid) == release.proc_start
-            )
-            if alive:
+            if release.state not in (State.STOPPED, State.FAILED) and self._still_running(release):
                 self.releases[spec.name] = release
                 self.events.append(
                     Event(spec.name, "Adopted", f"pid {release.pid}, port {release.port}")
                 )
                 continue
-            leftovers = _processes_with_home(self.home(spec.name))
-            self._kill(leftovers, signal.SIGKILL)
+            leftovers = self._clear_leftovers(release)
             if release.state in (State.STOPPED, State.FAILED):
                 self.releases[spec.name] = release
                 continue
@@ -249,10 +244,24 @@ class LocalRuntime:
                     spec.name,
                     "CleanedUp",
                     f"pid {release.pid} was gone; "
-                    f"{len(leftovers)} leftover processes killed; restarting",
+                    f"{leftovers} leftover processes killed; restarting",
                 )
             )
         self._save()
+
+    def _still_running(self, release: Release) -> bool:
+        """Whether a release in the process table still runs (same pid, same start)."""
+        return (
+            release.pid is not None
+            and release.proc_start is not None
+            and _proc_start(release.pid) == release.proc_start
+        )
+
+    def _clear_leftovers(self, release: Release) -> int:
+        """Kill what is left of a release that is not running; how many processes."""
+        leftovers = _processes_with_home(self.home(release.spec.name))
+        self._kill(leftovers, signal.SIGKILL)
+        return len(leftovers)
 
     # -- starting and stopping ----------------------------------------------------
 
@@ -364,6 +373,11 @@ class LocalRuntime:
         return code
 
     # -- watching ----------------------------------------------------------------
+
+    def cluster_nodes(self) -> builtins.list[ClusterNode] | None:
+        """The nodes of the cluster releases run on; None: no cluster, this machine
+        only (pools list their nodes)."""
+        return None
 
     def list(self) -> builtins.list[Release]:
         return sorted(self.releases.values(), key=lambda r: r.spec.name)

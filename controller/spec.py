@@ -26,6 +26,7 @@ __all__ = [
     "Analysis",
     "Artifact",
     "Check",
+    "ClusterNodes",
     "Desired",
     "Discovery",
     "GPUGroup",
@@ -158,6 +159,18 @@ class Node:
 
 
 @dataclass(frozen=True)
+class ClusterNodes:
+    """A pool whose nodes come from the runtime's cluster: every live node that
+    carries all of ``selector``'s labels, with those values."""
+
+    discovery: Discovery
+    selector: Mapping[str, str]
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(key) == value for key, value in self.selector.items())
+
+
+@dataclass(frozen=True)
 class Quota:
     team: str
     guaranteed: float
@@ -172,11 +185,13 @@ class GPUPool:
     nodes: tuple[Node, ...]
     quotas: tuple[Quota, ...]
     source: Document = field(repr=False, compare=False)
+    cluster: ClusterNodes | None = None  # nodes chosen from the cluster, by label
 
     @property
     def declared_gpus(self) -> int | None:
-        """GPUs written in the spec, or None when an NVML node declares none."""
-        if any(not node.gpus for node in self.nodes):
+        """GPUs written in the spec, or None when an NVML node declares none (or the
+        nodes come from the cluster)."""
+        if self.cluster is not None or not self.nodes or any(not n.gpus for n in self.nodes):
             return None
         return sum(node.gpu_count for node in self.nodes)
 
@@ -290,14 +305,21 @@ def _pool(doc: Document) -> GPUPool:
                     for g in node.get("gpus", ())
                 ),
             )
-            for node in spec["nodes"]
+            for node in spec.get("nodes", ())
         ),
         quotas=tuple(
             Quota(q["team"], float(q["guaranteed"]), float(q["limit"]), q.get("priority", 100))
             for q in spec["quotas"]
         ),
         source=doc,
+        cluster=_cluster(spec.get("cluster")),
     )
+
+
+def _cluster(cluster: Mapping[str, Any] | None) -> ClusterNodes | None:
+    if cluster is None:
+        return None
+    return ClusterNodes(Discovery(cluster["discovery"]), dict(cluster.get("nodeSelector", {})))
 
 
 def _policy(doc: Document) -> RolloutPolicy:

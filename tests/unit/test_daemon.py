@@ -44,6 +44,7 @@ revertPrs: true
 node: gpu-node-1
 runtime: ray
 rayAddress: ray://head:10001
+rayNamespace: mdc-staging
 """
 
 FULL_EXPECTED = Config(
@@ -63,6 +64,7 @@ FULL_EXPECTED = Config(
     node="gpu-node-1",
     runtime="ray",
     ray_address="ray://head:10001",
+    ray_namespace="mdc-staging",
 )
 
 

@@ -9,7 +9,18 @@ from typing import Any
 
 import pytest
 
-from controller.inventory import GPU, NVMLUnavailable, build_inventory, declared_gpus, read_nvml
+from controller.inventory import (
+    GPU,
+    ClusterNode,
+    NVMLUnavailable,
+    build_inventory,
+    cluster_inventory,
+    declared_gpus,
+    node_changes,
+    node_labels,
+    read_nvml,
+    real_uuid,
+)
 from controller.loader import load_desired
 from controller.spec import GPUPool
 from controller.tree import DirTree
@@ -210,3 +221,122 @@ def test_declared_gpus_are_always_labelled_declared() -> None:
         "declared-shared-a100-gpu-node-b-0",
         "declared-shared-a100-gpu-node-b-1",
     ]
+
+
+# -- pools whose nodes come from the cluster ------------------------------------------
+
+CLUSTER_POOL = """  cluster:
+    discovery: {discovery}
+    nodeSelector: {selector}
+"""
+
+H100_PRODUCT = "NVIDIA H100 80GB HBM3"
+LABELS_A100 = {"mdc.dev/gpu-product": "A100", "mdc.dev/gpu-memory": "40Gi", "zone": "eu"}
+
+
+def cluster_node(
+    name: str, labels: dict[str, str], gpus: int, nvml: tuple[GPU, ...] | str = "no driver"
+) -> ClusterNode:
+    return ClusterNode(name, labels, gpus, nvml)
+
+
+def nvml_gpus(node: str, count: int) -> tuple[GPU, ...]:
+    return tuple(
+        GPU(node, i, f"GPU-{node}-{i}", H100_PRODUCT, 80 * 2**30, declared=False)
+        for i in range(count)
+    )
+
+
+NODES = [
+    cluster_node("a", LABELS_A100, 2),
+    cluster_node("b", {**LABELS_A100, "zone": "us"}, 2),
+    cluster_node("c", {"zone": "eu"}, 1, nvml_gpus("c", 4)),
+    cluster_node("head", {}, 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("discovery", "selector", "gpus", "problems"),
+    [
+        # declared GPUs, every node: the ones whose labels describe them
+        ("Declared", "{}", {"a": 2, "b": 2}, ["node c declares 1 GPUs without a usable"]),
+        # by the node's own label
+        ("Declared", "{zone: eu}", {"a": 2}, ["node c declares 1 GPUs without a usable"]),
+        # by mdc's labels from the GPUs
+        ("Declared", "{mdc.dev/gpu-memory: 40Gi, zone: us}", {"b": 2}, []),
+        ("Declared", "{mdc.dev/node: a}", {"a": 2}, []),
+        ("Declared", "{mdc.dev/gpu-count: '2'}", {"a": 2, "b": 2}, []),
+        # NVML where it was read; the declared GPUs, with a warning, where it was not
+        (
+            "NVML",
+            "{zone: eu}",
+            {"a": 2, "c": 4},
+            ["node a: discovery is NVML but no driver; using the 2 GPUs it declares"],
+        ),
+        # selecting on what NVML saw
+        ("NVML", "{mdc.dev/gpu-product: NVIDIA H100 80GB HBM3}", {"c": 4}, []),
+        # nothing matches: an empty pool, no problem
+        ("Declared", "{zone: mars}", {}, []),
+    ],
+)
+def test_cluster_inventory(
+    pool: Callable[[str], GPUPool],
+    discovery: str,
+    selector: str,
+    gpus: dict[str, int],
+    problems: list[str],
+) -> None:
+    gpu_pool = pool(CLUSTER_POOL.format(discovery=discovery, selector=selector))
+    assert gpu_pool.nodes == ()
+    inventory = cluster_inventory(gpu_pool, NODES)
+    counts: dict[str, int] = {}
+    for gpu in inventory.gpus:
+        counts[gpu.node] = counts.get(gpu.node, 0) + 1
+    assert counts == gpus
+    assert len(inventory.disagreements) == len(problems), inventory.disagreements
+    for problem, expected in zip(inventory.disagreements, problems, strict=True):
+        assert problem.startswith(expected), problem
+    uuids = [g.uuid for g in inventory.gpus]
+    assert len(set(uuids)) == len(uuids)
+
+
+def test_declared_cluster_gpus_carry_their_labels_and_made_up_uuids(
+    pool: Callable[[str], GPUPool],
+) -> None:
+    inventory = cluster_inventory(
+        pool(CLUSTER_POOL.format(discovery="Declared", selector="{mdc.dev/node: a}")), NODES
+    )
+    assert [(g.product, g.memory, g.declared, g.uuid) for g in inventory.gpus] == [
+        ("A100", 40 * 2**30, True, "cluster-a-0"),
+        ("A100", 40 * 2**30, True, "cluster-a-1"),
+    ]
+    assert not any(real_uuid(g.uuid) for g in inventory.gpus)
+    assert all(real_uuid(g.uuid) for g in nvml_gpus("c", 2))
+
+
+def test_a_cluster_pool_without_a_cluster_says_so(pool: Callable[[str], GPUPool]) -> None:
+    inventory = cluster_inventory(pool(CLUSTER_POOL.format(discovery="NVML", selector="{}")), None)
+    assert inventory.gpus == ()
+    assert "--runtime ray" in inventory.disagreements[0]
+
+
+def test_node_labels_from_the_gpus_win_over_the_nodes_own() -> None:
+    node = cluster_node("c", {"mdc.dev/gpu-count": "9", "rack": "r1"}, 1)
+    labels = node_labels(node, nvml_gpus("c", 2))
+    assert labels == {
+        "rack": "r1",
+        "mdc.dev/node": "c",
+        "mdc.dev/gpu-count": "2",
+        "mdc.dev/gpu-product": "NVIDIA H100 80GB HBM3",
+        "mdc.dev/gpu-memory": "80Gi",
+    }
+
+
+def test_node_changes_name_joined_and_left_nodes(pool: Callable[[str], GPUPool]) -> None:
+    gpu_pool = pool(CLUSTER_POOL.format(discovery="Declared", selector="{}"))
+    before = cluster_inventory(gpu_pool, NODES[:2])
+    after = cluster_inventory(gpu_pool, [NODES[0], cluster_node("d", LABELS_A100, 4)])
+    changes = node_changes(before, after)
+    assert [(c.node, c.change, c.gpus) for c in changes] == [("d", "joined", 4), ("b", "left", 2)]
+    assert changes[1].describe() == "pool pool-a: node b left (2 GPUs)"
+    assert node_changes(after, after) == []

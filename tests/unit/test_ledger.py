@@ -487,3 +487,24 @@ def test_promotion_renames_the_canary_allocation() -> None:
     placed(ledger.place(req("y", gpus=1)))
     with pytest.raises(ValueError, match="already holds"):
         ledger.rename("x", "y")
+
+
+def test_resize_keeps_what_survives_and_frees_what_lost_its_gpus() -> None:
+    ledger = Ledger(inventory(a=[40, 40], b=[40, 40]), [quota("t", 2, 4), quota("u", 1, 2)])
+    on_a = placed(ledger.place(req("x/stable", gpus=2)))
+    on_b = placed(ledger.place(req("y/stable", "u", fraction=0.5)))
+    assert {s.node for r in on_a.replicas for s in r} == {"a"}
+    assert {s.node for r in on_b.replicas for s in r} == {"b"}
+    # node b leaves, node c joins
+    lost = ledger.resize(inventory(a=[40, 40], c=[80]))
+    assert [a.release for a in lost] == ["y/stable"]
+    ledger.check()
+    assert set(ledger.allocations) == {"x/stable"}
+    assert ledger.allocations["x/stable"].replicas == on_a.replicas  # kept, same GPUs
+    assert ledger.team_gpus("u") == 0
+    # the lost release is placed again on what is left: node c
+    again = placed(ledger.place(req("y/stable", "u", fraction=0.5)))
+    assert {s.node for r in again.replicas for s in r} == {"c"}
+    ledger.check()
+    # nothing left for a whole GPU more than the quota allows, and the reason says so
+    assert isinstance(ledger.place(req("z/stable", gpus=3)), Waiting)

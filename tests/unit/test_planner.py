@@ -63,6 +63,26 @@ def _canary(spec: str, phase: CanaryPhase = CanaryPhase.STEPPING, weight: int = 
             Observed(H1, True, _canary(H1, CanaryPhase.PROMOTED)),
             Move.STEADY,
         ),
+        # the stable's node left the cluster: place it again
+        ({"m": H1}, set(), True, Observed(H1, False, stable_lost="node lost: b"), Move.RE_PLACE),
+        # ... whatever git wants now, and with a canary under way (it is aborted)
+        (
+            {"m": H2},
+            set(),
+            True,
+            Observed(H1, False, _canary(H2), stable_lost="node lost: b"),
+            Move.RE_PLACE,
+        ),
+        # a pinned model whose stable is lost is still placed again
+        (
+            {"m": H2},
+            set(),
+            True,
+            Observed(H1, False, None, pinned=H2, stable_lost="node lost: b"),
+            Move.RE_PLACE,
+        ),
+        # an invalid spec still holds: what runs is left alone
+        ({}, {"m"}, True, Observed(H1, False, stable_lost="node lost: b"), Move.HOLD),
         # invalid spec: hold what runs
         ({}, {"m"}, True, Observed(H1, True), Move.HOLD),
         # gone from git: prune
@@ -83,6 +103,21 @@ def test_plan_moves(
     )
     assert [(p.model, p.move) for p in plan] == [("m", move)]
     assert plan[0].reason
+
+
+def test_re_place_says_why_and_what_happens_to_the_canary() -> None:
+    lost = "node lost: gpu-node-b left the cluster"
+    alone, with_canary = (
+        make_plan(PlanInput({"m": H2}, frozenset(), True, {"m": seen}))[0]
+        for seen in (
+            Observed(H1, False, stable_lost=lost),
+            Observed(H1, False, _canary(H2), stable_lost=lost),
+        )
+    )
+    assert alone.spec_hash == H1  # the stable's spec, not git's: the same release again
+    assert lost in alone.reason
+    assert "canary" not in alone.reason
+    assert "the canary is aborted" in with_canary.reason
 
 
 def test_plan_is_per_model_and_sorted() -> None:
