@@ -210,7 +210,7 @@ def pool(args: argparse.Namespace) -> int:
     import socket  # noqa: PLC0415
     import time  # noqa: PLC0415
 
-    from controller.inventory import build_inventory, read_nvml  # noqa: PLC0415
+    from controller.inventory import Inventory, build_inventory, read_nvml  # noqa: PLC0415
     from controller.poolview import (  # noqa: PLC0415
         planned_holdings,
         pool_report,
@@ -242,6 +242,16 @@ def pool(args: argparse.Namespace) -> int:
             except MdcError as exc:
                 discovered[local] = exc
         inventory = build_inventory(pool, discovered)
+        if pool.cluster is not None:
+            inventory = Inventory(
+                pool.name,
+                (),
+                (
+                    f"pool {pool.name} takes its nodes from the cluster: the controller running "
+                    f"with --runtime ray reads them (see pools/{pool.name}.yaml on its status "
+                    "branch)",
+                ),
+            )
         mine = [
             s
             for s in statuses

@@ -390,15 +390,15 @@ class LocalRuntime:
         return _proc_start(release.pid) == release.proc_start
 
     def tick(self, now: float | None = None) -> builtins.list[Event]:
-        """Look at every release once; returns what happened."""
+        """Look at every release once; returns what happened since the last tick."""
         now = self.clock() if now is None else now
-        self.events = []
         for name, release in list(self.releases.items()):
             updated = self._tick_one(release, now)
             if updated != release:
                 self.releases[name] = updated
         self._save()
-        return list(self.events)
+        events, self.events = self.events, []  # with those since the last tick (Adopted...)
+        return events
 
     def _set(self, release: Release, state: State, now: float, reason: str, event: str) -> Release:
         self.events.append(Event(release.spec.name, event, reason))

@@ -102,3 +102,35 @@ def test_nvml_node_without_a_driver_is_reported(
     assert "NVML library not found" in problem
     assert "using the 4 declared GPUs" in problem
     assert report["declared"] == 8
+
+
+def test_a_pool_from_the_cluster_is_planned_and_explained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "specs"
+    shutil.copytree(EXAMPLE_REPO, repo)
+    pool = repo / "pools" / "shared-a100.yaml"
+    text = pool.read_text()
+    start, end = text.index("  nodes:"), text.index("  quotas:")
+    listed = (
+        "  cluster:\n    discovery: NVML\n    nodeSelector:\n"
+        "      mdc.dev/gpu-product: NVIDIA A100-SXM4-80GB\n      zone: eu\n"
+    )
+    pool.write_text(text[:start] + listed + text[end:])
+    assert main(["plan", str(repo)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert (
+        "Pool shared-a100  sharing Fractional, nodes from the cluster "
+        "(mdc.dev/gpu-product=NVIDIA A100-SXM4-80GB, zone=eu), GPUs read with NVML"
+    ) in out
+    assert main(["plan", str(repo), "--format", "json"]) == EXIT_OK
+    (planned,) = json.loads(capsys.readouterr().out)["plan"]["pools"]
+    assert planned["cluster"] == {
+        "discovery": "NVML",
+        "nodeSelector": {"mdc.dev/gpu-product": "NVIDIA A100-SXM4-80GB", "zone": "eu"},
+    }
+    assert planned["nodes"] == []
+    (report,) = pool_json(capsys, "--repo", str(repo))["pools"]  # type: ignore[misc]
+    (problem,) = report["disagreements"]
+    assert "takes its nodes from the cluster" in problem
+    assert "pools/shared-a100.yaml" in problem

@@ -11,10 +11,12 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,15 @@ from controller.ledger import Demand, Ledger, Placed, ReleaseKind, Request, laun
 from controller.loader import load_desired
 from controller.packager import Packager, Source
 from controller.rayruntime import RayRuntime, node_ids
+from controller.reconciler import Reconciler
 from controller.rollout import RolloutDriver
 from controller.router import EmbeddedRouter
 from controller.runtime import ReleaseSpec, State
 from controller.spec import Analysis, Check, Metric, Quota, RolloutPolicy, Step, StepKind
+from controller.status import ModelStatus, Phase
 from controller.tree import DirTree
 from tests.bentos import bentoml_processes, example_copy
+from tests.gitservers import git_env, make_bare_repo
 
 ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -260,3 +265,238 @@ def test_canary_across_two_nodes_then_its_node_dies(world: World) -> None:
         load.stop()
     finally:
         router.close()
+
+
+# -- the controller on the cluster: a pool read from it, nodes lost and joining -----------
+
+POOL = """\
+apiVersion: mdc.dev/v1alpha1
+kind: GPUPool
+metadata:
+  name: shared-a100
+spec:
+  sharing: Fractional
+  cluster:
+    discovery: NVML
+    nodeSelector:
+      mdc.test/pool: reconcile
+  quotas:
+    - team: search
+      guaranteed: 1
+      limit: 2
+"""
+
+HOLD_POLICY = """\
+apiVersion: mdc.dev/v1alpha1
+kind: RolloutPolicy
+metadata:
+  name: hold
+spec:
+  steps:
+    - setWeight: 30
+    - pause: {}
+  analysis:
+    interval: 2s
+    failureLimit: 3
+    minRequests: 1
+    checks:
+      - name: errors
+        metric: errorRate
+        max: 0.5
+"""
+
+#: what a node of the test pool says about itself (no NVML here: its declared GPUs)
+LABELS = {
+    "mdc.test/pool": "reconcile",
+    "mdc.dev/gpu-product": "NVIDIA A100-SXM4-40GB",
+    "mdc.dev/gpu-memory": "40Gi",
+}
+
+
+def _commit(work: Path, message: str) -> None:
+    env = git_env()
+    push = ("push", "--quiet", "origin", "HEAD:main")
+    for args in (("add", "-A"), ("commit", "--quiet", "-m", message), push):
+        subprocess.run(["git", "-C", str(work), *args], env=env, check=True)
+
+
+def _spec_repo(base: Path) -> tuple[Path, Path]:
+    """The example repo with search-ranker alone, on whole GPUs of a pool that takes
+    its nodes from the cluster, rolled out with a canary that holds at 30%."""
+    bare = make_bare_repo(base, "specs")
+    work = example_copy(base / "work")
+    (work / "models" / "fraud-scorer.yaml").unlink()
+    (work / "pools" / "shared-a100.yaml").write_text(POOL)
+    (work / "rollouts" / "hold.yaml").write_text(HOLD_POLICY)
+    spec = work / "models" / "search-ranker.yaml"
+    text = spec.read_text().replace("gpuMemory: 10Gi", "gpu: 1")
+    spec.write_text(text.replace("rollout: fast", "rollout: hold"))
+    env = git_env()
+    subprocess.run(["git", "init", "--quiet", "-b", "main", str(work)], env=env, check=True)
+    subprocess.run(["git", "-C", str(work), "remote", "add", "origin", str(bare)], check=True)
+    _commit(work, "search-ranker on the cluster")
+    return bare, work
+
+
+def test_the_controller_places_on_cluster_nodes_and_survives_losing_them(
+    world: World, tmp_path: Path
+) -> None:
+    """The pool is read from the cluster; the canary goes to the other node; its node
+    dies: rolled back. The stable's node dies with no capacity left: it waits for
+    GPUs; a node joins: it is placed there through the plan. A new controller
+    (``mdc run --once --runtime ray``) adopts it without a restart."""
+    cluster = world.cluster
+    handles = {
+        name: cluster.add_node(
+            num_cpus=2, num_gpus=1, resources={f"mdc-node:{name}": 1}, labels=LABELS
+        )
+        for name in ("r1", "r2")
+    }
+    cluster.wait_for_nodes()
+    bare, work = _spec_repo(tmp_path)
+    state = tmp_path / "state"
+    namespace = f"mdc-test-{os.getpid()}"
+    reconciler = Reconciler(
+        str(bare),
+        "main",
+        state,
+        router=EmbeddedRouter(),
+        poll_interval=0.5,
+        runtime="ray",
+        ray_address=cluster.address,
+        ray_namespace=namespace,
+    )
+    runtime = reconciler.runtime
+    assert isinstance(runtime, RayRuntime)
+    load: _Load | None = None
+
+    def until(check: Callable[[ModelStatus], bool], what: str, timeout: float = 120) -> ModelStatus:
+        deadline = time.monotonic() + timeout
+        while True:
+            reconciler.run_pass()
+            status = reconciler.statuses.get("search-ranker")
+            if status is not None and check(status):
+                return status
+            assert time.monotonic() < deadline, (what, status)
+            time.sleep(0.3)
+
+    def node_of(release: str) -> str:
+        node = runtime.releases[release].spec.node
+        assert node is not None
+        assert runtime.placements[release]["node"] == node_ids(ray)[node]
+        return node
+
+    try:
+        first = until(lambda s: s.phase is Phase.HEALTHY, "deployed")
+        assert first.stable is not None
+        stable = first.stable.name
+        home = node_of(stable)
+        assert home in ("r1", "r2")
+        assert "shared-a100" in reconciler.inventories  # read from the cluster: r1 and r2
+        assert sorted(reconciler.inventories["shared-a100"].node_names()) == ["r1", "r2"]
+        assert any(
+            "discovery is NVML but" in p
+            for p in reconciler.inventories["shared-a100"].disagreements
+        )  # the NVML task ran on each node and found no driver: their declared GPUs
+        load = _Load(reconciler.routes["search-ranker"] + "/rank")
+
+        # -- a canary on the other node ------------------------------------------------------
+        spec = work / "models" / "search-ranker.yaml"
+        spec.write_text(
+            spec.read_text()
+            .replace("search-ranker/v1.json", "search-ranker/v2.json")
+            .replace('version: "2026.11.1"', 'version: "2026.11.2"')
+        )
+        _commit(work, "search-ranker 2026.11.2")
+        canary_status = until(lambda s: s.weight == 30, "canary at 30%")
+        assert canary_status.canary is not None
+        canary = canary_status.canary.name
+        other = node_of(canary)
+        assert {home, other} == {"r1", "r2"}  # across two nodes, as the ledger chose
+
+        # -- the canary's node dies: judged failed, rolled back; the stable serves ----------
+        cluster.remove_node(handles[other], allow_graceful=False)
+        rolled = until(lambda s: s.phase is Phase.ROLLED_BACK, "canary rolled back", 90)
+        assert rolled.canary_state is not None
+        assert "node lost" in rolled.canary_state["reason"]
+        assert reconciler.inventories["shared-a100"].node_names() == [home]
+        pool_file = reconciler.status.files()["pools/shared-a100.yaml"].decode()
+        assert f"node {other} left (1 GPUs)" in pool_file
+        before = len(load.codes())
+        time.sleep(1.5)
+        assert set(load.codes()[before:]) == {200}
+
+        # -- the stable's node dies, nothing is left: it waits for GPUs ---------------------
+        cluster.remove_node(handles[home], allow_graceful=False)
+        waiting = until(lambda s: s.phase is Phase.WAITING, "waiting for GPUs", 90)
+        reasons = {c.reason for c in waiting.conditions}
+        assert {"NodeLost", "WaitingForGPUs"} <= reasons, waiting.conditions
+        assert waiting.gpus == ()  # the dead node's GPU is not held any more
+
+        # -- a node joins: the stable is placed there, through the plan ---------------------
+        handles["r3"] = cluster.add_node(
+            num_cpus=2, num_gpus=1, resources={"mdc-node:r3": 1}, labels=LABELS
+        )
+        cluster.wait_for_nodes()
+        back = until(
+            lambda s: any(e.event == "Recovered" for e in s.history), "re-placed on r3", 120
+        )
+        assert back.stable is not None
+        assert back.stable.name == stable  # the same release, placed again
+        assert node_of(stable) == "r3"
+        assert [h.node for h in back.gpus] == ["r3"]
+        events = [e.event for e in reversed(back.history)]  # oldest first
+        assert events.index("NodeLost") < events.index("Replaced") < events.index("Recovered")
+        pool_file = reconciler.status.files()["pools/shared-a100.yaml"].decode()
+        assert "node r3 joined (1 GPUs)" in pool_file
+        before = len(load.codes())
+        time.sleep(1.5)
+        assert set(load.codes()[before:]) == {200}
+        served_by = runtime.releases[stable].pid
+        load.stop()
+        load = None
+        reconciler.close()  # the releases keep serving: detached actors
+
+        # -- a new controller adopts the release: same server, no restart -------------------
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "controller",
+                "run",
+                "--once",
+                "--repo",
+                str(bare),
+                "--branch",
+                "main",
+                "--state-dir",
+                str(state),
+                "--runtime",
+                "ray",
+                "--ray-address",
+                cluster.address,
+                "--ray-namespace",
+                namespace,
+                "--listen",
+                "127.0.0.1:0",
+                "-v",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert f"release {stable}: Adopted" in run.stderr
+        adopted = RayRuntime(state, world.home, address=cluster.address, namespace=namespace)
+        assert adopted.releases[stable].pid == served_by
+        assert adopted.releases[stable].state is State.READY
+        answer = httpx.post(adopted.releases[stable].url + "/rank", json=DOC, timeout=10)
+        assert answer.status_code == 200
+        adopted.stop_all(drain=2.0)
+        named = ray.util.list_named_actors(all_namespaces=True)
+        assert not [a for a in named if a["namespace"] == namespace], named
+    finally:
+        if load is not None:
+            load.stop()
+        reconciler.close(stop_releases=True)
