@@ -177,6 +177,17 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
     status.add_argument("--branch", help="the release branch (default: the repo's HEAD, or main)")
     status.add_argument("--controller", metavar="URL", help="ask a running controller instead")
+    monitor = read_command(
+        "monitor",
+        "The running version of a model: objective states, drift score, last rollups.",
+    )
+    monitor.add_argument("model", help="the model's name")
+    monitor.add_argument(
+        "--repo", default=".", help="a local repository or a remote URL (default: .)"
+    )
+    monitor.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
+    monitor.add_argument("--branch", help="the release branch (default: the repo's HEAD, or main)")
+    monitor.add_argument("--controller", metavar="URL", help="ask a running controller (live)")
     demo = verbs.add_parser(
         "demo",
         help="A team's week with mdc on this machine, in a few minutes (no GPU, no network).",
@@ -231,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run.status(args)
     if args.verb == "demo":
         return run.demo(args)
+    if args.verb == "monitor":
+        return run.monitor(args)
     if args.verb == "plan" and args.repo_path:
         args.path = args.repo_path
     if args.verb == "plan" and args.format == "markdown":

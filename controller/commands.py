@@ -665,6 +665,73 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def monitor(args: argparse.Namespace) -> int:
+    """``mdc monitor MODEL``: objective states, drift and the last rollups of the
+    running version -- from the status branch, or live from a controller."""
+    from controller.monitor import default_objectives, view_from_record, view_text  # noqa: PLC0415
+
+    if args.controller:
+        import httpx  # noqa: PLC0415
+
+        try:
+            answer = httpx.get(args.controller.rstrip("/") + "/api/monitor", timeout=10)
+            answer.raise_for_status()
+            views = answer.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            print(f"mdc monitor: {args.controller}: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        view = next((v for v in views if v.get("model") == args.model), None)
+        if view is None:
+            print(f"mdc monitor: the controller does not monitor {args.model!r}", file=sys.stderr)
+            return EXIT_INVALID
+        view["source"] = "controller"
+    else:
+        import yaml  # noqa: PLC0415
+
+        from controller.gitsource import GitTree  # noqa: PLC0415
+        from controller.status import parse_model_status  # noqa: PLC0415
+
+        opened = _open_or_exit(args)
+        if isinstance(opened, int):
+            return opened
+        repo, tip, status_tip = opened
+        files = {}
+        if status_tip is not None:
+            tree = GitTree(repo, str(repo.get(status_tip).tree_id))
+            files = {p: tree.read(p) for p in tree.walk()}
+        raw = files.get(f"models/{args.model}.yaml")
+        if raw is None:
+            print(f"mdc monitor: no status of {args.model!r} on the status branch", file=sys.stderr)
+            return EXIT_INVALID
+        try:
+            recorded = parse_model_status(f"models/{args.model}.yaml", raw)
+        except MdcError as exc:
+            print(f"mdc monitor: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        desired = load_desired(GitTree(repo, str(repo.get(tip).tree_id))).desired
+        model = desired.models.get(args.model)
+        spec = model.monitor if model is not None else None
+        policy = desired.policies.get(model.rollout) if model is not None else None
+        rollups = files.get(f"monitor/{args.model}.yaml")
+        view = view_from_record(
+            args.model,
+            recorded.stable.version if recorded.stable else None,
+            default_objectives(spec, policy),
+            spec.drift if spec is not None else None,
+            recorded.monitor,
+            yaml.safe_load(rollups) if rollups else None,
+        )
+        view["source"] = "status branch"
+    if args.format == "json":
+        print(json.dumps(view, indent=2, default=str))
+    else:
+        style = Style(sys.stdout)
+        lines = view_text(view)
+        print(style.bold(lines[0]) + f"  (from the {view['source']})")
+        print("\n".join(lines[1:]))
+    return EXIT_OK
+
+
 def demo(args: argparse.Namespace) -> int:
     """``mdc demo``: a team's week on one machine (see :mod:`controller.demo`)."""
     import logging  # noqa: PLC0415

@@ -1,7 +1,7 @@
 """The long-running controller behind ``mdc run``: its configuration, the lock
 on its state directory, the loop that runs reconcile passes, and the one HTTP
 port that serves ``/healthz``, ``/readyz``, ``/metrics``, the dashboard,
-``/api/status`` and the GitHub webhook.
+``/api/status``, ``/api/monitor`` and the GitHub webhook.
 
 Owns :class:`Config` (``mdc.yaml`` and command-line flags; an unknown key is an
 error naming the file and line), :class:`StateLock` (a second controller on
@@ -323,6 +323,7 @@ class Daemon:
             "/readyz": self._readyz,
             "/metrics": self._metrics,
             "/api/status": self._api_status,
+            "/api/monitor": self._api_monitor,
         }
         all_routes.update(routes or {})
         self.server = WebhookServer(
@@ -368,6 +369,13 @@ class Daemon:
         with self._lock:
             rows = status_rows(list(self.reconciler.statuses.values()), self.clock())
         return 200, "application/json", json.dumps(rows, indent=1, default=str).encode()
+
+    def _api_monitor(self) -> tuple[int, str, bytes]:
+        """Every monitored model, live: objective states and values, drift, rollups."""
+        view = getattr(self.reconciler, "monitor_view", None)
+        with self._lock:
+            views = view() if view is not None else []
+        return 200, "application/json", json.dumps(views, indent=1, default=str).encode()
 
     def _on_event(self, event: Event) -> None:
         self.webhooks += 1

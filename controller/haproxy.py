@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from controller.errors import PermanentError, TransientError
-from controller.router import BackendStats, RouteConfig
+from controller.router import BackendStats, RouteConfig, Sample, SamplingConfig
 
 __all__ = ["HAProxyRouter"]
 
@@ -224,6 +224,18 @@ class HAProxyRouter:
     def snapshot(self, model: str) -> dict[str, BackendStats]:
         with self.lock:
             return {k: v.copy() for k, v in self.stats[model].items()}
+
+    def sample(self, model: str, config: SamplingConfig | None) -> None:
+        """HAProxy forwards bodies without showing them to mdc: no sampling."""
+        if config is not None:
+            raise PermanentError(
+                f"{model}: the haproxy router cannot sample answers; "
+                "monitor.sampling needs router: embedded",
+                reason="SamplingUnsupported",
+            )
+
+    def samples(self, model: str) -> list[Sample]:
+        return []
 
     def close(self) -> None:
         self._stop.set()

@@ -47,8 +47,9 @@ __all__ = [
     "spec_hash",
 ]
 
-#: Fields of a Model that do not change what runs (a new description restarts nothing).
-_NOT_RUNTIME = frozenset({"description", "source", "rollout"})
+#: Fields of a Model that do not change what runs (a new description restarts nothing;
+#: the monitor is the controller's and the router's business, not the release's).
+_NOT_RUNTIME = frozenset({"description", "source", "rollout", "monitor"})
 
 
 def iso(at: float) -> str:
@@ -202,10 +203,13 @@ def next_status(
     conditions: Sequence[Condition] = (),
     event: tuple[str, str] | None = None,
     pull_request: int | None = None,
+    monitor: Mapping[str, Any] | None = None,
+    monitor_events: Sequence[tuple[str, str]] = (),
 ) -> ModelStatus:
     """The status after a pass. ``phase`` defaults to the canary's, else Healthy
     when a stable release runs; a history entry is added for ``event`` and
-    whenever the phase, step or weight moved."""
+    whenever the phase, step or weight moved, and one for each of the monitor's
+    ``monitor_events`` (an objective breached or recovered, drift)."""
     if phase is None:
         if state is not None:
             phase = _CANARY_PHASE[state.phase]
@@ -234,6 +238,7 @@ def next_status(
         canary_state=json.loads(json.dumps(asdict(state))) if state is not None else None,
         pull_request=pull_request if pull_request is not None else base.pull_request,
         phase_since=base.phase_since if previous and previous.phase == phase else iso(now),
+        monitor=monitor,
     )
     moved = previous is None or (previous.phase, previous.step, previous.weight) != (
         phase,
@@ -251,6 +256,8 @@ def next_status(
         if state is not None and state.reason:
             message += f": {state.reason}"
         status = status.with_event(HistoryEntry(iso(now), str(phase), message, revision))
+    for kind, message in monitor_events:
+        status = status.with_event(HistoryEntry(iso(now), kind, message, revision))
     return status
 
 

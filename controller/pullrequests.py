@@ -11,6 +11,11 @@ Owns :class:`PullRequests`, the controller's GitHub reporter:
   interval's verdicts (metric values against thresholds), and ``mdc/rollout``
   on the merge commit goes pending, then success or failure;
 * after a rollback, optionally, a revert PR that puts the last good spec back;
+* after promotion, when an objective of the running version is breached or its
+  predictions drift (:mod:`controller.monitor`): a monitor section in the
+  comment of the PR that brought that version, and ``mdc/monitor`` failing on
+  its merge commit; recovery updates both. Nothing is posted while nothing
+  changes;
 * ``/mdc promote``, ``/mdc abort``, ``/mdc pause``, ``/mdc resume`` and
   ``/mdc retry`` comments from users with write access act on the rollout of
   that PR's models (checked through the API; others get a polite refusal).
@@ -26,6 +31,7 @@ Called by :mod:`controller.reconciler` (as its reporter) and ``mdc run``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import time
@@ -43,9 +49,12 @@ from controller.webhook import Event, IssueCommentEvent, PullRequestEvent, PushE
 
 __all__ = [
     "COMMANDS",
+    "MONITOR_MARKER",
     "ROLLOUT_MARKER",
     "PullRequests",
+    "monitor_state",
     "parse_command",
+    "render_monitor",
     "render_rollout",
     "reporter_for",
     "rollout_state",
@@ -55,6 +64,9 @@ log = logging.getLogger(__name__)
 
 #: Splits the plan (above) from the rollout's progress (below) in the PR comment.
 ROLLOUT_MARKER = "<!-- mdc:rollout -->"
+#: Splits the rollout (above) from the running version's monitor (below).
+MONITOR_MARKER = "<!-- mdc:monitor -->"
+_MONITOR_EVENTS = ("ObjectiveBreached", "ObjectiveRecovered", "DriftDetected", "DriftRecovered")
 COMMANDS = ("promote", "abort", "pause", "resume", "retry")
 _PR_ACTIONS = ("opened", "synchronize", "reopened", "edited")
 _MARKS = {"pass": "✅", "fail": "❌"}
@@ -128,6 +140,36 @@ def render_rollout(statuses: list[ModelStatus]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def render_monitor(status: ModelStatus) -> str:
+    """The monitor part of a PR comment: how the version the PR brought is doing."""
+    record = status.monitor or {}
+    version = status.stable.version if status.stable is not None else ""
+    parts = [MONITOR_MARKER, f"## mdc monitor: `{status.name}` {version}"]
+    breached = record.get("breached") or {}
+    drifting = record.get("drifting") or {}
+    if breached or drifting:
+        parts.append("❌ **needs attention**")
+        parts += [f"- objective **{name}** breached since {at}" for name, at in breached.items()]
+        parts += [f"- predictions (`{key}`) drifting since {at}" for key, at in drifting.items()]
+    else:
+        parts.append("✅ every objective is met and the predictions do not drift")
+    events = [h for h in status.history if h.event in _MONITOR_EVENTS][:6]
+    if events:
+        parts.append("")
+        parts += [f"- {h.at} {h.event}: {h.message}" for h in events]
+    return "\n".join(parts) + "\n"
+
+
+def monitor_state(status: ModelStatus) -> tuple[str, str]:
+    """The commit status ``mdc/monitor`` and its description for a model."""
+    record = status.monitor or {}
+    troubles = [f"{name} breached" for name in record.get("breached") or {}]
+    troubles += [f"{key} drifting" for key in record.get("drifting") or {}]
+    if troubles:
+        return "failure", f"{status.name}: " + ", ".join(troubles)
+    return "success", f"{status.name}: objectives met, no drift"
+
+
 class PullRequests:
     """The GitHub reporter of one controller (see the module docstring)."""
 
@@ -152,6 +194,8 @@ class PullRequests:
         self._unsent: dict[str, ModelStatus] = {}
         self._quiet_until = 0.0  # after a transient failure, GitHub is left alone until then
         self._reverted: set[str] = set()
+        self._monitored: dict[str, str] = {}  # model -> the monitor record last reported
+        self._unsent_monitor: dict[str, ModelStatus] = {}
 
     def bind(self, reconciler: Any) -> None:
         self.reconciler = reconciler
@@ -177,6 +221,7 @@ class PullRequests:
         return self._pulls[commit]
 
     def on_status(self, previous: ModelStatus | None, status: ModelStatus) -> None:
+        self._on_monitor(status)
         key = (str(status.phase), status.step, status.weight)
         if self._reported.get(status.name) == key and status.name not in self._unsent:
             return
@@ -194,10 +239,53 @@ class PullRequests:
         self._unsent.pop(status.name, None)
         self._reported[status.name] = key
 
+    def _on_monitor(self, status: ModelStatus) -> None:
+        """A change of the running version's monitor record: the PR that brought the
+        version hears of it (and of the recovery); nothing while nothing changes."""
+        key = json.dumps(status.monitor, sort_keys=True)
+        if self._monitored.get(status.name, "null") == key:
+            self._unsent_monitor.pop(status.name, None)
+            return
+        stable = status.stable
+        if stable is None or (stable.pull_request is None and stable.revision is None):
+            self._monitored[status.name] = key
+            return
+        if self.clock() < self._quiet_until:
+            self._unsent_monitor[status.name] = status
+            return
+        try:
+            self._report_monitor(status)
+        except MdcError as exc:
+            self._unsent_monitor[status.name] = status
+            if isinstance(exc, TransientError):
+                self._quiet_until = self.clock() + max(QUIET_SECONDS, exc.retry_after)
+            log.warning("GitHub monitor report for %s kept: %s", status.name, exc.message)
+            return
+        self._unsent_monitor.pop(status.name, None)
+        self._monitored[status.name] = key
+
+    def _report_monitor(self, status: ModelStatus) -> None:
+        stable = status.stable
+        assert stable is not None
+        sha = _revision_sha(stable.revision)
+        if sha is not None:
+            state, description = monitor_state(status)
+            self.github.set_status(sha, "mdc/monitor", state, description, self.target_url)
+        if stable.pull_request is None:
+            return
+        existing = self.github.find_comment(stable.pull_request, MARKER)
+        head = MARKER if existing is None else existing.body.split(MONITOR_MARKER, 1)[0].rstrip()
+        self.github.upsert_comment(
+            stable.pull_request, head + "\n\n" + render_monitor(status), MARKER
+        )
+
     def drain(self) -> None:
         """Once a pass: reports GitHub did not take, then the queued webhook events."""
         if self.clock() < self._quiet_until:
             return  # the queue waits too; webhooks stay queued, reports stay unsent
+        for name, status in list(self._unsent_monitor.items()):
+            latest = self.reconciler.statuses.get(name, status) if self.reconciler else status
+            self._on_monitor(latest)
         for name, status in list(self._unsent.items()):
             latest = self.reconciler.statuses.get(name, status) if self.reconciler else status
             self._unsent.pop(name, None)
@@ -238,10 +326,15 @@ class PullRequests:
                 if s.pull_request == number and s.name != status.name
             ] + [status]
         existing = self.github.find_comment(number, MARKER)
-        plan_part = MARKER
+        plan_part, monitor_part = MARKER, ""
         if existing is not None:
-            plan_part = existing.body.split(ROLLOUT_MARKER, 1)[0].rstrip()
-        self.github.upsert_comment(number, plan_part + "\n\n" + render_rollout(models), MARKER)
+            plan_part = existing.body.split(ROLLOUT_MARKER, 1)[0].split(MONITOR_MARKER, 1)[0]
+            plan_part = plan_part.rstrip()
+            if MONITOR_MARKER in existing.body:
+                monitor_part = "\n" + MONITOR_MARKER + existing.body.split(MONITOR_MARKER, 1)[1]
+        self.github.upsert_comment(
+            number, plan_part + "\n\n" + render_rollout(models) + monitor_part, MARKER
+        )
         if status.phase is Phase.ROLLED_BACK and self.revert_prs:
             self._revert(status, number)
 

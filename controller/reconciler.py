@@ -25,13 +25,14 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import yaml
 
-from controller.canary import Action, CanaryPhase, CanaryState, state_from_dict
+from controller.canary import Action, BackendStats, CanaryPhase, CanaryState, state_from_dict
 from controller.documents import Diagnostic
 from controller.errors import MdcError, PermanentError, TransientError
+from controller.feedback import FeedbackStore
 from controller.gitsource import Credentials, GitSource, PollResult, Snapshot, SourcePoller
 from controller.inventory import (
     GPU,
@@ -53,6 +54,15 @@ from controller.ledger import (
     request_for,
 )
 from controller.loader import LoadResult, SnapshotLoader
+from controller.monitor import (
+    DAYS_KEPT,
+    HOURS_KEPT,
+    GPUReading,
+    ModelMonitor,
+    Rollup,
+    default_objectives,
+    predictions,
+)
 from controller.packager import Packager, Source, planned_bento_tag
 from controller.planner import (
     ModelPlan,
@@ -65,9 +75,9 @@ from controller.planner import (
     spec_hash,
 )
 from controller.rollout import ManualAction, Pins, RolloutDriver, read_command
-from controller.router import RouteConfig, Router
+from controller.router import RouteConfig, Router, SamplingConfig
 from controller.runtime import LocalRuntime, ReleaseSpec, State
-from controller.spec import GPUPool, Model
+from controller.spec import GPUPool, Model, MonitorMetric
 from controller.status import (
     Condition,
     GPUHold,
@@ -135,6 +145,7 @@ class _Run:
     manual: list[ManualAction] = field(default_factory=list)
     since: dict[str, str] = field(default_factory=dict)  # ledger key -> when its GPUs were taken
     replacing: str | None = None  # why its stable is being placed again (its node was lost)
+    monitor_events: list[tuple[str, str]] = field(default_factory=list)  # this pass's
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,11 @@ class Reconciler:
         self.inventories: dict[str, Inventory] = {}  # pool -> what its ledger was built on
         self._view: Sequence[ClusterNode] | None = None  # the cluster, read once a pass
         self._view_read = False
+        self.monitors: dict[str, ModelMonitor] = {}  # model -> its running version's monitor
+        self.feedback = FeedbackStore(self.state_dir / "feedback")
+        self.sampling: dict[str, SamplingConfig | None] = {}  # model -> what the router does
+        self.rollups: list[Rollup] = []  # closed, not yet committed
+        self._rollup_docs: dict[str, dict[str, Any]] = {}  # model -> monitor/MODEL.yaml
         self.snapshot: Snapshot | None = None
         self.load: LoadResult | None = None
         self.last: PassResult | None = None
@@ -304,6 +320,7 @@ class Reconciler:
                 log.error("%s: %s\n%s", entry.model, exc, traceback.format_exc())
                 failed.append(entry.model)
                 self._failed(run, entry, TransientError(str(exc), reason="InternalError"), now)
+        self._watch(desired.models, now)
         self._record(plan, desired.models, now)
         result = PassResult(
             self.snapshot.revision,
@@ -593,6 +610,7 @@ class Reconciler:
         )
 
     def _deploy(self, run: _Run, model: Model, wanted: str, tree: object, now: float) -> None:
+        assert self.snapshot is not None
         bento = self._build(model, tree)
         allocation = self._place(run, model, ReleaseKind.STABLE, now)
         if allocation is None:
@@ -600,8 +618,10 @@ class Reconciler:
         spec = self._release_spec(model, wanted, bento, allocation)
         self.runtime.start(spec)
         run.stable, run.stable_hash = spec, wanted
-        run.stable_record = Release(model.version, bento, iso(now), spec.name, wanted)
         run.pull = self._pull()
+        run.stable_record = Release(
+            model.version, bento, iso(now), spec.name, wanted, self.snapshot.revision, run.pull
+        )
         run.event = ("Deploying", f"starting {model.version} ({bento})")
 
     def _re_place(self, run: _Run, model: Model, now: float) -> None:
@@ -674,6 +694,7 @@ class Reconciler:
 
     def _start_canary(self, run: _Run, model: Model, wanted: str, tree: object, now: float) -> None:
         assert self.load is not None
+        assert self.snapshot is not None
         bento = self._build(model, tree)
         allocation = self._place(run, model, ReleaseKind.CANARY, now)
         if allocation is None:
@@ -682,8 +703,10 @@ class Reconciler:
         driver = self._driver(model)
         driver.begin(run.stable, spec, wanted)
         run.driver, run.finished = driver, None
-        run.canary_record = Release(model.version, bento, iso(now), spec.name, wanted)
         run.pull = self._pull()
+        run.canary_record = Release(
+            model.version, bento, iso(now), spec.name, wanted, self.snapshot.revision, run.pull
+        )
         run.event = ("CanaryStarted", f"canary {model.version} ({bento}) beside stable")
 
     def _driver(self, model: Model) -> RolloutDriver:
@@ -788,6 +811,9 @@ class Reconciler:
         if run.name in self.routes:
             self.router.configure(run.name, RouteConfig(None, None, 0))
         self.pins.unpin(run.name)
+        self.monitors.pop(run.name, None)
+        if self.sampling.pop(run.name, None) is not None:
+            self.router.sample(run.name, None)
         run.event = ("Pruned", "removed from git: releases stopped, GPUs freed")
 
     def _failed(self, run: _Run, entry: ModelPlan, exc: MdcError, now: float) -> None:
@@ -799,6 +825,161 @@ class Reconciler:
         run.conditions.append(Condition("Ready", False, exc.reason, exc.message))
         run.event = ("Error", f"{exc.reason}: {exc.message}")
         log.warning("%s: %s: %s", run.name, exc.reason, exc.message)
+
+    # -- after promotion: objectives, drift, sampling, rollups ---------------------------
+
+    def _watch(self, models: Mapping[str, Model], now: float) -> None:
+        """Judge each running stable release (see :mod:`controller.monitor`); one
+        model's trouble is a condition on it, never the end of the pass."""
+        for name, run in list(self.runs.items()):
+            run.monitor_events = []
+            model = models.get(name)
+            release = self.runtime.releases.get(run.stable.name) if run.stable else None
+            if model is None or release is None or release.state is not State.READY:
+                continue
+            if name not in self.routes:
+                continue
+            try:
+                self._watch_one(run, model, now)
+            except MdcError as exc:
+                run.conditions.append(Condition("Monitored", False, exc.reason, exc.message))
+            except Exception as exc:  # a bug: logged, the pass goes on
+                log.error("%s: monitor: %s\n%s", name, exc, traceback.format_exc())
+
+    def _watch_one(self, run: _Run, model: Model, now: float) -> None:
+        assert self.load is not None
+        assert run.stable is not None
+        objectives = default_objectives(
+            model.monitor, self.load.desired.policies.get(model.rollout)
+        )
+        monitor = self.monitors.get(run.name)
+        if monitor is None:
+            monitor = ModelMonitor(
+                run.name, run.stable.version, run.stable.name, model.monitor, objectives, now
+            )
+            self.monitors[run.name] = monitor
+        elif monitor.release != run.stable.name:
+            monitor.switch(run.stable.version, run.stable.name, now)
+        monitor.reconfigure(model.monitor, objectives, now)
+        values = self._sampled(run, model)
+        stats = self.router.snapshot(run.name).get("stable") or BackendStats()
+        share, gpus = self._held(run, model, monitor)
+        changes, rollups = monitor.observe(now, stats, gpu_share=share, gpus=gpus, values=values)
+        run.monitor_events = [(change.event, change.message) for change in changes]
+        for change in changes:
+            log.warning("%s: %s: %s", run.name, change.event, change.message)
+        self.rollups += rollups
+
+    def _sampled(self, run: _Run, model: Model) -> list[float | str]:
+        """Drain the router's samples into the feedback files; the stable's predictions."""
+        assert run.stable is not None
+        sampling = model.monitor.sampling if model.monitor is not None else None
+        wanted = (
+            SamplingConfig(sampling.share, frozenset(sampling.sensitive))
+            if sampling is not None
+            else None
+        )
+        if self.sampling.get(run.name, None) != wanted or run.name not in self.sampling:
+            self.sampling[run.name] = wanted  # also when refused: not asked again each pass
+            self.router.sample(run.name, wanted)
+        if sampling is None:
+            return []
+        samples = self.router.samples(run.name)
+        stable = [s for s in samples if s.backend == "stable"]
+        self.feedback.write(
+            run.name, run.stable.version, run.stable.name, stable, sampling.max_bytes
+        )
+        canary = run.driver.canary if run.driver is not None else None
+        if canary is not None:
+            tried = [s for s in samples if s.backend == "canary"]
+            self.feedback.write(run.name, canary.version, canary.name, tried, sampling.max_bytes)
+        watch = model.monitor.drift if model.monitor is not None else None
+        if watch is None:
+            return []
+        return [
+            value
+            for s in stable
+            if 200 <= s.status < 300
+            for value in predictions(s.response, watch.field)
+        ]
+
+    def _held(
+        self, run: _Run, model: Model, monitor: ModelMonitor
+    ) -> tuple[float, GPUReading | None]:
+        """The GPU share the stable holds, and (when an objective needs it and this
+        machine's NVML can be read) the reading of those GPUs."""
+        key = f"{run.name}/{ReleaseKind.STABLE}"
+        allocation = next(
+            (led.allocations[key] for _, led in self.ledgers.values() if key in led.allocations),
+            None,
+        )
+        if allocation is None:
+            return 0.0, None
+        share = allocation.gpus
+        wants_gpu = any(
+            o.metric in (MonitorMetric.GPU_MEMORY_HEADROOM, MonitorMetric.GPU_UTILIZATION)
+            for o in monitor.objectives
+        )
+        if not wants_gpu or self.nvml is None or self.node is None:
+            return share, None
+        held = {s.gpu for replica in allocation.replicas for s in replica if s.node == self.node}
+        try:
+            seen = [g for g in self.nvml(self.node) if g.uuid in held]
+        except Exception as exc:
+            log.warning("%s: NVML not read for the monitor: %s", run.name, exc)
+            return share, None
+        if not seen or any(g.memory_used is None for g in seen):
+            return share, None
+        busy = [g.utilization for g in seen if g.utilization is not None]
+        return share, GPUReading(
+            sum(g.memory for g in seen),
+            sum(g.memory_used or 0 for g in seen),
+            sum(busy) / len(busy) / 100 if busy else None,
+        )
+
+    def _monitor_record(self, run: _Run) -> Mapping[str, object] | None:
+        monitor = self.monitors.get(run.name)
+        if monitor is None or run.stable is None or monitor.release != run.stable.name:
+            return None
+        return monitor.record()
+
+    def monitor_view(self) -> list[dict[str, Any]]:
+        """Every monitored model: live states, values and its latest rollups."""
+        out = []
+        for name, monitor in sorted(self.monitors.items()):
+            doc = self._rollup_doc(name)
+            latest = {"hourly": doc.get("hourly", [])[:24], "daily": doc.get("daily", [])[:7]}
+            out.append(monitor.live() | latest)
+        return out
+
+    def _rollup_doc(self, model: str) -> dict[str, Any]:
+        if model not in self._rollup_docs:
+            raw = self.status.files().get(f"monitor/{model}.yaml")
+            doc: Any = yaml.safe_load(raw) if raw else None
+            self._rollup_docs[model] = doc if isinstance(doc, dict) else {"model": model}
+        return self._rollup_docs[model]
+
+    def _record_rollups(self) -> None:
+        """Rollups of periods that closed in this pass: one commit for all models."""
+        if not self.rollups:
+            return
+        files: dict[str, bytes | None] = {}
+        for rollup in self.rollups:
+            doc = self._rollup_doc(rollup.model)
+            key, limit = ("hourly", HOURS_KEPT) if rollup.period == "hour" else ("daily", DAYS_KEPT)
+            kept = [r for r in doc.get(key, []) if r.get("start") != rollup.to_dict()["start"]]
+            doc[key] = [rollup.to_dict(), *kept][:limit]
+            files[f"monitor/{rollup.model}.yaml"] = yaml.safe_dump(
+                doc, sort_keys=False, allow_unicode=True, width=100
+            ).encode()
+        periods = sorted({(r.period, r.start) for r in self.rollups})
+        subject = (
+            "rollups: "
+            + ", ".join(f"{period} {iso(start)}" for period, start in periods)
+            + f" ({len({r.model for r in self.rollups})} models)"
+        )
+        self.status.commit(files, subject, {"Rollup": ", ".join(sorted({p for p, _ in periods}))})
+        self.rollups = []
 
     # -- summarize and record ----------------------------------------------------------
 
@@ -825,7 +1006,13 @@ class Reconciler:
                 subject, trailers = f"{status.name}: removed (pruned)", {"Model": status.name}
             else:
                 subject, trailers = commit_message(status, revision)
+                watched = self.runs.get(status.name)
+                if watched is not None and watched.monitor_events:
+                    event, message = watched.monitor_events[-1]
+                    subject = f"{status.name}: {event}: {message}"[:200]
+                    trailers = trailers | {"Monitor": event}
             self.status.commit({model_path(status.name): raw}, subject, trailers)
+        self._record_rollups()
         if self.status.pending():
             try:
                 self.status.push()
@@ -900,6 +1087,8 @@ class Reconciler:
             conditions=run.conditions,
             event=run.event,
             pull_request=run.pull,
+            monitor=self._monitor_record(run),
+            monitor_events=run.monitor_events,
         )
 
     # -- shutting down -------------------------------------------------------------

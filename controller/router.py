@@ -9,7 +9,10 @@ override (``X-MDC-Version: stable|canary``) for smoke tests; mirroring (a
 share of requests also copied to the canary, its answers discarded); and
 per-backend counters -- requests by status code and a latency histogram --
 read by the analysis (:meth:`EmbeddedRouter.snapshot`) and exposed as
-Prometheus metrics on an admin port.
+Prometheus metrics on an admin port; and opt-in sampling of a share of the
+requests and their JSON answers (:meth:`EmbeddedRouter.sample`), with the
+model's sensitive keys dropped before a sample is buffered, in a buffer
+bounded in count and bytes, drained by the monitor once a pass.
 
 HTTP/1.1 with keep-alive on both sides (pooled backend connections),
 ``Content-Length`` and chunked request bodies, TCP_NODELAY everywhere. It runs
@@ -23,17 +26,20 @@ protocol a real proxy (HAProxy) implements too.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import hashlib
+import json
 import random
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+
+from controller.canary import BUCKETS, BackendStats
+from controller.monitor import redact
 
 __all__ = [
     "BUCKETS",
@@ -41,37 +47,11 @@ __all__ = [
     "EmbeddedRouter",
     "RouteConfig",
     "Router",
+    "Sample",
+    "SamplingConfig",
     "make_router",
 ]
 
-#: Latency histogram bounds (seconds): fine where SLOs usually sit.
-BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.0075,
-    0.01,
-    0.015,
-    0.02,
-    0.03,
-    0.04,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.25,
-    0.3,
-    0.4,
-    0.5,
-    0.75,
-    1.0,
-    1.5,
-    2.0,
-    3.0,
-    5.0,
-    10.0,
-)
 OVERRIDE_HEADER = b"x-mdc-version"
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024 * 1024
@@ -96,54 +76,6 @@ _HOP = {
 }
 
 
-@dataclass
-class BackendStats:
-    """Counters of one backend since the router started (monotonic)."""
-
-    codes: dict[int, int] = field(default_factory=dict)
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
-    seconds: float = 0.0
-
-    @property
-    def requests(self) -> int:
-        return sum(self.codes.values())
-
-    @property
-    def errors(self) -> int:
-        return sum(n for code, n in self.codes.items() if code >= 500)
-
-    def copy(self) -> BackendStats:
-        return BackendStats(dict(self.codes), list(self.buckets), self.seconds)
-
-    def minus(self, earlier: BackendStats) -> BackendStats:
-        codes = {c: n - earlier.codes.get(c, 0) for c, n in self.codes.items()}
-        return BackendStats(
-            {c: n for c, n in codes.items() if n},
-            [a - b for a, b in zip(self.buckets, earlier.buckets, strict=True)],
-            self.seconds - earlier.seconds,
-        )
-
-    def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile, interpolated inside its bucket (as Prometheus does)."""
-        total = sum(self.buckets)
-        if total == 0:
-            return None
-        rank = q * total
-        seen = 0
-        for i, count in enumerate(self.buckets):
-            if seen + count >= rank and count:
-                low = BUCKETS[i - 1] if i > 0 else 0.0
-                high = BUCKETS[i] if i < len(BUCKETS) else BUCKETS[-1] * 2
-                return low + (high - low) * (rank - seen) / count
-            seen += count
-        return BUCKETS[-1]
-
-    def observe(self, code: int, seconds: float) -> None:
-        self.codes[code] = self.codes.get(code, 0) + 1
-        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.seconds += seconds
-
-
 @dataclass(frozen=True)
 class RouteConfig:
     stable: str | None = None  # "127.0.0.1:PORT"
@@ -162,6 +94,10 @@ class Router(Protocol):
 
     def snapshot(self, model: str) -> dict[str, BackendStats]: ...
 
+    def sample(self, model: str, config: SamplingConfig | None) -> None: ...
+
+    def samples(self, model: str) -> list[Sample]: ...
+
     def close(self) -> None: ...
 
 
@@ -172,6 +108,36 @@ class _Model:
         self.stats: dict[str, BackendStats] = {"stable": BackendStats(), "canary": BackendStats()}
         self.server: asyncio.base_events.Server | None = None
         self.url = ""
+        self.sampling: SamplingConfig | None = None
+        self.samples: deque[Sample] = deque(maxlen=SAMPLES_BUFFERED)
+        self.sampled_bytes = 0
+        self.dropped = 0  # samples not kept: the buffer was full, or not JSON
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Keep ``share`` of the requests and their answers, without the ``sensitive``
+    keys (dropped before the sample is buffered)."""
+
+    share: float
+    sensitive: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled exchange, already redacted."""
+
+    at: float  # epoch seconds
+    backend: str  # "stable" or "canary"
+    status: int
+    seconds: float
+    request: Any
+    response: Any
+    size: int  # bytes of request and response bodies
+
+
+#: Samples a model's buffer holds between two drains (the oldest go first), and bytes.
+SAMPLES_BUFFERED, SAMPLE_BYTES_BUFFERED = 5000, 8 * 2**20
 
 
 class EmbeddedRouter:
@@ -219,6 +185,26 @@ class EmbeddedRouter:
         if not 0 <= config.weight <= 100 or not 0 <= config.mirror <= 100:
             raise ValueError(f"weight and mirror are percentages: {config}")
         self.models[model].config = config
+
+    def sample(self, model: str, config: SamplingConfig | None) -> None:
+        """Start (or, with None, stop) sampling ``model``'s requests and answers."""
+        with self.lock:
+            state = self.models[model]
+            state.sampling = config
+            if config is None:
+                state.samples.clear()
+                state.sampled_bytes = 0
+
+    def samples(self, model: str) -> list[Sample]:
+        """The samples kept since the last call (they leave the buffer)."""
+        with self.lock:
+            state = self.models.get(model)
+            if state is None:
+                return []
+            out = list(state.samples)
+            state.samples.clear()
+            state.sampled_bytes = 0
+            return out
 
     def snapshot(self, model: str) -> dict[str, BackendStats]:
         with self.lock:
@@ -293,10 +279,13 @@ class EmbeddedRouter:
                     continue
                 outgoing = _outgoing(request_line, raw_headers, body)
                 started = time.perf_counter()
-                status, response = await self._forward(address, outgoing)
+                status, response, answer = await self._forward(address, outgoing)
                 elapsed = time.perf_counter() - started
                 with self.lock:
                     model.stats[which].observe(status, elapsed)
+                sampling = model.sampling
+                if sampling is not None and self.rng.random() < sampling.share:
+                    self._keep(model, sampling, which, status, elapsed, body, answer)
                 writer.write(response)
                 await writer.drain()
                 if (
@@ -313,13 +302,48 @@ class EmbeddedRouter:
             with contextlib.suppress(Exception):
                 writer.close()
 
+    def _keep(  # noqa: PLR0917
+        self,
+        model: _Model,
+        sampling: SamplingConfig,
+        which: str,
+        status: int,
+        elapsed: float,
+        request: bytes,
+        answer: bytes,
+    ) -> None:
+        """Buffer one exchange, redacted; bodies that are not JSON are not kept."""
+        try:
+            sample = Sample(
+                time.time(),
+                which,
+                status,
+                elapsed,
+                redact(json.loads(request or b"null"), sampling.sensitive),
+                redact(json.loads(answer or b"null"), sampling.sensitive),
+                len(request) + len(answer),
+            )
+        except ValueError:
+            model.dropped += 1
+            return
+        with self.lock:
+            if model.sampled_bytes + sample.size > SAMPLE_BYTES_BUFFERED:
+                model.dropped += 1
+                return
+            if len(model.samples) == model.samples.maxlen:
+                model.sampled_bytes -= model.samples[0].size
+                model.dropped += 1
+            model.samples.append(sample)
+            model.sampled_bytes += sample.size
+
     async def _mirror(self, model: _Model, address: str, outgoing: bytes) -> None:
         started = time.perf_counter()
-        status, _ = await self._forward(address, outgoing)
+        status, _, _ = await self._forward(address, outgoing)
         with self.lock:
             model.stats["canary"].observe(status, time.perf_counter() - started)
 
-    async def _forward(self, address: str, outgoing: bytes) -> tuple[int, bytes]:
+    async def _forward(self, address: str, outgoing: bytes) -> tuple[int, bytes, bytes]:
+        """The backend's status, the answer to pass on, and the answer's body."""
         pool = self.pools.setdefault(address, deque())
         for attempt in (0, 1):
             fresh = not pool
@@ -334,7 +358,7 @@ class EmbeddedRouter:
                     _nodelay(writer)
                     self.writers.add(writer)
             except _BACKEND_ERRORS:
-                return 502, _response(502, b"the release did not answer")
+                return 502, _response(502, b"the release did not answer"), b""
             try:
                 writer.write(outgoing)
                 await writer.drain()
@@ -346,15 +370,15 @@ class EmbeddedRouter:
                 writer.close()
                 self.writers.discard(writer)
                 if fresh or attempt == 1:
-                    return 502, _response(502, b"the release did not answer")
+                    return 502, _response(502, b"the release did not answer"), b""
                 continue  # a pooled connection the backend had closed: try a new one
             if headers.get(b"connection", b"").lower() == b"close":
                 writer.close()
                 self.writers.discard(writer)
             else:
                 pool.append((reader, writer))
-            return status, _rebuild(status_line, raw_headers, body)
-        return 502, _response(502, b"the release did not answer")  # pragma: no cover
+            return status, _rebuild(status_line, raw_headers, body), body
+        return 502, _response(502, b"the release did not answer"), b""  # pragma: no cover
 
     async def _serve_admin(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

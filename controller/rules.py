@@ -189,6 +189,7 @@ class Rules:
         out: list[Diagnostic] = []
         out += self.check_artifact(model)
         out += self.check_service(model)
+        out += _check_monitor(model)
         res = model.resources
         res_path: Path = ("spec", "resources")
         if (res.gpu is None) == (res.gpu_memory is None):
@@ -352,6 +353,81 @@ class Rules:
                 )
             ]
         return []
+
+
+#: metrics whose values are shares: their bounds lie in [0, 1]
+_SHARES = frozenset({"errorRate", "gpuMemoryHeadroom", "gpuUtilization"})
+
+
+def _check_monitor(model: Model) -> list[Diagnostic]:
+    monitor, doc = model.monitor, model.source
+    if monitor is None:
+        return []
+    out: list[Diagnostic] = []
+    base: Path = ("spec", "monitor")
+    seen: dict[str, int] = {}
+    for i, objective in enumerate(monitor.objectives):
+        where: Path = (*base, "objectives", i)
+        if objective.min is None and objective.max is None:
+            out.append(
+                doc.diagnostic(
+                    where,
+                    f"objective {objective.name!r} needs a bound: min, max or both",
+                    "monitor.bounds",
+                )
+            )
+        elif (
+            objective.min is not None
+            and objective.max is not None
+            and (objective.min > objective.max)
+        ):
+            out.append(
+                doc.diagnostic(
+                    (*where, "min"),
+                    f"min ({objective.min:g}) must not exceed max ({objective.max:g})",
+                    "monitor.bounds",
+                )
+            )
+        for bound in ("min", "max"):
+            value = getattr(objective, bound)
+            if value is None:
+                continue
+            if objective.metric in _SHARES and not 0 <= value <= 1:
+                out.append(
+                    doc.diagnostic(
+                        (*where, bound),
+                        f"{objective.metric} is a share between 0 and 1 (got {value:g})",
+                        "monitor.bounds",
+                    )
+                )
+            elif value < 0:
+                out.append(
+                    doc.diagnostic(
+                        (*where, bound),
+                        f"{objective.metric} is never negative (got {value:g})",
+                        "monitor.bounds",
+                    )
+                )
+        if objective.name in seen:
+            out.append(
+                doc.diagnostic(
+                    (*where, "name"),
+                    f"objective {objective.name!r} appears twice "
+                    f"(also at objectives[{seen[objective.name]}])",
+                    "spec.unique-objective",
+                )
+            )
+        seen.setdefault(objective.name, i)
+    if monitor.drift is not None and monitor.sampling is None:
+        out.append(
+            doc.diagnostic(
+                (*base, "drift"),
+                "the drift watch reads sampled responses: add monitor.sampling "
+                "(for example share: 0.05)",
+                "monitor.drift",
+            )
+        )
+    return out
 
 
 def _check_fit(model: Model, pool: GPUPool) -> list[Diagnostic]:

@@ -29,16 +29,21 @@ __all__ = [
     "ClusterNodes",
     "Desired",
     "Discovery",
+    "DriftWatch",
     "GPUGroup",
     "GPUPool",
     "Metric",
     "Model",
+    "Monitor",
+    "MonitorMetric",
     "Node",
     "ObjectRef",
+    "Objective",
     "Probe",
     "Quota",
     "Resources",
     "RolloutPolicy",
+    "Sampling",
     "Sharing",
     "Step",
     "StepKind",
@@ -123,6 +128,53 @@ class Probe:
     failure_threshold: int = 3
 
 
+class MonitorMetric(StrEnum):
+    ERROR_RATE = "errorRate"
+    LATENCY_P50 = "latencyP50"
+    LATENCY_P90 = "latencyP90"
+    LATENCY_P99 = "latencyP99"
+    GPU_MEMORY_HEADROOM = "gpuMemoryHeadroom"
+    GPU_UTILIZATION = "gpuUtilization"
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    metric: MonitorMetric
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class DriftWatch:
+    field: str  # dotted keys into a response; lists on the way are walked
+    threshold: float = 0.2  # population stability index
+    baseline: float = 600.0  # seconds after promotion
+    window: float = 600.0
+    min_samples: int = 500
+
+
+@dataclass(frozen=True)
+class Sampling:
+    share: float
+    max_bytes: int = 64 * 2**20
+    sensitive: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """What mdc keeps judging after promotion (``spec.monitor``)."""
+
+    objectives: tuple[Objective, ...] = ()
+    window: float = 300.0
+    interval: float = 30.0
+    min_requests: int = 20
+    breach_after: int = 2
+    recover_after: int = 3
+    drift: DriftWatch | None = None
+    sampling: Sampling | None = None
+
+
 @dataclass(frozen=True)
 class Model:
     name: str
@@ -138,6 +190,7 @@ class Model:
     source: Document = field(repr=False, compare=False)
     ready_timeout: float = 120.0
     probe: Probe | None = None
+    monitor: Monitor | None = None  # spec.monitor, as written (no defaults from the policy)
 
 
 @dataclass(frozen=True)
@@ -283,6 +336,41 @@ def _model(doc: Document) -> Model:
             timeout=_maybe_duration(probe.get("timeout")) or 5.0,
             interval=_maybe_duration(probe.get("interval")) or 10.0,
             failure_threshold=probe.get("failureThreshold", 3),
+        ),
+        monitor=_monitor(spec.get("monitor")),
+    )
+
+
+def _monitor(raw: Mapping[str, Any] | None) -> Monitor | None:
+    if raw is None:
+        return None
+    drift = raw.get("drift")
+    sampling = raw.get("sampling")
+    return Monitor(
+        objectives=tuple(
+            Objective(o["name"], MonitorMetric(o["metric"]), o.get("min"), o.get("max"))
+            for o in raw.get("objectives", ())
+        ),
+        window=_maybe_duration(raw.get("window")) or 300.0,
+        interval=_maybe_duration(raw.get("interval")) or 30.0,
+        min_requests=raw.get("minRequests", 20),
+        breach_after=raw.get("breachAfter", 2),
+        recover_after=raw.get("recoverAfter", 3),
+        drift=None
+        if drift is None
+        else DriftWatch(
+            drift["field"],
+            float(drift.get("threshold", 0.2)),
+            _maybe_duration(drift.get("baseline")) or 600.0,
+            _maybe_duration(drift.get("window")) or 600.0,
+            drift.get("minSamples", 500),
+        ),
+        sampling=None
+        if sampling is None
+        else Sampling(
+            float(sampling["share"]),
+            parse_memory(sampling["maxBytes"]) if "maxBytes" in sampling else 64 * 2**20,
+            tuple(sampling.get("sensitive", ())),
         ),
     )
 

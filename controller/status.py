@@ -64,6 +64,8 @@ class Release:
     started_at: str | None = None
     name: str | None = None  # the runtime's release name ("fraud-scorer/3f2a9c1d0e")
     spec_hash: str | None = None  # the hash of the resolved spec it runs
+    revision: str | None = None  # the git revision it was made from ("main@sha1:...")
+    pull_request: int | None = None  # the PR that brought it
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class ModelStatus:
     canary_state: Mapping[str, Any] | None = None
     pull_request: int | None = None  # the PR that introduced the attempted revision
     phase_since: str | None = None  # ISO 8601, UTC: when the phase last changed
+    #: after promotion: the breached objectives and the drift of the running version
+    #: (:meth:`controller.monitor.ModelMonitor.record`); None while all is well
+    monitor: Mapping[str, Any] | None = None
 
     def with_event(self, entry: HistoryEntry) -> ModelStatus:
         """This status with ``entry`` first in its history, trimmed to the limit."""
@@ -164,6 +169,8 @@ def _model_dict(status: ModelStatus) -> dict[str, Any]:
                     "startedAt": r.started_at,
                     "name": r.name,
                     "specHash": r.spec_hash,
+                    "revision": r.revision,
+                    "pullRequest": r.pull_request,
                 }
             )
         )
@@ -214,6 +221,7 @@ def _model_dict(status: ModelStatus) -> dict[str, Any]:
                 for h in status.history
             ],
             "canaryState": status.canary_state,
+            "monitor": status.monitor,
         }
     )
 
@@ -243,7 +251,7 @@ def _mapping_or_none(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise TypeError("canaryState must be a mapping")
+        raise TypeError("canaryState and monitor must be mappings")
     return value
 
 
@@ -267,6 +275,8 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
                 raw_release.get("startedAt"),
                 raw_release.get("name"),
                 raw_release.get("specHash"),
+                raw_release.get("revision"),
+                None if raw_release.get("pullRequest") is None else int(raw_release["pullRequest"]),
             )
 
         return ModelStatus(
@@ -308,6 +318,7 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
             canary_state=_mapping_or_none(data.get("canaryState")),
             pull_request=None if data.get("pullRequest") is None else int(data["pullRequest"]),
             phase_since=data.get("phaseSince"),
+            monitor=_mapping_or_none(data.get("monitor")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PermanentError(
