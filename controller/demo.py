@@ -207,6 +207,7 @@ class Demo:
     traffic: Traffic | None = None
     passes: list[PassResult] = field(default_factory=list)
     hook_url: str | None = None  # a controller run elsewhere (mdc run): its webhook URL
+    clock: Callable[[], float] = time.time  # the controller's (tests move it on)
     _thread: threading.Thread | None = None
     _pull_numbers: dict[str, int] = field(default_factory=dict)
 
@@ -311,6 +312,7 @@ class Demo:
             router=make_router("embedded"),
             poll_interval=self.poll_interval,
             reporter=reporter,
+            clock=self.clock,
         )
         reporter.bind(self.reconciler)
         from controller.commands import _dashboard_route  # noqa: PLC0415

@@ -140,34 +140,41 @@ def render_rollout(statuses: list[ModelStatus]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def render_monitor(status: ModelStatus) -> str:
-    """The monitor part of a PR comment: how the version the PR brought is doing."""
-    record = status.monitor or {}
-    version = status.stable.version if status.stable is not None else ""
-    parts = [MONITOR_MARKER, f"## mdc monitor: `{status.name}` {version}"]
-    breached = record.get("breached") or {}
-    drifting = record.get("drifting") or {}
-    if breached or drifting:
-        parts.append("❌ **needs attention**")
-        parts += [f"- objective **{name}** breached since {at}" for name, at in breached.items()]
-        parts += [f"- predictions (`{key}`) drifting since {at}" for key, at in drifting.items()]
-    else:
-        parts.append("✅ every objective is met and the predictions do not drift")
-    events = [h for h in status.history if h.event in _MONITOR_EVENTS][:6]
-    if events:
-        parts.append("")
+def render_monitor(statuses: list[ModelStatus]) -> str:
+    """The monitor part of a PR comment: how the versions the PR brought are doing."""
+    parts = [MONITOR_MARKER, "## mdc monitor"]
+    for status in sorted(statuses, key=lambda s: s.name):
+        record = status.monitor or {}
+        version = status.stable.version if status.stable is not None else ""
+        breached = record.get("breached") or {}
+        drifting = record.get("drifting") or {}
+        if breached or drifting:
+            parts.append(f"### `{status.name}` {version}: ❌ **needs attention**")
+            parts += [
+                f"- objective **{name}** breached since {at}" for name, at in breached.items()
+            ]
+            parts += [
+                f"- predictions (`{key}`) drifting since {at}" for key, at in drifting.items()
+            ]
+        else:
+            parts.append(f"### `{status.name}` {version}: ✅ objectives met, predictions steady")
+        events = [h for h in status.history if h.event in _MONITOR_EVENTS][:6]
         parts += [f"- {h.at} {h.event}: {h.message}" for h in events]
     return "\n".join(parts) + "\n"
 
 
-def monitor_state(status: ModelStatus) -> tuple[str, str]:
-    """The commit status ``mdc/monitor`` and its description for a model."""
-    record = status.monitor or {}
-    troubles = [f"{name} breached" for name in record.get("breached") or {}]
-    troubles += [f"{key} drifting" for key in record.get("drifting") or {}]
+def monitor_state(statuses: list[ModelStatus]) -> tuple[str, str]:
+    """The commit status ``mdc/monitor`` and its description, over the models one
+    merge commit brought."""
+    troubles = []
+    for status in sorted(statuses, key=lambda s: s.name):
+        record = status.monitor or {}
+        troubles += [f"{status.name} {name} breached" for name in record.get("breached") or {}]
+        troubles += [f"{status.name} {key} drifting" for key in record.get("drifting") or {}]
     if troubles:
-        return "failure", f"{status.name}: " + ", ".join(troubles)
-    return "success", f"{status.name}: objectives met, no drift"
+        return "failure", ", ".join(troubles)
+    names = ", ".join(sorted(s.name for s in statuses))
+    return "success", f"{names}: objectives met, no drift"
 
 
 class PullRequests:
@@ -267,17 +274,21 @@ class PullRequests:
     def _report_monitor(self, status: ModelStatus) -> None:
         stable = status.stable
         assert stable is not None
+        known = list(self.reconciler.statuses.values()) if self.reconciler is not None else []
+        others = [s for s in known if s.name != status.name and s.stable is not None]
         sha = _revision_sha(stable.revision)
         if sha is not None:
-            state, description = monitor_state(status)
+            same = [s for s in others if s.stable and s.stable.revision == stable.revision]
+            state, description = monitor_state([status, *same])
             self.github.set_status(sha, "mdc/monitor", state, description, self.target_url)
-        if stable.pull_request is None:
+        number = stable.pull_request
+        if number is None:
             return
-        existing = self.github.find_comment(stable.pull_request, MARKER)
+        brought = [s for s in others if s.stable and s.stable.pull_request == number]
+        existing = self.github.find_comment(number, MARKER)
         head = MARKER if existing is None else existing.body.split(MONITOR_MARKER, 1)[0].rstrip()
-        self.github.upsert_comment(
-            stable.pull_request, head + "\n\n" + render_monitor(status), MARKER
-        )
+        body = head + "\n\n" + render_monitor([status, *brought])
+        self.github.upsert_comment(number, body, MARKER)
 
     def drain(self) -> None:
         """Once a pass: reports GitHub did not take, then the queued webhook events."""
