@@ -5,13 +5,10 @@ Owns :func:`judge` (an objective's state -- ok, at risk, breached -- with
 hysteresis: ``breachAfter`` judgements in a row out of bounds to breach,
 ``recoverAfter`` in a row within bounds to recover, so one slow minute does not
 flap), :func:`default_objectives` (without ``spec.monitor.objectives``, the
-absolute bounds of the rollout policy's checks), the population stability
-index (:func:`psi`: numbers in deciles of the baseline, labels by frequency),
-:func:`predictions` and :func:`redact` (what the drift watch reads from a
-response, and what sampling drops before anything is kept), and
-:class:`ModelMonitor`, one per running stable release: fed the router's
+absolute bounds of the rollout policy's checks), and :class:`ModelMonitor`, one per running stable release: fed the router's
 counters, the held GPUs' NVML reading and the sampled predictions once a pass,
-it judges every ``interval`` and closes rollups at the hour and the day.
+it judges every ``interval`` (the drift through :mod:`controller.drift`) and
+closes rollups at the hour and the day; :func:`view_text` is ``mdc monitor``.
 
 What is committed (:meth:`ModelMonitor.record`) holds only what people act on
 -- the breached objectives and the drift -- so nothing is written or posted
@@ -24,16 +21,16 @@ tested table-first in ``tests/unit/test_monitor.py``.
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from controller.canary import BackendStats
+from controller.drift import DriftTracker
 from controller.spec import (
     DriftWatch,
     Metric,
@@ -45,7 +42,6 @@ from controller.spec import (
 
 __all__ = [
     "AT_RISK_MARGIN",
-    "DriftTracker",
     "GPUReading",
     "Level",
     "ModelMonitor",
@@ -55,20 +51,14 @@ __all__ = [
     "default_objectives",
     "judge",
     "period_start",
-    "predictions",
-    "psi",
-    "redact",
     "view_from_record",
     "view_text",
 ]
 
 #: Within this share of a bound (and not over it), an objective is at risk.
 AT_RISK_MARGIN = 0.1
-#: Predictions kept per side of the drift comparison (the oldest recent go first).
-DRIFT_VALUES_KEPT = 20_000
 #: Rollups kept in a model's monitor file (git keeps the rest).
 HOURS_KEPT, DAYS_KEPT = 48, 30
-_EPSILON = 1e-4
 
 
 class Level(StrEnum):
@@ -206,112 +196,6 @@ def _describe(objective: Objective, value: float | None) -> str:
     )
     shown = "no data" if value is None else f"{value:.4g}"
     return f"{objective.name}: {objective.metric} {shown} (bounds: {bounds})"
-
-
-# -- predictions, and what sampling keeps -------------------------------------------
-
-
-def predictions(value: Any, path: str) -> list[float | str]:
-    """The values at ``path`` (dotted keys) in a decoded response; lists on the way
-    are walked. Numbers stay numbers (booleans and others become labels)."""
-    found: list[Any] = [value]
-    for key in path.split("."):
-        step: list[Any] = []
-        for item in found:
-            for each in item if isinstance(item, list) else [item]:
-                if isinstance(each, Mapping) and key in each:
-                    step.append(each[key])
-        found = step
-    out: list[float | str] = []
-    for item in found:
-        for each in item if isinstance(item, list) else [item]:
-            if isinstance(each, bool) or not isinstance(each, int | float):
-                if isinstance(each, str | bool | int):
-                    out.append(str(each))
-            elif math.isfinite(each):
-                out.append(float(each))
-    return out
-
-
-def redact(value: Any, sensitive: Iterable[str]) -> Any:
-    """``value`` without any key named in ``sensitive``, at any depth."""
-    drop = frozenset(sensitive)
-    if not drop:
-        return value
-
-    def walk(item: Any) -> Any:
-        if isinstance(item, Mapping):
-            return {k: walk(v) for k, v in item.items() if k not in drop}
-        if isinstance(item, list):
-            return [walk(v) for v in item]
-        return item
-
-    return walk(value)
-
-
-# -- drift ------------------------------------------------------------------------------
-
-
-def psi(baseline: Sequence[float | str], recent: Sequence[float | str]) -> float:
-    """The population stability index of ``recent`` against ``baseline``: numbers
-    binned at the baseline's deciles, labels by their frequencies."""
-    if not baseline or not recent:
-        return 0.0
-    numeric = all(isinstance(v, float) for v in baseline) and all(
-        isinstance(v, float) for v in recent
-    )
-    if numeric:
-        ordered = sorted(float(v) for v in baseline)
-        edges = sorted({ordered[int(len(ordered) * q / 10)] for q in range(1, 10)})
-
-        def bins(values: Sequence[float | str]) -> list[float]:
-            counts = [0] * (len(edges) + 1)
-            for v in values:
-                counts[bisect.bisect_left(edges, float(v))] += 1
-            return [c / len(values) for c in counts]
-
-        expected, actual = bins(baseline), bins(recent)
-    else:
-        labels = sorted({str(v) for v in baseline} | {str(v) for v in recent})
-        expected = [sum(str(v) == label for v in baseline) / len(baseline) for label in labels]
-        actual = [sum(str(v) == label for v in recent) / len(recent) for label in labels]
-    total = 0.0
-    for share_then, share_now in zip(expected, actual, strict=True):
-        e, a = max(share_then, _EPSILON), max(share_now, _EPSILON)
-        total += (a - e) * math.log(a / e)
-    return total
-
-
-class DriftTracker:
-    """The baseline (predictions in the first ``baseline`` seconds after promotion)
-    and a rolling recent window; :meth:`score` compares them."""
-
-    def __init__(self, watch: DriftWatch, started: float) -> None:
-        self.watch = watch
-        self.started = started
-        self.baseline: list[float | str] = []
-        self.recent: deque[tuple[float, float | str]] = deque(maxlen=DRIFT_VALUES_KEPT)
-
-    @property
-    def baseline_done(self) -> bool:
-        return len(self.baseline) >= DRIFT_VALUES_KEPT
-
-    def add(self, now: float, values: Iterable[float | str]) -> None:
-        capturing = now < self.started + self.watch.baseline
-        for value in values:
-            if capturing and len(self.baseline) < DRIFT_VALUES_KEPT:
-                self.baseline.append(value)
-            elif not capturing:
-                self.recent.append((now, value))
-        while self.recent and self.recent[0][0] < now - self.watch.window:
-            self.recent.popleft()
-
-    def score(self) -> float | None:
-        """PSI of the recent window against the baseline; None with too few values."""
-        need = self.watch.min_samples
-        if len(self.baseline) < need or len(self.recent) < need:
-            return None
-        return psi(self.baseline, [v for _, v in self.recent])
 
 
 # -- rollups ------------------------------------------------------------------------

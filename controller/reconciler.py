@@ -31,6 +31,7 @@ import yaml
 
 from controller.canary import Action, BackendStats, CanaryPhase, CanaryState, state_from_dict
 from controller.documents import Diagnostic
+from controller.drift import predictions
 from controller.errors import MdcError, PermanentError, TransientError
 from controller.feedback import FeedbackStore
 from controller.gitsource import Credentials, GitSource, PollResult, Snapshot, SourcePoller
@@ -61,7 +62,6 @@ from controller.monitor import (
     ModelMonitor,
     Rollup,
     default_objectives,
-    predictions,
 )
 from controller.packager import Packager, Source, planned_bento_tag
 from controller.planner import (

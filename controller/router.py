@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from controller.canary import BUCKETS, BackendStats
-from controller.monitor import redact
+from controller.drift import redact
 
 __all__ = [
     "BUCKETS",

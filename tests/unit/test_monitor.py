@@ -10,9 +10,9 @@ from dataclasses import replace
 import pytest
 
 from controller.canary import BackendStats
+from controller.drift import DriftTracker, predictions, psi, redact
 from controller.loader import load_desired
 from controller.monitor import (
-    DriftTracker,
     GPUReading,
     Level,
     ModelMonitor,
@@ -21,9 +21,6 @@ from controller.monitor import (
     default_objectives,
     judge,
     period_start,
-    predictions,
-    psi,
-    redact,
 )
 from controller.spec import DriftWatch, Monitor, MonitorMetric, Objective
 from controller.tree import DirTree
@@ -146,6 +143,24 @@ def test_drift_tracker_captures_the_baseline_after_promotion() -> None:
     assert [t for t, _ in tracker.recent] == [1120.0] * 30
     assert tracker.score() is not None
     assert tracker.score() > 1.0  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3, 1.0])
+def test_the_trackers_running_bins_agree_with_psi(shift: float) -> None:
+    rng = random.Random(9)
+    watch = DriftWatch("score", 0.2, baseline=10.0, window=100.0, min_samples=100)
+    tracker = DriftTracker(watch, started=0.0)
+    base = [rng.gauss(0, 1) for _ in range(1000)]
+    tracker.add(5.0, base)
+    recent = [rng.gauss(shift, 1) for _ in range(600)]
+    for i in range(6):
+        tracker.add(20.0 + i, recent[i * 100 : (i + 1) * 100])
+    assert tracker.score() == pytest.approx(psi(base, recent), rel=1e-9)
+    labels = DriftTracker(watch, started=0.0)
+    labels.add(1.0, ["a"] * 70 + ["b"] * 30)
+    labels.add(50.0, ["a"] * 50 + ["b"] * 30 + ["c"] * 20)
+    expected = psi(["a"] * 70 + ["b"] * 30, ["a"] * 50 + ["b"] * 30 + ["c"] * 20)
+    assert labels.score() == pytest.approx(expected, rel=1e-9)
 
 
 def stats(requests: int, errors: int = 0, latency: float = 0.01) -> BackendStats:
