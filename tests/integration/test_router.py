@@ -20,7 +20,14 @@ import httpx
 import pytest
 
 from controller.errors import PermanentError
-from controller.router import BackendStats, EmbeddedRouter, RouteConfig, Router, make_router
+from controller.router import (
+    BackendStats,
+    EmbeddedRouter,
+    RouteConfig,
+    Router,
+    SamplingConfig,
+    make_router,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -231,3 +238,54 @@ def test_haproxy_refuses_what_it_cannot_do(tmp_path: Path) -> None:
 def test_unknown_router_kind_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown router 'nginx-magic'"):
         make_router("nginx-magic")
+
+
+def test_sampling_keeps_a_share_without_sensitive_keys(embedded: tuple) -> None:
+    router, url, stable, canary = embedded
+    router.configure("m", RouteConfig(stable.address, canary.address, 50))
+    router.sample("m", SamplingConfig(0.5, frozenset({"user", "backend"})))
+    with httpx.Client() as client:
+        for i in range(400):
+            client.post(f"{url}/score", json={"x": i, "user": "alice", "nested": [{"user": "b"}]})
+        client.post(f"{url}/score", content=b"not json", headers={"content-type": "text/plain"})
+    samples = router.samples("m")
+    assert 140 <= len(samples) <= 260  # about half of 400
+    assert {s.backend for s in samples} == {"stable", "canary"}
+    for sample in samples:
+        assert sample.request == {"x": sample.request["x"], "nested": [{}]}
+        assert sample.response == {}  # the answer's only key was marked sensitive
+        assert sample.status == 200
+        assert sample.seconds > 0
+        assert "alice" not in repr(sample)
+    assert router.samples("m") == []  # drained
+    router.sample("m", None)
+    with httpx.Client() as client:
+        client.post(f"{url}/score", json={"x": 1})
+    assert router.samples("m") == []  # off
+
+
+def test_the_sample_buffer_is_bounded(embedded: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    router, url, stable, canary = embedded
+    router.configure("m", RouteConfig(stable.address, canary.address, 0))
+    monkeypatch.setattr("controller.router.SAMPLE_BYTES_BUFFERED", 1000)
+    router.sample("m", SamplingConfig(1.0))
+    with httpx.Client() as client:
+        for i in range(100):
+            client.post(f"{url}/score", json={"x": i, "pad": "p" * 40})
+    samples = router.samples("m")
+    assert sum(s.size for s in samples) <= 1000
+    assert 10 <= len(samples) < 100
+    assert router.models["m"].dropped == 100 - len(samples)
+
+
+def test_haproxy_cannot_sample(tmp_path: Path) -> None:
+    router = new_router("haproxy", tmp_path)
+    try:
+        router.add_model("m")
+        router.sample("m", None)  # nothing asked: fine
+        with pytest.raises(PermanentError) as caught:
+            router.sample("m", SamplingConfig(0.1))
+        assert caught.value.reason == "SamplingUnsupported"
+        assert router.samples("m") == []
+    finally:
+        router.close()

@@ -11,13 +11,16 @@ import pytest
 from controller.canary import CanaryPhase, CanaryState, CheckResult, IntervalVerdict, Outcome
 from controller.errors import TransientError
 from controller.pullrequests import (
+    MONITOR_MARKER,
     ROLLOUT_MARKER,
     PullRequests,
+    monitor_state,
     parse_command,
+    render_monitor,
     render_rollout,
     rollout_state,
 )
-from controller.status import Condition, ModelStatus, Phase, Release
+from controller.status import Condition, HistoryEntry, ModelStatus, Phase, Release
 
 
 @pytest.mark.parametrize(
@@ -126,3 +129,92 @@ def test_reports_are_kept_while_github_is_down_and_sent_after() -> None:
     assert github.statuses == [(sha, "success")]
     reporter.on_status(later, later)
     assert len(github.statuses) == 1  # the same phase and step: not reported again
+
+
+def _running(name: str, monitor: dict[str, object] | None, pull: int = 7) -> ModelStatus:
+    stable = Release("2", name=f"{name}/abc", revision=f"main@sha1:{'b' * 40}", pull_request=pull)
+    return ModelStatus(name, Phase.HEALTHY, stable=stable, monitor=monitor)
+
+
+@pytest.mark.parametrize(
+    ("records", "state", "words"),
+    [
+        ({"a": None, "b": None}, "success", ["a, b: objectives met, no drift"]),
+        ({"a": {"breached": {"latency": "T"}}, "b": None}, "failure", ["a latency breached"]),
+        (
+            {"a": {"drifting": {"score": "T"}}, "b": {"breached": {"errors": "T"}}},
+            "failure",
+            ["a score drifting", "b errors breached"],
+        ),
+    ],
+)
+def test_monitor_state_covers_every_model_of_the_merge(
+    records: dict[str, dict[str, object] | None], state: str, words: list[str]
+) -> None:
+    got, description = monitor_state([_running(n, r) for n, r in records.items()])
+    assert got == state
+    for word in words:
+        assert word in description
+
+
+def test_render_monitor_says_what_needs_attention() -> None:
+    bad = _running(
+        "a", {"breached": {"latency": "2026-11-28T05:00:00Z"}, "drifting": {"score": "T"}}
+    )
+    bad = bad.with_event(HistoryEntry("T1", "ObjectiveBreached", "latency: latencyP99 0.4"))
+    text = render_monitor([_running("b", None), bad])
+    assert text.startswith(MONITOR_MARKER)
+    assert text.index("`a`") < text.index("`b`")
+    assert "objective **latency** breached since 2026-11-28T05:00:00Z" in text
+    assert "predictions (`score`) drifting since T" in text
+    assert "ObjectiveBreached: latency: latencyP99 0.4" in text
+    assert "`b` 2: ✅" in text
+
+
+class RecordingGitHub:
+    """Records statuses and comment bodies; fails while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.statuses: list[tuple[str, str, str]] = []
+        self.bodies: dict[int, str] = {}
+
+    def set_status(self, sha: str, context: str, state: str, *_: object) -> None:
+        if self.down:
+            raise TransientError("GitHub 503", reason="GitHubUnavailable", retry_after=1)
+        self.statuses.append((sha, context, state))
+
+    def find_comment(self, number: int, marker: str) -> object:
+        body = self.bodies.get(number)
+        return None if body is None else type("C", (), {"body": body})()
+
+    def upsert_comment(self, number: int, body: str, marker: str) -> None:
+        self.bodies[number] = body
+
+
+def test_monitor_reports_only_changes_and_keep_the_plan() -> None:
+    now = [0.0]
+    github = RecordingGitHub()
+    github.bodies[7] = "<!-- mdc:plan -->\nthe plan\n\n<!-- mdc:rollout -->\nrolled out"
+    reporter = PullRequests(github, branch="main", clock=lambda: now[0])  # type: ignore[arg-type]
+    calm = _running("a", None)
+    reporter.on_status(None, calm)
+    assert github.statuses == []  # nothing changed: nothing posted
+    breached = _running("a", {"breached": {"latency": "T"}})
+    github.down = True
+    reporter.on_status(calm, breached)
+    assert github.statuses == []
+    github.down = False
+    now[0] += 10
+    reporter.drain()  # kept, sent once GitHub is back
+    assert [s[1:] for s in github.statuses] == [("mdc/monitor", "failure")]
+    assert github.statuses[0][0] == "b" * 40
+    body = github.bodies[7]
+    assert body.startswith("<!-- mdc:plan -->\nthe plan")
+    assert "rolled out" in body
+    assert "objective **latency** breached" in body
+    reporter.on_status(breached, breached)
+    assert len(github.statuses) == 1  # the same record: not again
+    reporter.on_status(breached, calm)
+    assert [s[2] for s in github.statuses] == ["failure", "success"]
+    assert github.bodies[7].count(MONITOR_MARKER) == 1

@@ -27,7 +27,15 @@ FULL = ModelStatus(
     attempted_revision="main@sha1:" + "b" * 40,
     applied_revision="main@sha1:" + "a" * 40,
     spec_hash="abc",
-    stable=Release("1.0.0", "fraud-scorer:aaa", "2026-11-27T10:00:00Z", "fraud-scorer/aaa", "h1"),
+    stable=Release(
+        "1.0.0",
+        "fraud-scorer:aaa",
+        "2026-11-27T10:00:00Z",
+        "fraud-scorer/aaa",
+        "h1",
+        "main@sha1:" + "a" * 40,
+        41,
+    ),
     canary=Release("1.1.0", "fraud-scorer:bbb"),
     weight=25,
     step=2,
@@ -43,6 +51,7 @@ FULL = ModelStatus(
     canary_state={"spec_hash": "abc", "phase": "Progressing", "step": 1, "weight": 25},
     pull_request=42,
     phase_since="2026-11-27T10:04:00Z",
+    monitor={"breached": {"latency": "2026-11-27T11:00:00Z"}, "drifting": {"score": None}},
 )
 
 
