@@ -5,8 +5,9 @@ Owns :func:`judge` (an objective's state -- ok, at risk, breached -- with
 hysteresis: ``breachAfter`` judgements in a row out of bounds to breach,
 ``recoverAfter`` in a row within bounds to recover, so one slow minute does not
 flap), :func:`default_objectives` (without ``spec.monitor.objectives``, the
-absolute bounds of the rollout policy's checks), and :class:`ModelMonitor`, one per running stable release: fed the router's
-counters, the held GPUs' NVML reading and the sampled predictions once a pass,
+absolute bounds of the rollout policy's checks), and :class:`ModelMonitor`,
+one per running stable release: fed the router's counters, the held GPUs'
+NVML reading and the sampled predictions once a pass,
 it judges every ``interval`` (the drift through :mod:`controller.drift`) and
 closes rollups at the hour and the day; :func:`view_text` is ``mdc monitor``.
 
