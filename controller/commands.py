@@ -613,8 +613,15 @@ def _dashboard_route(reconciler: Any, config: Any) -> Any:
                     statuses=statuses,
                     now=time.time(),
                 )
+        view = getattr(reconciler, "monitor_view", None)
         html = render_dashboard(
-            statuses, pool, policies, time.time(), policy_of=policy_of, title=f"mdc - {config.repo}"
+            statuses,
+            pool,
+            policies,
+            time.time(),
+            policy_of=policy_of,
+            title=f"mdc - {config.repo}",
+            monitors=view() if view is not None else (),
         )
         return 200, "text/html; charset=utf-8", html.encode()
 

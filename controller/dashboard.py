@@ -785,6 +785,78 @@ def _rollout(view: _ModelView, now: float) -> str:
     )
 
 
+_LEVEL_TONES = {"ok": "ok", "at risk": "warn", "breached": "bad", "unknown": "idle"}
+
+
+def _monitor_section(views: Sequence[Mapping[str, Any]]) -> str:
+    """After promotion: each model's objectives and drift now, and its last hours."""
+    if not views:
+        return ""
+    blocks = []
+    for view in views:
+        states = "".join(
+            f'<li><span class="badge {_LEVEL_TONES.get(str(o.get("state")), "idle")}">'
+            f"{_e(o.get('state'))}</span> <b>{_e(o.get('name'))}</b> "
+            f"<code>{_e(o.get('metric'))}</code> {_e(_value_text(o.get('value')))}"
+            f"{' (max ' + _e(o.get('max')) + ')' if o.get('max') is not None else ''}"
+            f"{' (min ' + _e(o.get('min')) + ')' if o.get('min') is not None else ''}</li>"
+            for o in view.get("objectives") or []
+        )
+        drift = view.get("drift")
+        if drift:
+            score = drift.get("score")
+            states += (
+                f'<li><span class="badge {_LEVEL_TONES.get(str(drift.get("state")), "idle")}">'
+                f"{_e(drift.get('state'))}</span> <b>drift</b> of <code>{_e(drift.get('field'))}"
+                f"</code> PSI {_e('none yet' if score is None else f'{float(score):.3f}')} "
+                f"(threshold {_e(drift.get('threshold'))})</li>"
+            )
+        hours = list(view.get("hourly") or [])[:12]
+        most = max((int(h.get("requests") or 0) for h in hours), default=0) or 1
+        rows = "".join(
+            f"<tr><td><code>{_e(h.get('start'))}</code></td>"
+            f'<td><div class="meter"><div style="width:{_width(h.get("requests"), most)}%">'
+            f"</div></div>{_e(h.get('requests'))}</td>"
+            f"<td>{_e(_percent(h.get('errorRate')))}</td>"
+            f"<td>{_e(_ms((h.get('latency') or {}).get('p99')))}</td>"
+            f"<td>{_e(h.get('gpuHours'))}</td>"
+            f"<td>{_e('' if h.get('driftScore') is None else h.get('driftScore'))}</td>"
+            f"<td>{_e(', '.join(f'{k} {v}' for k, v in (h.get('objectives') or {}).items()))}</td>"
+            "</tr>"
+            for h in hours
+        )
+        table = (
+            "<table><tr><th>hour</th><th>requests</th><th>errors</th><th>p99</th>"
+            f"<th>GPU-h</th><th>drift</th><th>worst</th></tr>{rows}</table>"
+            if rows
+            else '<p class="muted">No hour has closed yet.</p>'
+        )
+        blocks.append(
+            f'<div class="rollout" data-monitor="{_e(view.get("model"))}">'
+            f"<h3>{_e(view.get('model'))} <small>{_e(view.get('version'))}</small></h3>"
+            f'<ul class="checks">{states}</ul><h4>Last hours</h4>{table}</div>'
+        )
+    return (
+        '<section id="monitor"><h2>After promotion</h2>'
+        f'<div class="rollouts">{"".join(blocks)}</div></section>\n'
+    )
+
+
+def _width(requests: object, most: int) -> int:
+    number = _int(requests) or 0
+    return max(0, min(100, 100 * number // most))
+
+
+def _percent(value: object) -> str:
+    number = _number(value)
+    return "" if number is None else f"{100 * number:.2f}%"
+
+
+def _ms(value: object) -> str:
+    number = _number(value)
+    return "" if number is None else f"{1000 * number:.0f} ms"
+
+
 def render_dashboard(
     statuses: Sequence[ModelStatus],
     pool: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
@@ -794,6 +866,7 @@ def render_dashboard(
     refresh: int = 5,
     title: str = "mdc",
     policy_of: Mapping[str, str] | None = None,
+    monitors: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The dashboard: one self-contained HTML page (inline CSS, no scripts, no
     external resources) that reloads itself every ``refresh`` seconds (never
@@ -802,7 +875,9 @@ def render_dashboard(
     ``pool`` is a report of :func:`controller.poolview.pool_report`, or a list
     of them (one per pool), or None. ``policies`` are keyed by policy name and
     ``policy_of`` maps a model to its policy's name (a status does not record
-    it); a model without one still shows its step count.
+    it); a model without one still shows its step count. ``monitors`` are the
+    running versions' monitor views (:meth:`controller.reconciler.Reconciler.monitor_view`):
+    objective states, drift and the last hours' rollups.
     """
     views = _views(statuses, policies, now, policy_of)
     reports = _pools(pool)
@@ -835,5 +910,7 @@ def render_dashboard(
         f"{pools}\n"
         f'<section id="rollouts"><h2>Rollouts</h2><div class="rollouts">{rollouts}</div>'
         + ("" if rollouts else '<p class="muted">Nothing to show.</p>')
-        + "</section>\n</body></html>\n"
+        + "</section>\n"
+        + _monitor_section(monitors)
+        + "</body></html>\n"
     )

@@ -839,3 +839,63 @@ def test_a_hand_edited_status_file_never_breaks_anything(example: Desired) -> No
     (row_of_interval,) = rollout.one("table", "intervals").find("tbody")[0].find("tr")
     assert [td.text for td in row_of_interval.find("td")] == ["?", "30%", "fail", "errors -: 9"]
     assert "12 3 ['x']" in rollout.one("ul", "history").text
+
+
+def test_the_monitor_section_shows_states_now_and_the_last_hours() -> None:
+    view = {
+        "model": "<script>alert(1)</script>",
+        "version": "2",
+        "objectives": [
+            {
+                "name": "latency",
+                "metric": "latencyP99",
+                "min": None,
+                "max": 0.3,
+                "state": "breached",
+                "value": 0.41,
+                "since": "T",
+            },
+            {
+                "name": "errors",
+                "metric": "errorRate",
+                "min": None,
+                "max": 0.01,
+                "state": "at risk",
+                "value": 0.0095,
+                "since": "T",
+            },
+        ],
+        "drift": {"field": "score", "threshold": 0.2, "state": "ok", "score": 0.031},
+        "hourly": [
+            {
+                "start": "2026-11-28T05:00:00Z",
+                "requests": 1000,
+                "errorRate": 0.001,
+                "latency": {"p99": 0.25},
+                "gpuHours": 0.5,
+                "driftScore": 0.03,
+                "objectives": {"latency": "breached"},
+            },
+            {
+                "start": "2026-11-28T04:00:00Z",
+                "requests": 500,
+                "errorRate": None,
+                "latency": {},
+                "gpuHours": 0.5,
+                "driftScore": None,
+                "objectives": {},
+            },
+        ],
+    }
+    page = render_dashboard([], None, {}, 0.0, monitors=[view])
+    section = page.split('<section id="monitor">', 1)[1]
+    assert "<script>" not in page
+    assert "&lt;script&gt;" in section
+    assert '<span class="badge bad">breached</span> <b>latency</b>' in section
+    assert '<span class="badge warn">at risk</span> <b>errors</b>' in section
+    assert "PSI 0.031" in section
+    assert 'style="width:100%"' in section
+    assert 'style="width:50%"' in section
+    assert "0.10%" in section
+    assert "250 ms" in section
+    assert 'id="monitor"' not in render_dashboard([], None, {}, 0.0)  # nothing monitored
