@@ -292,6 +292,9 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
         assert main(["monitor", "steady", "--repo", demo.remote, "--format", "json"]) == EXIT_OK
         assert demo.daemon is not None
         assert main(["monitor", "shifty", "--controller", demo.daemon.url]) == EXIT_OK
+        page = httpx.get(demo.daemon.url + "/", timeout=10).text
+        assert 'data-monitor="steady"' in page
+        assert "<h4>Last hours</h4><table>" in page
 
         # -- the feedback files: capped, and never the user ----------------------------------
         root = tmp_path / "demo" / "state" / "feedback"
