@@ -518,6 +518,7 @@ def _serve(  # noqa: PLR0917
     make_router: Any,
     signal: Any,
 ) -> int:
+    from controller.inventory import read_nvml  # noqa: PLC0415
     from controller.pullrequests import reporter_for  # noqa: PLC0415
 
     reporter, on_event = reporter_for(config)
@@ -529,6 +530,7 @@ def _serve(  # noqa: PLR0917
         status_branch=config.status_branch,
         poll_interval=config.poll_interval,
         reporter=reporter,
+        nvml=read_nvml if config.node else None,  # this machine's GPUs, as node NAME
         node=config.node,
         router_ports=config.router_ports,
         runtime=config.runtime,

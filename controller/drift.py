@@ -46,8 +46,13 @@ def predictions(value: Any, path: str) -> list[float | str]:
             if isinstance(each, bool) or not isinstance(each, int | float):
                 if isinstance(each, str | bool | int):
                     out.append(str(each))
-            elif math.isfinite(each):
-                out.append(float(each))
+            else:
+                try:
+                    number = float(each)
+                except OverflowError:  # an integer past a float's range
+                    continue
+                if math.isfinite(number):
+                    out.append(number)
     return out
 
 
@@ -72,17 +77,14 @@ def psi(baseline: Sequence[float | str], recent: Sequence[float | str]) -> float
     binned at the baseline's deciles, labels by their frequencies."""
     if not baseline or not recent:
         return 0.0
-    numeric = all(isinstance(v, float) for v in baseline) and all(
-        isinstance(v, float) for v in recent
-    )
-    if numeric:
-        ordered = sorted(float(v) for v in baseline)
-        edges = sorted({ordered[int(len(ordered) * q / 10)] for q in range(1, 10)})
+    edges = _edges(baseline)
+    if edges is not None:
 
         def bins(values: Sequence[float | str]) -> list[float]:
-            counts = [0] * (len(edges) + 1)
+            counts = [0] * (len(edges) + 2)  # the last: what is not a number
             for v in values:
-                counts[bisect.bisect_left(edges, float(v))] += 1
+                index = bisect.bisect_left(edges, v) if isinstance(v, float) else len(edges) + 1
+                counts[index] += 1
             return [c / len(values) for c in counts]
 
         expected, actual = bins(baseline), bins(recent)
@@ -97,11 +99,21 @@ def psi(baseline: Sequence[float | str], recent: Sequence[float | str]) -> float
     return total
 
 
+def _edges(baseline: Sequence[float | str]) -> list[float] | None:
+    """The deciles of the baseline's numbers; None when it holds mostly labels (then
+    every value is a label). A few odd values among numbers get a bin of their own."""
+    numbers = sorted(v for v in baseline if isinstance(v, float))
+    if not numbers or len(numbers) < 0.5 * len(baseline):
+        return None
+    return sorted({numbers[int(len(numbers) * q / 10)] for q in range(1, 10)})
+
+
 class DriftTracker:
     """The baseline (predictions in the first ``baseline`` seconds after promotion)
     and a rolling recent window; :meth:`score` compares them.
 
-    Once the baseline period is over, its bins are fixed (the deciles of its
+    The baseline is captured for ``baseline`` seconds, and longer until it holds
+    ``minSamples`` predictions. Then its bins are fixed (the deciles of its
     numbers, or its labels) and each recent prediction is binned once as it
     arrives, so a judgement costs the number of bins, not of predictions."""
 
@@ -116,9 +128,7 @@ class DriftTracker:
 
     def _freeze(self) -> None:
         values = self.baseline
-        if values and all(isinstance(v, float) for v in values):
-            ordered = sorted(float(v) for v in values)
-            self.edges = sorted({ordered[int(len(ordered) * q / 10)] for q in range(1, 10)})
+        self.edges = _edges(values)
         keys = [self._bin(v) for v in values]
         self.expected = {k: n / len(keys) for k, n in Counter(keys).items()} if keys else {}
 
@@ -130,7 +140,9 @@ class DriftTracker:
         return str(value)
 
     def add(self, now: float, values: Iterable[float | str]) -> None:
-        capturing = now < self.started + self.watch.baseline
+        capturing = self.expected is None and (
+            now < self.started + self.watch.baseline or len(self.baseline) < self.watch.min_samples
+        )
         if capturing:
             room = DRIFT_VALUES_KEPT - len(self.baseline)
             self.baseline.extend(list(values)[: max(0, room)])
@@ -146,6 +158,8 @@ class DriftTracker:
         ):
             _, key = self.recent.popleft()
             self.counts[key] -= 1
+            if not self.counts[key]:
+                del self.counts[key]  # labels come and go: keep only those in the window
 
     def score(self) -> float | None:
         """PSI of the recent window against the baseline; None with too few values."""
@@ -154,7 +168,7 @@ class DriftTracker:
             return None
         total = len(self.recent)
         index = 0.0
-        for key in set(self.expected) | {k for k, n in self.counts.items() if n}:
+        for key in set(self.expected) | set(self.counts):
             e = max(self.expected.get(key, 0.0), _EPSILON)
             a = max(self.counts.get(key, 0) / total, _EPSILON)
             index += (a - e) * math.log(a / e)

@@ -14,7 +14,8 @@ sensitive: the router drops those before a sample is even buffered).
 
 A version's files never take more than its ``maxBytes`` together: a file is
 closed at a quarter of the cap and the oldest files are deleted first; a single
-sample larger than a file is not kept (and counted). Called by the reconciler
+sample larger than a file, or one that cannot be written as JSON, is not kept
+(:attr:`Written.skipped` counts them; the reconciler logs it). Called by the reconciler
 once a pass with what the router sampled.
 """
 
@@ -102,7 +103,11 @@ class FeedbackStore:
         kept = skipped = 0
         lines: list[bytes] = []
         for sample in samples:
-            line = _line(model, version, release, sample)
+            try:
+                line = _line(model, version, release, sample)
+            except (ValueError, TypeError, RecursionError):  # cannot be written as JSON
+                skipped += 1
+                continue
             if len(line) > chunk:
                 skipped += 1
                 continue
@@ -140,7 +145,9 @@ def _line(model: str, version: str, release: str, sample: Sample) -> bytes:
         "request": sample.request,
         "response": sample.response,
     }
-    return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    # ASCII: a lone surrogate in a body is escaped, not an encoding error
+    # and strict JSON: NaN or Infinity in a body make the sample unwritable (skipped)
+    return (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
 
 def _append(path: Path, lines: list[bytes]) -> None:

@@ -22,6 +22,7 @@ tested table-first in ``tests/unit/test_monitor.py``.
 
 from __future__ import annotations
 
+import calendar
 import math
 import time
 from collections import deque
@@ -202,9 +203,12 @@ def _describe(objective: Objective, value: float | None) -> str:
 # -- rollups ------------------------------------------------------------------------
 
 
+_SIZE = {"hour": 3600, "day": 86400}
+
+
 def period_start(at: float, period: str) -> float:
     """The start (epoch seconds, UTC) of the hour or day ``at`` falls in."""
-    size = 3600 if period == "hour" else 86400
+    size = _SIZE[period]
     return math.floor(at / size) * size
 
 
@@ -298,9 +302,28 @@ class ModelMonitor:
         self.next_judgement = started + self.spec.interval
         self.tallies = {p: _Tally(p, period_start(started, p)) for p in ("hour", "day")}
 
+    def restore(self, record: Mapping[str, Any]) -> None:
+        """After a controller restart: the breaches and drift its status file
+        recorded hold until they recover (so the recovery is seen and reported)."""
+        for name, since in (record.get("breached") or {}).items():
+            if name in self.states:
+                self.states[name] = ObjectiveState(
+                    name, Level.BREACHED, None, self.spec.breach_after, 0, _epoch(since)
+                )
+        drifting = record.get("drifting") or {}
+        if drifting and self.spec.drift is not None and self.spec.drift.field in drifting:
+            self.drift_state = ObjectiveState(
+                "drift",
+                Level.BREACHED,
+                None,
+                self.spec.breach_after,
+                0,
+                _epoch(drifting[self.spec.drift.field]),
+            )
+
     def switch(self, version: str, release: str, now: float) -> None:
-        """A new version took over (promotion, or placed again): its objectives and
-        drift are judged afresh, from a new baseline; the rollups go on."""
+        """A new version took over (promotion): its objectives and drift are judged
+        afresh, from a new baseline; the rollups go on."""
         self.version, self.release, self.started = version, release, now
         self.states = {o.name: ObjectiveState(o.name) for o in self.objectives}
         if self.spec.drift is not None:
@@ -340,14 +363,20 @@ class ModelMonitor:
         """One pass's observation: the router's counters of the stable backend (since
         it started), the GPU share held and its NVML reading, and the predictions
         sampled since the last pass. Returns the changes and the closed rollups."""
-        if self.last is not None:  # (then, now] counts in the period ``then`` is in
-            then, before = self.last
+        then = self.last[0] if self.last is not None else None
+        if self.last is not None and then is not None:  # (then, now] counts in then's period
+            before = self.last[1]
             delta = stats.minus(before) if stats.requests >= before.requests else stats.copy()
             for tally in self.tallies.values():
                 tally.stats = _add(tally.stats, delta)
-                tally.gpu_seconds += gpu_share * max(0.0, now - then)
+                end = tally.start + _SIZE[tally.period]
+                tally.gpu_seconds += gpu_share * max(0.0, min(now, end) - then)
                 tally.seen = True
         closed = self._close(now)
+        if closed and then is not None:  # GPU time after the boundary is the new period's
+            for tally in self.tallies.values():
+                if tally.start > then:
+                    tally.gpu_seconds += gpu_share * max(0.0, now - tally.start)
         self.last = (now, stats.copy())
         self.snapshots.append((now, stats.copy()))
         while len(self.snapshots) > 1 and self.snapshots[1][0] <= now - self.spec.window:
@@ -424,7 +453,7 @@ class ModelMonitor:
         closed = []
         for period, tally in list(self.tallies.items()):
             start = period_start(now, period)
-            if start == tally.start:
+            if start <= tally.start:  # the same period (or the clock went back): go on
                 continue
             if tally.seen:
                 closed.append(self._rollup(tally))
@@ -495,6 +524,13 @@ class ModelMonitor:
                 "recent": len(self.drift.recent) if self.drift else 0,
             },
         }
+
+
+def _epoch(stamp: object) -> float | None:
+    try:
+        return float(calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
 
 
 def _round(value: float | None) -> float | None:

@@ -206,6 +206,9 @@ class PullRequests:
 
     def bind(self, reconciler: Any) -> None:
         self.reconciler = reconciler
+        for name, status in dict(getattr(reconciler, "statuses", {})).items():
+            # what a previous controller recorded was reported then: only changes now
+            self._monitored[name] = json.dumps(status.monitor, sort_keys=True)
 
     def close(self) -> None:
         self.github.close()

@@ -19,8 +19,9 @@ A release whose actor died with its node is marked failed ("node lost"),
 never restarted onto a dead node; the reconciler places it again.
 
 Actors are detached and named ``mdc:RELEASE`` in the controller's namespace,
-so releases keep serving while the controller restarts, and the next
-controller adopts them from its process table (:meth:`RayRuntime._still_running`).
+so releases keep serving while the controller restarts; the next controller
+reads its process table and adopts each release whose actor (found by that
+name) still runs its server (:meth:`RayRuntime._still_running`).
 
 :meth:`RayRuntime.cluster_nodes` is the cluster as a pool with
 ``spec.cluster`` sees it: each live node's name, labels and declared GPUs,
@@ -281,9 +282,11 @@ class RayRuntime(LocalRuntime):
         for node_id, ref in pending.items():
             try:
                 reading = self.ray.get(ref, timeout=self.call_timeout)
-            except Exception as exc:  # the task did not run: try again next time
+            except Exception as exc:  # no answer: the node's declared GPUs, from now on
+                with contextlib.suppress(Exception):
+                    self.ray.cancel(ref, force=True)
                 log.warning("NVML on Ray node %s: %s", node_id[:12], exc)
-                continue
+                reading = f"the NVML task did not answer ({type(exc).__name__})"
             self.nvml[node_id] = (
                 reading if isinstance(reading, str) else tuple(GPU(**gpu) for gpu in reading)
             )
@@ -411,7 +414,10 @@ class RayRuntime(LocalRuntime):
 
     def _lost(self, r: Release, now: float, why: str) -> Release:
         """Its node is gone: failed for good, never restarted onto a dead node."""
-        self.actors.pop(r.spec.name, None)
+        actor = self.actors.pop(r.spec.name, None)
+        if actor is not None:  # dead with its node; killed all the same, its name freed
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
         return replace(self._set(r, State.FAILED, now, f"node lost: {why}", "Failed"), pid=None)
 
     def _cleanup(self, r: Release) -> None:

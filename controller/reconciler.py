@@ -75,7 +75,7 @@ from controller.planner import (
     spec_hash,
 )
 from controller.rollout import ManualAction, Pins, RolloutDriver, read_command
-from controller.router import RouteConfig, Router, SamplingConfig
+from controller.router import RouteConfig, Router, Sample, SamplingConfig
 from controller.runtime import LocalRuntime, ReleaseSpec, State
 from controller.spec import GPUPool, Model, MonitorMetric
 from controller.status import (
@@ -225,6 +225,7 @@ class Reconciler:
         self.monitors: dict[str, ModelMonitor] = {}  # model -> its running version's monitor
         self.feedback = FeedbackStore(self.state_dir / "feedback")
         self.sampling: dict[str, SamplingConfig | None] = {}  # model -> what the router does
+        self.refused: dict[str, MdcError] = {}  # model -> why the router cannot sample it
         self.rollups: list[Rollup] = []  # closed, not yet committed
         self._rollup_docs: dict[str, dict[str, Any]] = {}  # model -> monitor/MODEL.yaml
         self.snapshot: Snapshot | None = None
@@ -507,19 +508,40 @@ class Reconciler:
 
     def _refresh_pools(self, now: float) -> list[NodeChange]:
         """Pools whose nodes come from the cluster follow it: a node that joined adds
-        its GPUs; one that left takes its GPUs and what was booked on them with it
-        (those releases are placed again by the plan, see :meth:`_re_place`)."""
+        its GPUs; one that left the cluster takes its GPUs and what was booked on
+        them with it (its releases are failed "node lost" by the runtime and placed
+        again by the plan, see :meth:`_re_place`).
+
+        Conservative on purpose: a node still in the cluster keeps the GPUs the
+        ledger knows it by (even if its labels stop matching, or NVML now reads it
+        differently), and a cluster that answers with no node at all changes
+        nothing -- so a running release never loses its booking to a hiccup."""
         changes: list[NodeChange] = []
         for name, (pool, ledger) in list(self.ledgers.items()):
-            if pool.cluster is None:
-                continue
             before = self.inventories.get(name)
-            after = self._inventory(pool)
-            if before is not None and _gpu_set(before) == _gpu_set(after):
+            if pool.cluster is None or before is None:
                 continue
-            self.inventories[name] = after
-            moved = node_changes(before, after) if before is not None else []
-            lost = ledger.resize(after.gpus)
+            try:
+                after = self._inventory(pool)
+            except Exception as exc:  # the cluster could not be read: keep the pool
+                log.warning("pool %s: the cluster was not read (%s); unchanged", name, exc)
+                continue
+            alive = {node.name for node in self._view or ()}
+            if not alive:
+                log.warning("pool %s: the cluster shows no node; the pool is unchanged", name)
+                continue
+            known = {g.node for g in before.gpus}
+            merged = Inventory(
+                name,
+                tuple(g for g in before.gpus if g.node in alive)
+                + tuple(g for g in after.gpus if g.node not in known),
+                after.disagreements,
+            )
+            if _gpu_set(merged) == _gpu_set(before):
+                continue
+            self.inventories[name] = merged
+            moved = node_changes(before, merged)
+            lost = ledger.resize(merged.gpus)
             for change in moved:
                 log.warning("%s", change.describe())
             for allocation in lost:
@@ -530,7 +552,7 @@ class Reconciler:
                     run.since.pop(allocation.release, None)
             changes += moved
             if moved:
-                self._record_pool(after, moved, lost)
+                self._record_pool(merged, moved, lost)
         return changes
 
     def _record_pool(
@@ -812,6 +834,7 @@ class Reconciler:
             self.router.configure(run.name, RouteConfig(None, None, 0))
         self.pins.unpin(run.name)
         self.monitors.pop(run.name, None)
+        self.refused.pop(run.name, None)
         if self.sampling.pop(run.name, None) is not None:
             self.router.sample(run.name, None)
         run.event = ("Pruned", "removed from git: releases stopped, GPUs freed")
@@ -857,8 +880,17 @@ class Reconciler:
             monitor = ModelMonitor(
                 run.name, run.stable.version, run.stable.name, model.monitor, objectives, now
             )
+            recorded = self.statuses.get(run.name)
+            if (
+                recorded is not None
+                and recorded.monitor
+                and recorded.stable is not None
+                and recorded.stable.name == run.stable.name
+            ):
+                monitor.restore(recorded.monitor)  # a restart: what was breached still is
             self.monitors[run.name] = monitor
         elif monitor.release != run.stable.name:
+            self._file_leftovers(run, model, monitor)
             monitor.switch(run.stable.version, run.stable.name, now)
         monitor.reconfigure(model.monitor, objectives, now)
         values = self._sampled(run, model)
@@ -869,6 +901,28 @@ class Reconciler:
         for change in changes:
             log.warning("%s: %s: %s", run.name, change.event, change.message)
         self.rollups += rollups
+
+    def _file_leftovers(self, run: _Run, model: Model, monitor: ModelMonitor) -> None:
+        """Before a new version's monitor starts: what the router sampled from the
+        old stable goes to the old version's files, not into the new baseline."""
+        sampling = model.monitor.sampling if model.monitor is not None else None
+        if sampling is None or self.sampling.get(run.name) is None:
+            return
+        old = [s for s in self.router.samples(run.name) if s.backend == "stable"]
+        self._write(run.name, monitor.version, monitor.release, old, sampling.max_bytes)
+
+    def _write(
+        self, model: str, version: str, release: str, samples: list[Sample], cap: int
+    ) -> None:
+        if not samples:
+            return
+        written = self.feedback.write(model, version, release, samples, cap)
+        if written.skipped:
+            log.warning(
+                "%s: %d sampled exchanges not kept (too big, or not writable as JSON)",
+                model,
+                written.skipped,
+            )
 
     def _sampled(self, run: _Run, model: Model) -> list[float | str]:
         """Drain the router's samples into the feedback files; the stable's predictions."""
@@ -881,18 +935,24 @@ class Reconciler:
         )
         if self.sampling.get(run.name, None) != wanted or run.name not in self.sampling:
             self.sampling[run.name] = wanted  # also when refused: not asked again each pass
-            self.router.sample(run.name, wanted)
+            self.refused.pop(run.name, None)
+            try:
+                self.router.sample(run.name, wanted)
+            except MdcError as exc:
+                self.refused[run.name] = exc
+        refused = self.refused.get(run.name)
+        if refused is not None:  # said every pass, until the spec or the router changes
+            run.conditions.append(Condition("Sampled", False, refused.reason, refused.message))
+            return []
         if sampling is None:
             return []
         samples = self.router.samples(run.name)
         stable = [s for s in samples if s.backend == "stable"]
-        self.feedback.write(
-            run.name, run.stable.version, run.stable.name, stable, sampling.max_bytes
-        )
+        self._write(run.name, run.stable.version, run.stable.name, stable, sampling.max_bytes)
+        tried = [s for s in samples if s.backend == "canary"]
         canary = run.driver.canary if run.driver is not None else None
-        if canary is not None:
-            tried = [s for s in samples if s.backend == "canary"]
-            self.feedback.write(run.name, canary.version, canary.name, tried, sampling.max_bytes)
+        canary = canary or run.stable  # no canary: it was just promoted
+        self._write(run.name, canary.version, canary.name, tried, sampling.max_bytes)
         watch = model.monitor.drift if model.monitor is not None else None
         if watch is None:
             return []
@@ -953,18 +1013,31 @@ class Reconciler:
         return out
 
     def _rollup_doc(self, model: str) -> dict[str, Any]:
+        """``monitor/MODEL.yaml`` as last written; what is not a list of rollups in it
+        (a hand edit, a bad merge) is dropped rather than trusted."""
         if model not in self._rollup_docs:
             raw = self.status.files().get(f"monitor/{model}.yaml")
-            doc: Any = yaml.safe_load(raw) if raw else None
-            self._rollup_docs[model] = doc if isinstance(doc, dict) else {"model": model}
+            try:
+                doc: Any = yaml.safe_load(raw) if raw else None
+            except yaml.YAMLError:
+                log.error("monitor/%s.yaml on the status branch is not YAML: started afresh", model)
+                doc = None
+            doc = doc if isinstance(doc, dict) else {}
+            clean: dict[str, Any] = {"model": model}
+            for key in ("hourly", "daily"):
+                entries = doc.get(key)
+                if isinstance(entries, list):
+                    clean[key] = [e for e in entries if isinstance(e, dict)]
+            self._rollup_docs[model] = clean
         return self._rollup_docs[model]
 
     def _record_rollups(self) -> None:
         """Rollups of periods that closed in this pass: one commit for all models."""
         if not self.rollups:
             return
+        rollups, self.rollups = self.rollups, []  # committed once, even if this fails
         files: dict[str, bytes | None] = {}
-        for rollup in self.rollups:
+        for rollup in rollups:
             doc = self._rollup_doc(rollup.model)
             key, limit = ("hourly", HOURS_KEPT) if rollup.period == "hour" else ("daily", DAYS_KEPT)
             kept = [r for r in doc.get(key, []) if r.get("start") != rollup.to_dict()["start"]]
@@ -972,14 +1045,13 @@ class Reconciler:
             files[f"monitor/{rollup.model}.yaml"] = yaml.safe_dump(
                 doc, sort_keys=False, allow_unicode=True, width=100
             ).encode()
-        periods = sorted({(r.period, r.start) for r in self.rollups})
+        periods = sorted({(r.period, r.start) for r in rollups})
         subject = (
             "rollups: "
             + ", ".join(f"{period} {iso(start)}" for period, start in periods)
-            + f" ({len({r.model for r in self.rollups})} models)"
+            + f" ({len({r.model for r in rollups})} models)"
         )
         self.status.commit(files, subject, {"Rollup": ", ".join(sorted({p for p, _ in periods}))})
-        self.rollups = []
 
     # -- summarize and record ----------------------------------------------------------
 

@@ -190,10 +190,10 @@ class EmbeddedRouter:
         """Start (or, with None, stop) sampling ``model``'s requests and answers."""
         with self.lock:
             state = self.models[model]
-            state.sampling = config
-            if config is None:
+            if state.sampling != config:  # samples kept under other rules go
                 state.samples.clear()
                 state.sampled_bytes = 0
+            state.sampling = config
 
     def samples(self, model: str) -> list[Sample]:
         """The samples kept since the last call (they leave the buffer)."""
@@ -283,11 +283,11 @@ class EmbeddedRouter:
                 elapsed = time.perf_counter() - started
                 with self.lock:
                     model.stats[which].observe(status, elapsed)
-                sampling = model.sampling
-                if sampling is not None and self.rng.random() < sampling.share:
-                    self._keep(model, sampling, which, status, elapsed, body, answer)
                 writer.write(response)
                 await writer.drain()
+                sampling = model.sampling  # after the answer: the client does not wait on it
+                if sampling is not None and self.rng.random() < sampling.share:
+                    self._keep(model, sampling, which, status, elapsed, body, answer)
                 if (
                     config.mirror
                     and which == "stable"
@@ -312,7 +312,11 @@ class EmbeddedRouter:
         request: bytes,
         answer: bytes,
     ) -> None:
-        """Buffer one exchange, redacted; bodies that are not JSON are not kept."""
+        """Buffer one exchange, redacted; bodies that are not JSON (or are nested past
+        what can be walked, or would not fit the buffer) are not kept."""
+        if len(request) + len(answer) > SAMPLE_BYTES_BUFFERED:
+            model.dropped += 1
+            return
         try:
             sample = Sample(
                 time.time(),
@@ -323,10 +327,12 @@ class EmbeddedRouter:
                 redact(json.loads(answer or b"null"), sampling.sensitive),
                 len(request) + len(answer),
             )
-        except ValueError:
+        except (ValueError, RecursionError):
             model.dropped += 1
             return
         with self.lock:
+            if model.sampling is not sampling:  # the rules changed meanwhile: not kept
+                return
             if model.sampled_bytes + sample.size > SAMPLE_BYTES_BUFFERED:
                 model.dropped += 1
                 return

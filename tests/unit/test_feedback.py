@@ -64,3 +64,18 @@ def test_a_sample_bigger_than_a_file_is_skipped(tmp_path: Path) -> None:
     written = store.write("m", "1", "m/abc", [sample(rng, size=2000)], 1000)
     assert (written.kept, written.skipped) == (0, 1)
     assert written.bytes == 0
+
+
+def test_what_cannot_be_written_is_skipped_not_fatal(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path)
+    odd = Sample(1.0, "stable", 200, 0.01, {"text": "\ud800"}, {"n": 1}, 10)
+    nan = Sample(1.0, "stable", 200, 0.01, {}, {"n": float("nan")}, 10)
+    deep: dict[str, object] = {}
+    for _ in range(5000):
+        deep = {"d": deep}
+    deeper = Sample(1.0, "stable", 200, 0.01, deep, {}, 10)
+    good = sample(random.Random(3))
+    written = store.write("m", "1", "m/abc", [odd, nan, deeper, good], 1_000_000)
+    assert (written.kept, written.skipped) == (2, 2)
+    lines = store.files("m", "1")[0].read_text().splitlines()
+    assert "\\ud800" in lines[0]  # escaped, not an encoding error

@@ -303,3 +303,60 @@ def test_drift_is_judged_with_hysteresis() -> None:
     assert moved[0] == ["DriftDetected"]  # flagged once, and it stays
     assert moved[1]["state"] == "breached"
     assert moved[1]["score"] > 0.2
+
+
+def test_a_few_odd_values_among_numbers_are_not_drift() -> None:
+    rng = random.Random(4)
+    base: list[float | str] = [rng.gauss(0, 1) for _ in range(1000)] + ["n/a"] * 10
+    same: list[float | str] = [rng.gauss(0, 1) for _ in range(1000)] + ["n/a"] * 10
+    assert psi(base, same) < 0.05
+    watch = DriftWatch("score", 0.2, baseline=1.0, window=100.0, min_samples=100)
+    tracker = DriftTracker(watch, started=0.0)
+    tracker.add(0.5, base)
+    tracker.add(2.0, same)
+    assert tracker.score() == pytest.approx(psi(base, same), rel=1e-9)
+
+
+def test_the_baseline_waits_for_enough_predictions_and_labels_leave_the_window() -> None:
+    watch = DriftWatch("label", 0.2, baseline=10.0, window=5.0, min_samples=50)
+    tracker = DriftTracker(watch, started=0.0)
+    tracker.add(5.0, ["a"] * 20)
+    tracker.add(15.0, ["a"] * 20)  # past the baseline period, but too few yet: still baseline
+    tracker.add(16.0, ["a"] * 20)
+    assert len(tracker.baseline) == 60
+    tracker.add(20.0, [f"new-{i}" for i in range(50)])
+    assert len(tracker.counts) == 50
+    tracker.add(30.0, ["a"] * 60)  # the new labels leave the window, and the counts
+    assert tracker.counts == {"a": 60}
+    assert tracker.score() == pytest.approx(0.0)
+
+
+def test_predictions_skip_what_is_not_a_finite_number() -> None:
+    assert predictions({"score": 10**400}, "score") == []
+    assert predictions({"score": [1, float("inf"), 2]}, "score") == [1.0, 2.0]
+
+
+def test_gpu_time_is_split_at_the_hour_and_a_clock_going_back_closes_nothing() -> None:
+    start = T0 + 3600 - 60  # a minute before the hour ends
+    monitor = ModelMonitor("m", "1", "m/abc", SLO, SLO.objectives, started=start)
+    feed = Feed(monitor, start)
+    feed.step(0.0, 10, gpu_share=1.0)
+    _, closed = feed.step(120.0, 10, gpu_share=1.0)  # one minute each side of the hour
+    (hour,) = [r for r in closed if r.period == "hour"]
+    assert hour.gpu_hours == pytest.approx(60 / 3600)
+    assert monitor.tallies["hour"].gpu_seconds == pytest.approx(60.0)
+    _, closed = feed.step(-3600.0, 10, gpu_share=1.0)  # the clock steps back an hour
+    assert closed == []
+
+
+def test_a_restarted_monitor_keeps_recorded_breaches_until_they_recover() -> None:
+    monitor = ModelMonitor("m", "1", "m/abc", SLO, SLO.objectives, started=T0)
+    monitor.restore({"breached": {"latency": "2025-11-28T05:00:00Z"}})
+    record = monitor.record()
+    assert record == {"breached": {"latency": "2025-11-28T05:00:00Z"}}
+    feed = Feed(monitor, T0)
+    events: list[str] = []
+    for _ in range(6):
+        events += feed.step(1.0, 20)[0]
+    assert events == ["ObjectiveRecovered"]
+    assert monitor.record() is None

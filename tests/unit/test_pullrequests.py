@@ -218,3 +218,14 @@ def test_monitor_reports_only_changes_and_keep_the_plan() -> None:
     reporter.on_status(breached, calm)
     assert [s[2] for s in github.statuses] == ["failure", "success"]
     assert github.bodies[7].count(MONITOR_MARKER) == 1
+
+
+def test_a_restarted_reporter_does_not_post_again_what_was_recorded() -> None:
+    github = RecordingGitHub()
+    reporter = PullRequests(github, branch="main")  # type: ignore[arg-type]
+    breached = _running("a", {"breached": {"latency": "T"}})
+    reporter.bind(type("R", (), {"statuses": {"a": breached}})())
+    reporter.on_status(breached, breached)
+    assert github.statuses == []  # reported by the controller before the restart
+    reporter.on_status(breached, _running("a", None))
+    assert [s[2] for s in github.statuses] == ["success"]  # the recovery is news
