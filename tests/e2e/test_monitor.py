@@ -224,7 +224,14 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
                 s["state"] for s in github.statuses.get(merge, []) if s["context"] == "mdc/monitor"
             ]
 
+        def comment() -> str:
+            return next(
+                (c.body for c in github.comments.get(number, []) if "mdc:monitor" in c.body), ""
+            )
+
+        # the recovery is reported in full (the status is set before the comment) first
         _wait(lambda: monitor_statuses() and monitor_statuses()[-1] == "success", 20, "settled")
+        _wait(lambda: "DriftRecovered" in comment() and "attention" not in comment(), 20, "comment")
         before_commits = len(_status_log(demo))
         before_updates = len(github.calls("PATCH", r"/issues/comments/"))
         before_statuses = len(monitor_statuses())
@@ -242,10 +249,10 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
         assert "steady: ObjectiveBreached: latency: latencyP99" in log[0]
         assert len(github.calls("PATCH", r"/issues/comments/")) == before_updates + 1
         assert monitor_statuses()[before_statuses:] == ["failure"]
-        comment = next(c.body for c in github.comments[number] if "mdc:monitor" in c.body)
-        assert "objective **latency** breached since" in comment
-        assert "`shifty` 2: ✅" in comment
-        assert "mdc:plan" in comment  # the plan above is kept
+        body = comment()
+        assert "objective **latency** breached since" in body
+        assert "`shifty` 2: ✅" in body
+        assert "mdc:plan" in body  # the plan above is kept
 
         # -- taken away: recovered, once --------------------------------------------------
         (delays / "steady").unlink()
@@ -256,9 +263,9 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
         assert "Monitor: ObjectiveRecovered" in log[0]
         assert len(github.calls("PATCH", r"/issues/comments/")) == before_updates + 2
         assert monitor_statuses()[before_statuses:] == ["failure", "success"]
-        comment = next(c.body for c in github.comments[number] if "mdc:monitor" in c.body)
-        assert "`steady` 2: ✅" in comment
-        assert "ObjectiveRecovered" in comment
+        body = comment()
+        assert "`steady` 2: ✅" in body
+        assert "ObjectiveRecovered" in body
         history = [h.event for h in demo.status("steady").history]  # type: ignore[union-attr]
         assert "DriftDetected" not in history  # steady's predictions never drifted
 
