@@ -5,6 +5,7 @@ status branch, packager, runtime, router, GPU ledgers, pins, a reporter) and
 :meth:`Reconciler.run_pass`, which reads like the pass in DESIGN.md:
 
     fetch -> load desired -> observe -> plan (pure) -> execute per model
+          -> watch the running versions (:mod:`controller.monitoring`)
           -> summarize (pure) -> record on the status branch -> report
 
 Each model's moves run in their own ``try``: one model's failure is a condition
@@ -29,11 +30,9 @@ from typing import Any, Protocol
 
 import yaml
 
-from controller.canary import Action, BackendStats, CanaryPhase, CanaryState, state_from_dict
+from controller.canary import Action, CanaryPhase, CanaryState, state_from_dict
 from controller.documents import Diagnostic
-from controller.drift import predictions
 from controller.errors import MdcError, PermanentError, TransientError
-from controller.feedback import FeedbackStore
 from controller.gitsource import Credentials, GitSource, PollResult, Snapshot, SourcePoller
 from controller.inventory import (
     GPU,
@@ -55,14 +54,7 @@ from controller.ledger import (
     request_for,
 )
 from controller.loader import LoadResult, SnapshotLoader
-from controller.monitor import (
-    DAYS_KEPT,
-    HOURS_KEPT,
-    GPUReading,
-    ModelMonitor,
-    Rollup,
-    default_objectives,
-)
+from controller.monitoring import Monitoring
 from controller.packager import Packager, Source, planned_bento_tag
 from controller.planner import (
     ModelPlan,
@@ -75,9 +67,9 @@ from controller.planner import (
     spec_hash,
 )
 from controller.rollout import ManualAction, Pins, RolloutDriver, read_command
-from controller.router import RouteConfig, Router, Sample, SamplingConfig
+from controller.router import RouteConfig, Router
 from controller.runtime import LocalRuntime, ReleaseSpec, State
-from controller.spec import GPUPool, Model, MonitorMetric
+from controller.spec import GPUPool, Model
 from controller.status import (
     Condition,
     GPUHold,
@@ -222,12 +214,7 @@ class Reconciler:
         self.inventories: dict[str, Inventory] = {}  # pool -> what its ledger was built on
         self._view: Sequence[ClusterNode] | None = None  # the cluster, read once a pass
         self._view_read = False
-        self.monitors: dict[str, ModelMonitor] = {}  # model -> its running version's monitor
-        self.feedback = FeedbackStore(self.state_dir / "feedback")
-        self.sampling: dict[str, SamplingConfig | None] = {}  # model -> what the router does
-        self.refused: dict[str, MdcError] = {}  # model -> why the router cannot sample it
-        self.rollups: list[Rollup] = []  # closed, not yet committed
-        self._rollup_docs: dict[str, dict[str, Any]] = {}  # model -> monitor/MODEL.yaml
+        self.monitoring = Monitoring(router, self.status, self.state_dir, nvml=nvml, node=node)
         self.snapshot: Snapshot | None = None
         self.load: LoadResult | None = None
         self.last: PassResult | None = None
@@ -833,10 +820,7 @@ class Reconciler:
         if run.name in self.routes:
             self.router.configure(run.name, RouteConfig(None, None, 0))
         self.pins.unpin(run.name)
-        self.monitors.pop(run.name, None)
-        self.refused.pop(run.name, None)
-        if self.sampling.pop(run.name, None) is not None:
-            self.router.sample(run.name, None)
+        self.monitoring.forget(run.name)
         run.event = ("Pruned", "removed from git: releases stopped, GPUs freed")
 
     def _failed(self, run: _Run, entry: ModelPlan, exc: MdcError, now: float) -> None:
@@ -849,209 +833,51 @@ class Reconciler:
         run.event = ("Error", f"{exc.reason}: {exc.message}")
         log.warning("%s: %s: %s", run.name, exc.reason, exc.message)
 
-    # -- after promotion: objectives, drift, sampling, rollups ---------------------------
+    # -- after promotion -----------------------------------------------------------------
 
     def _watch(self, models: Mapping[str, Model], now: float) -> None:
-        """Judge each running stable release (see :mod:`controller.monitor`); one
+        """Judge each running stable release (:mod:`controller.monitoring`); one
         model's trouble is a condition on it, never the end of the pass."""
+        assert self.load is not None
         for name, run in list(self.runs.items()):
             run.monitor_events = []
             model = models.get(name)
             release = self.runtime.releases.get(run.stable.name) if run.stable else None
             if model is None or release is None or release.state is not State.READY:
                 continue
-            if name not in self.routes:
+            if name not in self.routes or run.stable is None:
                 continue
+            key = f"{name}/{ReleaseKind.STABLE}"
+            allocation = next(
+                (
+                    led.allocations[key]
+                    for _, led in self.ledgers.values()
+                    if key in led.allocations
+                ),
+                None,
+            )
             try:
-                self._watch_one(run, model, now)
+                events, conditions = self.monitoring.watch(
+                    model,
+                    self.load.desired.policies.get(model.rollout),
+                    run.stable,
+                    run.driver.canary if run.driver is not None else None,
+                    allocation,
+                    self.statuses.get(name),
+                    now,
+                )
             except MdcError as exc:
                 run.conditions.append(Condition("Monitored", False, exc.reason, exc.message))
+                continue
             except Exception as exc:  # a bug: logged, the pass goes on
                 log.error("%s: monitor: %s\n%s", name, exc, traceback.format_exc())
-
-    def _watch_one(self, run: _Run, model: Model, now: float) -> None:
-        assert self.load is not None
-        assert run.stable is not None
-        objectives = default_objectives(
-            model.monitor, self.load.desired.policies.get(model.rollout)
-        )
-        monitor = self.monitors.get(run.name)
-        if monitor is None:
-            monitor = ModelMonitor(
-                run.name, run.stable.version, run.stable.name, model.monitor, objectives, now
-            )
-            recorded = self.statuses.get(run.name)
-            if (
-                recorded is not None
-                and recorded.monitor
-                and recorded.stable is not None
-                and recorded.stable.name == run.stable.name
-            ):
-                monitor.restore(recorded.monitor)  # a restart: what was breached still is
-            self.monitors[run.name] = monitor
-        elif monitor.release != run.stable.name:
-            self._file_leftovers(run, model, monitor)
-            monitor.switch(run.stable.version, run.stable.name, now)
-        monitor.reconfigure(model.monitor, objectives, now)
-        values = self._sampled(run, model)
-        stats = self.router.snapshot(run.name).get("stable") or BackendStats()
-        share, gpus = self._held(run, model, monitor)
-        changes, rollups = monitor.observe(now, stats, gpu_share=share, gpus=gpus, values=values)
-        run.monitor_events = [(change.event, change.message) for change in changes]
-        for change in changes:
-            log.warning("%s: %s: %s", run.name, change.event, change.message)
-        self.rollups += rollups
-
-    def _file_leftovers(self, run: _Run, model: Model, monitor: ModelMonitor) -> None:
-        """Before a new version's monitor starts: what the router sampled from the
-        old stable goes to the old version's files, not into the new baseline."""
-        sampling = model.monitor.sampling if model.monitor is not None else None
-        if sampling is None or self.sampling.get(run.name) is None:
-            return
-        old = [s for s in self.router.samples(run.name) if s.backend == "stable"]
-        self._write(run.name, monitor.version, monitor.release, old, sampling.max_bytes)
-
-    def _write(
-        self, model: str, version: str, release: str, samples: list[Sample], cap: int
-    ) -> None:
-        if not samples:
-            return
-        written = self.feedback.write(model, version, release, samples, cap)
-        if written.skipped:
-            log.warning(
-                "%s: %d sampled exchanges not kept (too big, or not writable as JSON)",
-                model,
-                written.skipped,
-            )
-
-    def _sampled(self, run: _Run, model: Model) -> list[float | str]:
-        """Drain the router's samples into the feedback files; the stable's predictions."""
-        assert run.stable is not None
-        sampling = model.monitor.sampling if model.monitor is not None else None
-        wanted = (
-            SamplingConfig(sampling.share, frozenset(sampling.sensitive))
-            if sampling is not None
-            else None
-        )
-        if self.sampling.get(run.name, None) != wanted or run.name not in self.sampling:
-            self.sampling[run.name] = wanted  # also when refused: not asked again each pass
-            self.refused.pop(run.name, None)
-            try:
-                self.router.sample(run.name, wanted)
-            except MdcError as exc:
-                self.refused[run.name] = exc
-        refused = self.refused.get(run.name)
-        if refused is not None:  # said every pass, until the spec or the router changes
-            run.conditions.append(Condition("Sampled", False, refused.reason, refused.message))
-            return []
-        if sampling is None:
-            return []
-        samples = self.router.samples(run.name)
-        stable = [s for s in samples if s.backend == "stable"]
-        self._write(run.name, run.stable.version, run.stable.name, stable, sampling.max_bytes)
-        tried = [s for s in samples if s.backend == "canary"]
-        canary = run.driver.canary if run.driver is not None else None
-        canary = canary or run.stable  # no canary: it was just promoted
-        self._write(run.name, canary.version, canary.name, tried, sampling.max_bytes)
-        watch = model.monitor.drift if model.monitor is not None else None
-        if watch is None:
-            return []
-        return [
-            value
-            for s in stable
-            if 200 <= s.status < 300
-            for value in predictions(s.response, watch.field)
-        ]
-
-    def _held(
-        self, run: _Run, model: Model, monitor: ModelMonitor
-    ) -> tuple[float, GPUReading | None]:
-        """The GPU share the stable holds, and (when an objective needs it and this
-        machine's NVML can be read) the reading of those GPUs."""
-        key = f"{run.name}/{ReleaseKind.STABLE}"
-        allocation = next(
-            (led.allocations[key] for _, led in self.ledgers.values() if key in led.allocations),
-            None,
-        )
-        if allocation is None:
-            return 0.0, None
-        share = allocation.gpus
-        wants_gpu = any(
-            o.metric in (MonitorMetric.GPU_MEMORY_HEADROOM, MonitorMetric.GPU_UTILIZATION)
-            for o in monitor.objectives
-        )
-        if not wants_gpu or self.nvml is None or self.node is None:
-            return share, None
-        held = {s.gpu for replica in allocation.replicas for s in replica if s.node == self.node}
-        try:
-            seen = [g for g in self.nvml(self.node) if g.uuid in held]
-        except Exception as exc:
-            log.warning("%s: NVML not read for the monitor: %s", run.name, exc)
-            return share, None
-        if not seen or any(g.memory_used is None for g in seen):
-            return share, None
-        busy = [g.utilization for g in seen if g.utilization is not None]
-        return share, GPUReading(
-            sum(g.memory for g in seen),
-            sum(g.memory_used or 0 for g in seen),
-            sum(busy) / len(busy) / 100 if busy else None,
-        )
-
-    def _monitor_record(self, run: _Run) -> Mapping[str, object] | None:
-        monitor = self.monitors.get(run.name)
-        if monitor is None or run.stable is None or monitor.release != run.stable.name:
-            return None
-        return monitor.record()
+                continue
+            run.monitor_events = events
+            run.conditions += conditions
 
     def monitor_view(self) -> list[dict[str, Any]]:
         """Every monitored model: live states, values and its latest rollups."""
-        out = []
-        for name, monitor in sorted(self.monitors.items()):
-            doc = self._rollup_doc(name)
-            latest = {"hourly": doc.get("hourly", [])[:24], "daily": doc.get("daily", [])[:7]}
-            out.append(monitor.live() | latest)
-        return out
-
-    def _rollup_doc(self, model: str) -> dict[str, Any]:
-        """``monitor/MODEL.yaml`` as last written; what is not a list of rollups in it
-        (a hand edit, a bad merge) is dropped rather than trusted."""
-        if model not in self._rollup_docs:
-            raw = self.status.files().get(f"monitor/{model}.yaml")
-            try:
-                doc: Any = yaml.safe_load(raw) if raw else None
-            except yaml.YAMLError:
-                log.error("monitor/%s.yaml on the status branch is not YAML: started afresh", model)
-                doc = None
-            doc = doc if isinstance(doc, dict) else {}
-            clean: dict[str, Any] = {"model": model}
-            for key in ("hourly", "daily"):
-                entries = doc.get(key)
-                if isinstance(entries, list):
-                    clean[key] = [e for e in entries if isinstance(e, dict)]
-            self._rollup_docs[model] = clean
-        return self._rollup_docs[model]
-
-    def _record_rollups(self) -> None:
-        """Rollups of periods that closed in this pass: one commit for all models."""
-        if not self.rollups:
-            return
-        rollups, self.rollups = self.rollups, []  # committed once, even if this fails
-        files: dict[str, bytes | None] = {}
-        for rollup in rollups:
-            doc = self._rollup_doc(rollup.model)
-            key, limit = ("hourly", HOURS_KEPT) if rollup.period == "hour" else ("daily", DAYS_KEPT)
-            kept = [r for r in doc.get(key, []) if r.get("start") != rollup.to_dict()["start"]]
-            doc[key] = [rollup.to_dict(), *kept][:limit]
-            files[f"monitor/{rollup.model}.yaml"] = yaml.safe_dump(
-                doc, sort_keys=False, allow_unicode=True, width=100
-            ).encode()
-        periods = sorted({(r.period, r.start) for r in rollups})
-        subject = (
-            "rollups: "
-            + ", ".join(f"{period} {iso(start)}" for period, start in periods)
-            + f" ({len({r.model for r in rollups})} models)"
-        )
-        self.status.commit(files, subject, {"Rollup": ", ".join(sorted({p for p, _ in periods}))})
+        return self.monitoring.view()
 
     # -- summarize and record ----------------------------------------------------------
 
@@ -1084,7 +910,7 @@ class Reconciler:
                     subject = f"{status.name}: {event}: {message}"[:200]
                     trailers = trailers | {"Monitor": event}
             self.status.commit({model_path(status.name): raw}, subject, trailers)
-        self._record_rollups()
+        self.monitoring.commit_rollups()
         if self.status.pending():
             try:
                 self.status.push()
@@ -1159,7 +985,7 @@ class Reconciler:
             conditions=run.conditions,
             event=run.event,
             pull_request=run.pull,
-            monitor=self._monitor_record(run),
+            monitor=self.monitoring.record(run.name, run.stable.name) if run.stable else None,
             monitor_events=run.monitor_events,
         )
 
