@@ -290,7 +290,50 @@ def metrics_text(reconciler: Reconciler, stats: _PassStats) -> str:
     lines += ["# HELP mdc_gpus_total GPUs in each pool.", "# TYPE mdc_gpus_total gauge"]
     for pool_name, (_, ledger) in pools:
         lines.append(f'mdc_gpus_total{{pool="{_label(pool_name)}"}} {len(ledger.gpus)}')
+    view = getattr(reconciler, "monitor_view", None)
+    lines += _monitor_metrics(view() if view is not None else [])
     return "\n".join(lines) + "\n"
+
+
+_LEVELS = ("unknown", "ok", "at risk", "breached")
+
+
+def _monitor_metrics(views: list[dict[str, Any]]) -> list[str]:
+    """After promotion: each objective's state and value, and each drift score."""
+    lines = [
+        "# HELP mdc_objective_state 1 for each objective's current state (running versions).",
+        "# TYPE mdc_objective_state gauge",
+    ]
+    values = [
+        "# HELP mdc_objective_value The value each objective was last judged on.",
+        "# TYPE mdc_objective_value gauge",
+    ]
+    drift = [
+        "# HELP mdc_drift_score The population stability index of each drift watch.",
+        "# TYPE mdc_drift_score gauge",
+    ]
+    for view in views:
+        model = _label(str(view.get("model")))
+        for objective in view.get("objectives") or []:
+            name = _label(str(objective.get("name")))
+            for level in _LEVELS:
+                on = int(objective.get("state") == level)
+                lines.append(
+                    f'mdc_objective_state{{model="{model}",objective="{name}",'
+                    f'state="{level}"}} {on}'
+                )
+            if objective.get("value") is not None:
+                values.append(
+                    f'mdc_objective_value{{model="{model}",objective="{name}"}} '
+                    f"{float(objective['value']):g}"
+                )
+        watch = view.get("drift")
+        if watch and watch.get("score") is not None:
+            drift.append(
+                f'mdc_drift_score{{model="{model}",field="{_label(str(watch.get("field")))}"}} '
+                f"{float(watch['score']):g}"
+            )
+    return lines + values + drift
 
 
 class Daemon:

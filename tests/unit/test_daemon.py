@@ -437,6 +437,9 @@ def test_text_is_valid_exposition_format() -> None:
         "mdc_canary_verdicts": "counter",
         "mdc_gpus_held": "gauge",
         "mdc_gpus_total": "gauge",
+        "mdc_objective_state": "gauge",
+        "mdc_objective_value": "gauge",
+        "mdc_drift_score": "gauge",
     }
     assert all(f.documentation for f in families.values())
     weights = {s.labels["model"]: s.value for s in families["mdc_canary_weight_percent"].samples}
@@ -457,3 +460,40 @@ def test_gpu_families_are_each_one_typed_group(pools: int) -> None:
     for name in ("mdc_gpus_held", "mdc_gpus_total"):
         assert by_name[name].type == "gauge"
         assert len(by_name[name].samples) == pools
+
+
+@dataclass
+class MonitoredReconciler(FakeReconciler):
+    views: list[dict[str, Any]] = field(default_factory=list)
+
+    def monitor_view(self) -> list[dict[str, Any]]:
+        return self.views
+
+
+def test_objective_states_values_and_drift_are_metrics() -> None:
+    reconciler = MonitoredReconciler(
+        views=[
+            {
+                "model": "search-ranker",
+                "objectives": [
+                    {"name": "latency", "state": "breached", "value": 0.41},
+                    {"name": "errors", "state": "unknown", "value": None},
+                ],
+                "drift": {"field": "score", "score": 0.031},
+            }
+        ]
+    )
+    text = metrics_text(reconciler, _PassStats())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    states = {
+        (s.labels["objective"], s.labels["state"]): s.value
+        for s in families["mdc_objective_state"].samples
+    }
+    assert states[("latency", "breached")] == 1
+    assert states[("latency", "ok")] == 0
+    assert states[("errors", "unknown")] == 1
+    values = {s.labels["objective"]: s.value for s in families["mdc_objective_value"].samples}
+    assert values == {"latency": 0.41}  # no value yet: no sample
+    (drift,) = families["mdc_drift_score"].samples
+    assert (drift.labels, drift.value) == ({"model": "search-ranker", "field": "score"}, 0.031)
+    assert "mdc_objective_state{" not in metrics_text(FakeReconciler(), _PassStats())
