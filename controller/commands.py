@@ -630,6 +630,20 @@ def _dashboard_route(reconciler: Any, config: Any) -> Any:
     return page
 
 
+def _ask_controller(args: argparse.Namespace, path: str) -> Any:
+    """GET ``path`` of the controller at ``--controller`` as JSON; None (after saying
+    why on stderr) when it cannot be had."""
+    import httpx  # noqa: PLC0415
+
+    try:
+        answer = httpx.get(args.controller.rstrip("/") + path, timeout=10)
+        answer.raise_for_status()
+        return answer.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"mdc {args.verb}: {args.controller}: {exc}", file=sys.stderr)
+        return None
+
+
 def status(args: argparse.Namespace) -> int:
     """``mdc status``: a table of every model (from the status branch, or a controller)."""
     import time  # noqa: PLC0415
@@ -639,14 +653,8 @@ def status(args: argparse.Namespace) -> int:
 
     now = time.time()
     if args.controller:
-        import httpx  # noqa: PLC0415
-
-        try:
-            answer = httpx.get(args.controller.rstrip("/") + "/api/status", timeout=10)
-            answer.raise_for_status()
-            rows = answer.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            print(f"mdc status: {args.controller}: {exc}", file=sys.stderr)
+        rows = _ask_controller(args, "/api/status")
+        if rows is None:
             return EXIT_INVALID
     else:
         opened = _open_or_exit(args)
@@ -680,14 +688,8 @@ def monitor(args: argparse.Namespace) -> int:
     from controller.monitor import default_objectives, view_from_record, view_text  # noqa: PLC0415
 
     if args.controller:
-        import httpx  # noqa: PLC0415
-
-        try:
-            answer = httpx.get(args.controller.rstrip("/") + "/api/monitor", timeout=10)
-            answer.raise_for_status()
-            views = answer.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            print(f"mdc monitor: {args.controller}: {exc}", file=sys.stderr)
+        views = _ask_controller(args, "/api/monitor")
+        if views is None:
             return EXIT_INVALID
         view = next((v for v in views if v.get("model") == args.model), None)
         if view is None:
@@ -705,9 +707,10 @@ def monitor(args: argparse.Namespace) -> int:
             return opened
         repo, tip, status_tip = opened
         files = {}
-        if status_tip is not None:
+        if status_tip is not None:  # only the two files this model has there
             tree = GitTree(repo, str(repo.get(status_tip).tree_id))
-            files = {p: tree.read(p) for p in tree.walk()}
+            wanted = {f"models/{args.model}.yaml", f"monitor/{args.model}.yaml"}
+            files = {p: tree.read(p) for p in tree.walk() if p in wanted}
         raw = files.get(f"models/{args.model}.yaml")
         if raw is None:
             print(f"mdc monitor: no status of {args.model!r} on the status branch", file=sys.stderr)
