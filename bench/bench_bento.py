@@ -26,10 +26,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controller.loader import load_desired  # noqa: E402
-from controller.packager import Packager, Source, bentoml_env  # noqa: E402
-from controller.runtime import LocalRuntime, ReleaseSpec, State, free_port  # noqa: E402
-from controller.tree import DirTree  # noqa: E402
+from controller.adapters.packaging import Packager, Source, bentoml_env  # noqa: E402
+from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State, free_port  # noqa: E402
+from controller.spec.loader import load_desired  # noqa: E402
+from controller.spec.tree import DirTree  # noqa: E402
 
 
 def first_answer(url: str, path: str, body: dict[str, object], deadline: float) -> float:

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_load import make_repo  # noqa: E402
-from controller.gitsource import GitSource  # noqa: E402
-from controller.loader import SnapshotLoader  # noqa: E402
+from controller.adapters.git.source import GitSource  # noqa: E402
+from controller.spec.loader import SnapshotLoader  # noqa: E402
 from tests.gitservers import GitDaemon, make_bare_repo, run_git  # noqa: E402
 
 

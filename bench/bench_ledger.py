@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.inventory import GPU
-from controller.ledger import Demand, Ledger, Placed, Request
-from controller.spec import Quota
+from controller.core.inventory import GPU
+from controller.core.ledger import Demand, Ledger, Placed, Request
+from controller.spec.kinds import Quota
 
 GiB = 2**30
 NODES, PER_NODE, MEMORY = 1250, 8, 80 * GiB

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from controller.loader import load_desired
-from controller.tree import DirTree
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 
 ROOT = Path(__file__).resolve().parent.parent
 

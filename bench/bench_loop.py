@@ -64,11 +64,11 @@ from pathlib import Path
 import httpx
 
 import controller.demo as demo_module
+from controller.adapters.packaging import bentoml_env
+from controller.adapters.router.embedded import EmbeddedRouter
+from controller.adapters.runtime.local import Release, State, free_port
+from controller.core.status import Phase
 from controller.demo import RANKER, Demo, Traffic, _bump, ranker_request, version_classifier
-from controller.packager import bentoml_env
-from controller.router import EmbeddedRouter
-from controller.runtime import Release, State, free_port
-from controller.status import Phase
 
 ROUNDS = 3
 RATE = 100.0  # requests/s offered to search-ranker (one client, sequential)

@@ -6,7 +6,7 @@ samples, write them to the feedback files, pull the predictions out of the
 answers, and feed the model's monitor (three objectives judged over a rolling
 window, drift against a baseline, hourly and daily tallies).
 
-Setup: a real :class:`~controller.router.EmbeddedRouter` with 100 models;
+Setup: a real :class:`~controller.adapters.router.embedded.EmbeddedRouter` with 100 models;
 each pass every model's counters grow by 200 requests and its sample buffer
 gets ``SAMPLES`` redacted samples (what the router's thread keeps from
 traffic; that cost is on the router's thread, measured separately below).
@@ -30,12 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.canary import BackendStats
-from controller.drift import predictions, redact
-from controller.feedback import FeedbackStore
-from controller.monitor import ModelMonitor
-from controller.router import EmbeddedRouter, Sample
-from controller.spec import DriftWatch, Monitor, MonitorMetric, Objective, Sampling
+from controller.adapters.feedback import FeedbackStore
+from controller.adapters.router.embedded import EmbeddedRouter, Sample
+from controller.core.canary import BackendStats
+from controller.core.drift import predictions, redact
+from controller.core.monitor import ModelMonitor
+from controller.spec.kinds import DriftWatch, Monitor, MonitorMetric, Objective, Sampling
 
 MODELS, PASSES, SAMPLES = 100, 60, 20
 SPEC = Monitor(

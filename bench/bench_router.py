@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.canary import BackendWindow, Observation, advance, start
-from controller.router import EmbeddedRouter, RouteConfig
-from controller.spec import Analysis, Check, Metric, RolloutPolicy, Step, StepKind
+from controller.adapters.router.embedded import EmbeddedRouter, RouteConfig
+from controller.core.canary import BackendWindow, Observation, advance, start
+from controller.spec.kinds import Analysis, Check, Metric, RolloutPolicy, Step, StepKind
 from tests.gitservers import free_port
 
 NGINX = """

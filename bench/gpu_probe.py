@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.inventory import build_inventory, read_nvml
-from controller.ledger import Demand, Ledger, Placed, Request, launch_env
-from controller.spec import Discovery, GPUGroup, GPUPool, Node, Quota, Sharing
+from controller.core.inventory import build_inventory, read_nvml
+from controller.core.ledger import Demand, Ledger, Placed, Request, launch_env
+from controller.spec.kinds import Discovery, GPUGroup, GPUPool, Node, Quota, Sharing
 
 CHILD = r"""
 import json, os, torch

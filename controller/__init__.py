@@ -6,7 +6,7 @@ running world match it and writes what happened back into git.
 
 The package is a pure core (spec loading and validation, planning, the canary
 state machine, the GPU ledger) and adapters behind small protocols. The console
-script ``mdc`` lives in :mod:`controller.cli`.
+script ``mdc`` lives in :mod:`controller.cli.main`.
 """
 
 __all__ = ["API_VERSION", "__version__"]

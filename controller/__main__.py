@@ -1,5 +1,5 @@
 """``python -m controller``: the same entry point as the ``mdc`` console script."""
 
-from controller.cli import main
+from controller.cli.main import main
 
 raise SystemExit(main())

@@ -42,12 +42,12 @@ from typing import Any, TextIO
 
 import httpx
 
-from controller.daemon import Config, Daemon
-from controller.github import GitHubReporter
-from controller.pullrequests import PullRequests
-from controller.reconciler import PassResult, Reconciler
-from controller.router import make_router
-from controller.status import ModelStatus, Phase
+from controller.adapters.github.client import GitHubReporter
+from controller.adapters.router.embedded import make_router
+from controller.app.daemon import Config, Daemon
+from controller.app.reconciler import PassResult, Reconciler
+from controller.app.reporting import PullRequests
+from controller.core.status import ModelStatus, Phase
 from controller.testing import FakeGitHub
 
 __all__ = ["Demo", "Traffic", "git", "run_demo"]
@@ -315,7 +315,7 @@ class Demo:
             clock=self.clock,
         )
         reporter.bind(self.reconciler)
-        from controller.commands import _dashboard_route  # noqa: PLC0415
+        from controller.cli.verbs import _dashboard_route  # noqa: PLC0415
 
         self.daemon = Daemon(
             config,
@@ -583,7 +583,7 @@ def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = Fa
             demo.say(f"PR #{bad} carries the failed analysis in mdc's comment")
 
             demo.say("4. where it all is")
-            from controller.cli import main as mdc  # noqa: PLC0415
+            from controller.cli.main import main as mdc  # noqa: PLC0415
 
             print("$ mdc status", file=out, flush=True)
             mdc(["status", "--controller", demo.daemon.url if demo.daemon else ""])

@@ -61,7 +61,7 @@ class TransientError(MdcError):
 class InvalidSpec(PermanentError):
     """The spec repository holds one or more invalid files.
 
-    ``diagnostics`` lists every problem found (see :mod:`controller.spec`); the
+    ``diagnostics`` lists every problem found (see :mod:`controller.spec.kinds`); the
     message is the first of them, rendered like a compiler error.
     """
 

@@ -8,9 +8,9 @@ import shutil
 import textwrap
 from pathlib import Path
 
-from controller.loader import load_desired
-from controller.spec import Model
-from controller.tree import DirTree
+from controller.spec.kinds import Model
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
 
 __all__ = ["bentoml_processes", "example_copy", "repo_with_service"]

@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.canary import CanaryPhase, state_from_dict
+from controller.app.rollout import Pins
+from controller.core.canary import CanaryPhase, state_from_dict
+from controller.core.status import Phase, parse_model_status
 from controller.demo import RANKER, TEAM, Demo, _bump, git
-from controller.rollout import Pins
-from controller.status import Phase, parse_model_status
 from tests.bentos import bentoml_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]

@@ -22,11 +22,11 @@ import httpx
 import jsonschema
 import pytest
 
-from controller.cli import EXIT_OK, main
+from controller.adapters.feedback import SCHEMA
+from controller.cli.main import EXIT_OK, main
+from controller.core.monitor import period_start
+from controller.core.status import ModelStatus, Phase
 from controller.demo import Demo
-from controller.feedback import SCHEMA
-from controller.monitor import period_start
-from controller.status import ModelStatus, Phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.changeplan import MARKER
-from controller.cli import EXIT_INVALID, EXIT_OK, main
+from controller.cli.main import EXIT_INVALID, EXIT_OK, main
+from controller.core.pr_plan import MARKER
 from tests.conftest import EXAMPLE_REPO
 from tests.gitservers import run_git
 

@@ -1,4 +1,4 @@
-"""The controller's process side: :class:`controller.daemon.Daemon` over real HTTP
+"""The controller's process side: :class:`controller.app.daemon.Daemon` over real HTTP
 with a fake reconciler, and ``mdc run`` / ``mdc status`` as real processes against a
 real ``git daemon``. The spec repository pushed here has pools and rollout policies
 but no model, so a pass builds and starts nothing and the tests stay quick."""
@@ -26,13 +26,13 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.cli import main
-from controller.daemon import Config, Daemon, StateLock
+from controller.adapters.git.source import PollResult
+from controller.adapters.github.webhook import Event, PushEvent
+from controller.app.daemon import Config, Daemon, StateLock
+from controller.app.reconciler import PassResult
+from controller.cli.main import main
+from controller.core.status import ModelStatus, Phase, Release, model_path, render
 from controller.errors import TransientError
-from controller.gitsource import PollResult
-from controller.reconciler import PassResult
-from controller.status import ModelStatus, Phase, Release, model_path, render
-from controller.webhook import Event, PushEvent
 from tests.conftest import EXAMPLE_REPO
 from tests.gitservers import GitDaemon, missing_git_binaries, run_git
 
@@ -346,7 +346,7 @@ def test_run_once_exits_with_the_pass_outcome(
 ) -> None:
     reconciler = FakeReconciler([outcome])
     daemon = make_daemon(reconciler)
-    with caplog.at_level(logging.ERROR, logger="controller.daemon"):
+    with caplog.at_level(logging.ERROR, logger="controller.app.daemon"):
         assert daemon.run(once=True) == code
     assert reconciler.calls == [True]
     assert daemon.crashes == crashes
@@ -376,7 +376,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 def test_loop_goes_on_after_a_pass_raises(caplog: pytest.LogCaptureFixture) -> None:
     reconciler = FakeReconciler([RuntimeError("a bug"), ok_pass()])
     daemon = make_daemon(reconciler, tick=0.05)
-    with caplog.at_level(logging.ERROR, logger="controller.daemon"):
+    with caplog.at_level(logging.ERROR, logger="controller.app.daemon"):
         thread, codes = run_in_thread(daemon)
         try:
             wait_until(lambda: len(reconciler.calls) >= 3)
@@ -397,7 +397,7 @@ def test_a_pass_that_always_raises_is_not_retried_in_a_busy_loop(
 ) -> None:
     reconciler = FakeReconciler([RuntimeError("always")])
     daemon = make_daemon(reconciler, tick=0.2)
-    with caplog.at_level(logging.CRITICAL, logger="controller.daemon"):
+    with caplog.at_level(logging.CRITICAL, logger="controller.app.daemon"):
         thread, _ = run_in_thread(daemon)
         time.sleep(0.6)
         daemon.stop()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.dashboard import render_dashboard
-from controller.loader import load_desired
-from controller.status import GPUHold, ModelStatus, Phase, Release, Verdict
-from controller.tree import DirTree
+from controller.core.status import GPUHold, ModelStatus, Phase, Release, Verdict
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
+from controller.ui.dashboard import render_dashboard
 from tests.conftest import EXAMPLE_REPO
 from tests.unit.test_dashboard import FRAUD, NODE_B, NOW, POLICY_OF, SEARCH, report
 

@@ -26,8 +26,8 @@ import jsonschema
 import pytest
 
 from controller import __version__
+from controller.adapters.github.client import COMMENT_LIMIT, DESCRIPTION_LIMIT, GitHubReporter
 from controller.errors import PermanentError, TransientError
-from controller.github import COMMENT_LIMIT, DESCRIPTION_LIMIT, GitHubReporter
 from controller.testing import FakeGitHub, RecordedRequest, blob_sha
 from tests.conftest import ROOT
 from tests.integration.test_webhook import to_json_schema

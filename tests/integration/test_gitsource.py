@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from controller.adapters.git.history import model_history
+from controller.adapters.git.signing import SigningMode, SigningPolicy
+from controller.adapters.git.source import Credentials, GitSource, SourcePoller
+from controller.adapters.git.status_branch import StatusBranch
 from controller.errors import TransientError
-from controller.gitsource import Credentials, GitSource, SourcePoller
-from controller.history import model_history
-from controller.loader import ParseCache, load_desired
-from controller.signing import SigningMode, SigningPolicy
-from controller.statusbranch import StatusBranch
-from controller.tree import DirTree
+from controller.spec.loader import ParseCache, load_desired
+from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
 from tests.gitservers import (
     GitDaemon,

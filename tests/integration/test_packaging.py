@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controller.adapters.packaging import Packager, Source, planned_bento_tag
 from controller.errors import PermanentError
-from controller.loader import load_desired
-from controller.packager import Packager, Source, planned_bento_tag
-from controller.tree import DirTree
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.bentos import example_copy, repo_with_service
 from tests.conftest import EXAMPLE_REPO
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import EXIT_OK, main
-from controller.gitsource import GitSource
-from controller.status import GPUHold, ModelStatus, Phase, render
-from controller.statusbranch import StatusBranch
+from controller.adapters.git.source import GitSource
+from controller.adapters.git.status_branch import StatusBranch
+from controller.cli.main import EXIT_OK, main
+from controller.core.status import GPUHold, ModelStatus, Phase, render
 from tests.conftest import EXAMPLE_REPO
 from tests.gitservers import make_bare_repo, run_git
 from tests.integration.test_gitsource import push_example

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.canary import judge
+from controller.adapters.metrics import PrometheusProvider, make_provider
+from controller.adapters.router.embedded import EmbeddedRouter, RouteConfig
+from controller.app.rollout import query_values
+from controller.core.canary import judge
 from controller.errors import TransientError
-from controller.metrics import PrometheusProvider, make_provider
-from controller.rollout import query_values
-from controller.router import EmbeddedRouter, RouteConfig
-from controller.spec import Check, Metric
+from controller.spec.kinds import Check, Metric
 from tests.gitservers import free_port
 from tests.integration.test_router import Backend
 

@@ -24,19 +24,19 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.canary import CanaryPhase
-from controller.inventory import GPU
-from controller.ledger import Demand, Ledger, Placed, ReleaseKind, Request, launch_env
-from controller.loader import load_desired
-from controller.packager import Packager, Source
-from controller.rayruntime import RayRuntime, node_ids
-from controller.reconciler import Reconciler
-from controller.rollout import RolloutDriver
-from controller.router import EmbeddedRouter
-from controller.runtime import ReleaseSpec, State
-from controller.spec import Analysis, Check, Metric, Quota, RolloutPolicy, Step, StepKind
-from controller.status import ModelStatus, Phase
-from controller.tree import DirTree
+from controller.adapters.packaging import Packager, Source
+from controller.adapters.router.embedded import EmbeddedRouter
+from controller.adapters.runtime.local import ReleaseSpec, State
+from controller.adapters.runtime.ray_cluster import RayRuntime, node_ids
+from controller.app.reconciler import Reconciler
+from controller.app.rollout import RolloutDriver
+from controller.core.canary import CanaryPhase
+from controller.core.inventory import GPU
+from controller.core.ledger import Demand, Ledger, Placed, ReleaseKind, Request, launch_env
+from controller.core.status import ModelStatus, Phase
+from controller.spec.kinds import Analysis, Check, Metric, Quota, RolloutPolicy, Step, StepKind
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.bentos import bentoml_processes, example_copy
 from tests.gitservers import git_env, make_bare_repo
 

@@ -15,17 +15,26 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.canary import CanaryPhase, Outcome
-from controller.cli import main
-from controller.inventory import GPU
-from controller.ledger import Demand, Ledger, Placed, ReleaseKind, Request
-from controller.loader import load_desired
-from controller.packager import Packager, Source
-from controller.rollout import Pins, RolloutDriver, rollout_decision
-from controller.router import Router
-from controller.runtime import LocalRuntime, ReleaseSpec, State
-from controller.spec import Analysis, Check, Metric, Probe, Quota, RolloutPolicy, Step, StepKind
-from controller.tree import DirTree
+from controller.adapters.packaging import Packager, Source
+from controller.adapters.router.embedded import Router
+from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State
+from controller.app.rollout import Pins, RolloutDriver, rollout_decision
+from controller.cli.main import main
+from controller.core.canary import CanaryPhase, Outcome
+from controller.core.inventory import GPU
+from controller.core.ledger import Demand, Ledger, Placed, ReleaseKind, Request
+from controller.spec.kinds import (
+    Analysis,
+    Check,
+    Metric,
+    Probe,
+    Quota,
+    RolloutPolicy,
+    Step,
+    StepKind,
+)
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.bentos import bentoml_processes, example_copy
 from tests.integration.test_router import new_router
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.errors import PermanentError
-from controller.router import (
+from controller.adapters.router.embedded import (
     BackendStats,
     EmbeddedRouter,
     RouteConfig,
@@ -28,6 +27,7 @@ from controller.router import (
     SamplingConfig,
     make_router,
 )
+from controller.errors import PermanentError
 
 pytestmark = pytest.mark.integration
 
@@ -267,7 +267,7 @@ def test_sampling_keeps_a_share_without_sensitive_keys(embedded: tuple) -> None:
 def test_the_sample_buffer_is_bounded(embedded: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     router, url, stable, canary = embedded
     router.configure("m", RouteConfig(stable.address, canary.address, 0))
-    monkeypatch.setattr("controller.router.SAMPLE_BYTES_BUFFERED", 1000)
+    monkeypatch.setattr("controller.adapters.router.embedded.SAMPLE_BYTES_BUFFERED", 1000)
     router.sample("m", SamplingConfig(1.0))
     with httpx.Client() as client:
         for i in range(100):

@@ -20,13 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.cli import main
-from controller.loader import load_desired
-from controller.metrics import bentoml_window
-from controller.packager import Packager, Source
-from controller.runtime import LocalRuntime, ReleaseSpec, State, release_home
-from controller.spec import Probe
-from controller.tree import DirTree
+from controller.adapters.metrics import bentoml_window
+from controller.adapters.packaging import Packager, Source
+from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State, release_home
+from controller.cli.main import main
+from controller.spec.kinds import Probe
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.bentos import bentoml_processes, example_copy, repo_with_service
 
 pytestmark = pytest.mark.integration
@@ -250,8 +250,8 @@ CONTROLLER = """
 import os, random, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from controller.runtime import LocalRuntime, ReleaseSpec
-from controller.spec import Probe
+from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec
+from controller.spec.kinds import Probe
 state, home, v1, v2 = sys.argv[2:6]
 rt = LocalRuntime(Path(state), Path(home), rng=random.Random(0))
 probe = Probe("/score", {"transactions": [{"amount_log": 1.0}]}, 2.0, 0.2, 2)

@@ -1,4 +1,4 @@
-"""controller.signing against real gpg, ssh-keygen and git-signed commits.
+"""controller.adapters.git.signing against real gpg, ssh-keygen and git-signed commits.
 
 Keys are generated once per module in throw-away homes; every commit is made
 and signed by the git CLI, the way a release engineer would.
@@ -17,7 +17,7 @@ import pygit2
 import pytest
 
 from controller import signing
-from controller.signing import SigningMode, SigningPolicy, verify_commit
+from controller.adapters.git.signing import SigningMode, SigningPolicy, verify_commit
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.gitsource import GitSource, PollResult, SourcePoller
-from controller.watcher import Watcher, push_listener
-from controller.webhook import Trigger, WebhookServer
+from controller.adapters.git.source import GitSource, PollResult, SourcePoller
+from controller.adapters.github.webhook import Trigger, WebhookServer
+from controller.app.watch import Watcher, push_listener
 from tests.gitservers import GitDaemon, run_git
 from tests.integration.test_gitsource import commit_change, push_example
 

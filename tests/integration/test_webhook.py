@@ -21,8 +21,7 @@ import httpx
 import jsonschema
 import pytest
 
-from controller.errors import PermanentError
-from controller.webhook import (
+from controller.adapters.github.webhook import (
     IssueCommentEvent,
     PullRequestEvent,
     PushEvent,
@@ -32,6 +31,7 @@ from controller.webhook import (
     parse_event,
     verify_signature,
 )
+from controller.errors import PermanentError
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -479,7 +479,7 @@ def test_replays_are_refused_or_deduplicated(serve: Serve, client: httpx.Client)
 def test_delivery_memory_is_bounded(
     serve: Serve, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("controller.webhook.DELIVERY_MEMORY", 3)
+    monkeypatch.setattr("controller.adapters.github.webhook.DELIVERY_MEMORY", 3)
     server, received = serve()
     statuses = [
         deliver(client, server.url, push_payload(), X_GitHub_Delivery=delivery).status_code
@@ -564,7 +564,7 @@ def test_failing_handler_gets_500_and_the_server_lives_on(
             raise RuntimeError("boom")
 
     server, _ = serve(flaky)
-    with caplog.at_level(logging.ERROR, logger="controller.webhook"):
+    with caplog.at_level(logging.ERROR, logger="controller.adapters.github.webhook"):
         failed = deliver(client, server.url, push_payload(), X_GitHub_Delivery="d-1")
     assert failed.status_code == 500
     [record] = caplog.records

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from controller.canary import (
+from controller.core.canary import (
     ActionKind,
     BackendWindow,
     CanaryPhase,
@@ -21,7 +21,7 @@ from controller.canary import (
     state_from_dict,
     state_to_dict,
 )
-from controller.spec import Analysis, Check, Metric, RolloutPolicy, Step, StepKind
+from controller.spec.kinds import Analysis, Check, Metric, RolloutPolicy, Step, StepKind
 
 
 def W(weight: int) -> Step:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller import __version__
-from controller.cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, main
+from controller.cli.main import EXIT_INVALID, EXIT_OK, EXIT_USAGE, main
 from tests.conftest import EXAMPLE_REPO, ROOT
 
 MDC = Path(sys.executable).with_name("mdc")

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from controller.costs import hold_hours, model_cost, per_day, team_totals
-from controller.status import GPUHold, ModelStatus, Phase
+from controller.core.costs import hold_hours, model_cost, per_day, team_totals
+from controller.core.status import GPUHold, ModelStatus, Phase
 
 T0 = "2026-11-27T10:00:00Z"
 NOW = datetime(2026, 11, 27, 16, 0, tzinfo=UTC).timestamp()  # six hours later

@@ -1,5 +1,5 @@
 """The controller's pieces that need no process: ``mdc.yaml``, the state-directory
-lock and the Prometheus text of :func:`controller.daemon.metrics_text`."""
+lock and the Prometheus text of :func:`controller.app.daemon.metrics_text`."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.daemon import Config, StateLock, _PassStats, load_config, metrics_text
+from controller.adapters.git.source import PollResult
+from controller.app.daemon import Config, StateLock, _PassStats, load_config, metrics_text
+from controller.app.reconciler import PassResult
+from controller.core.inventory import GPU
+from controller.core.ledger import Demand, Ledger, Placed, ReleaseKind, Request
+from controller.core.status import ModelStatus, Phase
 from controller.errors import PermanentError, TransientError
-from controller.gitsource import PollResult
-from controller.inventory import GPU
-from controller.ledger import Demand, Ledger, Placed, ReleaseKind, Request
-from controller.reconciler import PassResult
-from controller.spec import Quota
-from controller.status import ModelStatus, Phase
+from controller.spec.kinds import Quota
 
 GIB = 1 << 30
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from controller.canary import (
+from controller.core.canary import (
     CanaryPhase,
     CanaryState,
     CheckResult,
@@ -24,20 +24,8 @@ from controller.canary import (
     Outcome,
     state_to_dict,
 )
-from controller.dashboard import (
-    COLUMNS,
-    dashboard_json,
-    format_age,
-    render_dashboard,
-    render_status_table,
-    status_rows,
-)
-from controller.inventory import build_inventory
-from controller.loader import load_desired
-from controller.output import Style
-from controller.poolview import pool_report, recorded_holdings
-from controller.spec import Desired
-from controller.status import (
+from controller.core.inventory import build_inventory
+from controller.core.status import (
     Condition,
     GPUHold,
     HistoryEntry,
@@ -47,7 +35,19 @@ from controller.status import (
     Verdict,
     parse_model_status,
 )
-from controller.tree import DirTree
+from controller.spec.kinds import Desired
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
+from controller.ui.dashboard import (
+    COLUMNS,
+    dashboard_json,
+    format_age,
+    render_dashboard,
+    render_status_table,
+    status_rows,
+)
+from controller.ui.pool_view import pool_report, recorded_holdings
+from controller.ui.terminal import Style
 from tests.conftest import EXAMPLE_REPO
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC).timestamp()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from controller.documents import Limits, Location, format_path, parse_yaml
+from controller.spec.documents import Limits, Location, format_path, parse_yaml
 
 
 def one(text: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cli import _parser, verbs
+from controller.cli.main import _parser, verbs
 from tests.conftest import EXAMPLE_REPO
 
 ARTIFACTS = [

@@ -10,8 +10,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from controller.feedback import SCHEMA, FeedbackStore
-from controller.router import Sample
+from controller.adapters.feedback import SCHEMA, FeedbackStore
+from controller.adapters.router.embedded import Sample
 
 
 def sample(rng: random.Random, size: int = 40) -> Sample:

@@ -9,8 +9,14 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from controller.adapters.github.client import (
+    COMMENT_LIMIT,
+    Comment,
+    GitHubReporter,
+    fit_comment,
+    fit_description,
+)
 from controller.errors import PermanentError, TransientError
-from controller.github import COMMENT_LIMIT, Comment, GitHubReporter, fit_comment, fit_description
 
 NOW = 1_750_000_000.0
 MARKER = "<!-- m -->"

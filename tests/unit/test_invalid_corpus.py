@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import EXIT_INVALID, main
-from controller.loader import load_desired
-from controller.spec import ObjectRef
-from controller.tree import DirTree
+from controller.cli.main import EXIT_INVALID, main
+from controller.spec.kinds import ObjectRef
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.conftest import FIXTURES
 
 # case, file, line, column, field path, rule

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controller.inventory import (
+from controller.core.inventory import (
     GPU,
     ClusterNode,
     NVMLUnavailable,
@@ -21,9 +21,9 @@ from controller.inventory import (
     read_nvml,
     real_uuid,
 )
-from controller.loader import load_desired
-from controller.spec import GPUPool
-from controller.tree import DirTree
+from controller.spec.kinds import GPUPool
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
 
 GiB = 2**30

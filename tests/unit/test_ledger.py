@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.inventory import GPU
-from controller.ledger import (
+from controller.core.inventory import GPU
+from controller.core.ledger import (
     MEMORY_LIMIT_ENV,
     Allocation,
     Demand,
@@ -25,8 +25,8 @@ from controller.ledger import (
     holds_of,
     launch_env,
 )
-from controller.spec import Quota
-from controller.status import ModelStatus, Phase, parse_model_status, render
+from controller.core.status import ModelStatus, Phase, parse_model_status, render
+from controller.spec.kinds import Quota
 
 GiB = 2**30
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.loader import load_desired
-from controller.spec import Discovery, Metric, Sharing, StepKind
-from controller.tree import DirTree
+from controller.spec.kinds import Discovery, Metric, Sharing, StepKind
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
 
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from controller.metrics import _quantile, bentoml_window, parse_prometheus_text, router_window
-from controller.router import BackendStats
+from controller.adapters.metrics import (
+    _quantile,
+    bentoml_window,
+    parse_prometheus_text,
+    router_window,
+)
+from controller.adapters.router.embedded import BackendStats
 
 BEFORE = """# HELP bentoml_service_request_total Total number of requests
 # TYPE bentoml_service_request_total counter

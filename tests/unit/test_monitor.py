@@ -9,10 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from controller.canary import BackendStats
-from controller.drift import DriftTracker, predictions, psi, redact
-from controller.loader import load_desired
-from controller.monitor import (
+from controller.core.canary import BackendStats
+from controller.core.drift import DriftTracker, predictions, psi, redact
+from controller.core.monitor import (
     GPUReading,
     Level,
     ModelMonitor,
@@ -22,8 +21,9 @@ from controller.monitor import (
     judge,
     period_start,
 )
-from controller.spec import DriftWatch, Monitor, MonitorMetric, Objective
-from controller.tree import DirTree
+from controller.spec.kinds import DriftWatch, Monitor, MonitorMetric, Objective
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
 
 OK, RISK, BREACHED, UNKNOWN = Level.OK, Level.AT_RISK, Level.BREACHED, Level.UNKNOWN

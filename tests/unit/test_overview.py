@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from controller.loader import load_desired
-from controller.overview import (
+from controller.core.demand import (
     canary_checks,
     gpu_equivalent,
     policy_timeline,
     summarize,
     team_usage,
 )
-from controller.spec import Desired
-from controller.tree import DirTree
+from controller.spec.kinds import Desired
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
 
 

@@ -6,9 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from controller.canary import CanaryPhase, CanaryState, CheckResult, IntervalVerdict, Outcome
-from controller.loader import load_desired
-from controller.planner import (
+from controller.core.canary import CanaryPhase, CanaryState, CheckResult, IntervalVerdict, Outcome
+from controller.core.plan import (
     Move,
     Observed,
     PlanInput,
@@ -17,8 +16,9 @@ from controller.planner import (
     next_status,
     spec_hash,
 )
-from controller.status import ModelStatus, Phase, Release
-from controller.tree import DirTree
+from controller.core.status import ModelStatus, Phase, Release
+from controller.spec.loader import load_desired
+from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
 
 H1, H2, H3 = "a" * 16, "b" * 16, "c" * 16

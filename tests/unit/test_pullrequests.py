@@ -8,9 +8,7 @@ from dataclasses import asdict
 
 import pytest
 
-from controller.canary import CanaryPhase, CanaryState, CheckResult, IntervalVerdict, Outcome
-from controller.errors import TransientError
-from controller.pullrequests import (
+from controller.app.reporting import (
     MONITOR_MARKER,
     ROLLOUT_MARKER,
     PullRequests,
@@ -20,7 +18,9 @@ from controller.pullrequests import (
     render_rollout,
     rollout_state,
 )
-from controller.status import Condition, HistoryEntry, ModelStatus, Phase, Release
+from controller.core.canary import CanaryPhase, CanaryState, CheckResult, IntervalVerdict, Outcome
+from controller.core.status import Condition, HistoryEntry, ModelStatus, Phase, Release
+from controller.errors import TransientError
 
 
 @pytest.mark.parametrize(

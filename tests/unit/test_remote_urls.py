@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.adapters.git.source import Credentials, backoff_delay, parse_remote
 from controller.errors import PermanentError
-from controller.gitsource import Credentials, backoff_delay, parse_remote
 
 
 @pytest.mark.parametrize(

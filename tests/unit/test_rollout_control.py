@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.canary import CanaryPhase, CanaryState
-from controller.cli import EXIT_INVALID, EXIT_OK, main
-from controller.rollout import Pins, read_command, rollout_decision, send_command
+from controller.app.rollout import Pins, read_command, rollout_decision, send_command
+from controller.cli.main import EXIT_INVALID, EXIT_OK, main
+from controller.core.canary import CanaryPhase, CanaryState
 
 
 def canary(spec_hash: str, phase: CanaryPhase) -> CanaryState:

@@ -9,7 +9,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from controller import API_VERSION
-from controller.schema import KINDS, schemas
+from controller.spec.schema import KINDS, schemas
 
 FILES = sorted(schemas())
 

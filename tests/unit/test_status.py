@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.errors import PermanentError
-from controller.status import (
+from controller.core.status import (
     HISTORY_LIMIT,
     Condition,
     GPUHold,
@@ -19,6 +18,7 @@ from controller.status import (
     parse_model_status,
     render,
 )
+from controller.errors import PermanentError
 
 FULL = ModelStatus(
     name="fraud-scorer",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from controller.errors import UnsafePath
-from controller.tree import DirTree, EntryKind, clean_reference, resolve
+from controller.spec.tree import DirTree, EntryKind, clean_reference, resolve
 
 
 @pytest.mark.parametrize(

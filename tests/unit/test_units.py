@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from controller.schema import schema_dir
-from controller.units import (
+from controller.spec.schema import schema_dir
+from controller.spec.units import (
     DURATION_PATTERN,
     MEMORY_PATTERN,
     format_bytes,

@@ -1,0 +1,1 @@
+"""I/O, one folder or module per seam."""

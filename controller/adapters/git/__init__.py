@@ -1,0 +1,1 @@
+"""Git: the source, the status branch, signing, history (pygit2)."""

@@ -1,0 +1,1 @@
+"""GitHub: the REST client and webhook events (httpx)."""

@@ -1,0 +1,450 @@
+"""BentoML packaging: a model's artifact into the model store, and its service
+code plus that exact model into a bento -- content-addressed, offline, once.
+
+Owns:
+
+* **Artifacts.** A file or directory inside the spec repo (read through the
+  :class:`~controller.spec.tree.Tree`, so a git snapshot works without a checkout),
+  an http(s) URL (streamed with httpx under a size cap, sha256-checked before
+  anything is imported, retried on transient errors), or an existing model
+  tag. The model tag's version is the artifact's content hash, so the same
+  bytes never make two models. A single file is stored in the model as
+  ``artifact<suffix>`` (``artifact.json``); a directory as it is.
+* **Bentos.** The service module's directory (its ``.py`` files) and a
+  generated ``bentofile.yaml`` are laid out in a build directory; ``bentoml
+  build`` runs offline (``lock_packages: false``, no index, no proxies) with
+  the exact model tag as the ``model_tag`` build argument, so the bento pins
+  it. The bento tag's version is a hash of everything that goes in (service
+  files, model tag, service class, BentoML version), so an unchanged model
+  costs no ``bentoml build``. Labels name the source repo, revision and spec
+  file. Each build's output goes to a log file; a failed build is a
+  :class:`~controller.errors.PermanentError` (``BuildFailed``) carrying the
+  log's last lines, and nothing half-written is left in the store.
+
+BentoML runs in subprocesses (with ``BENTOML_HOME`` set and telemetry off), so
+mdc itself never imports it. Called by ``mdc build`` and the reconciler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+import yaml
+
+from controller.errors import PermanentError, TransientError
+from controller.spec.kinds import Model
+from controller.spec.tree import EntryKind, Tree, clean_reference, resolve
+
+__all__ = [
+    "BuildResult",
+    "Packager",
+    "Source",
+    "bento_tag",
+    "bentoml_env",
+    "model_tag_for",
+    "planned_bento_tag",
+    "service_files",
+]
+
+MAX_ARTIFACT_BYTES = 4 << 30
+MAX_SERVICE_FILE_BYTES = 1 << 20
+BUILD_TIMEOUT = 600.0
+#: Bumped when the layout of build directories or bentofiles changes.
+LAYOUT = "mdc-bento-1"
+
+_IMPORT_MODEL = """
+import shutil, sys
+import bentoml
+tag, source, kind, name = sys.argv[1:5]
+labels = dict(arg.split("=", 1) for arg in sys.argv[5:])
+with bentoml.models.create(tag, labels=labels) as model:
+    if kind == "file":
+        shutil.copyfile(source, model.path_of(name))
+    else:
+        shutil.copytree(source, model.path, dirs_exist_ok=True)
+print(model.tag)
+"""
+
+
+def bentoml_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment BentoML runs in: its home, no telemetry, no package index."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(
+        {
+            "BENTOML_HOME": str(home),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "PIP_NO_INDEX": "1",
+            "UV_OFFLINE": "1",
+            "UV_NO_CACHE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the specs came from, written into the bento's labels."""
+
+    repo: str = ""
+    revision: str = ""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    model: str
+    model_tag: str
+    bento_tag: str
+    built: bool  # False: the bento was already in the store
+    log: Path | None = None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _safe_version(digest: str) -> str:
+    return digest[:20]
+
+
+def _files_under(tree: Tree, directory: str) -> dict[str, bytes]:
+    prefix = directory.rstrip("/") + "/"
+    return {
+        entry[len(prefix) :]: tree.read(entry)
+        for entry in tree.walk()
+        if entry.startswith(prefix) and tree.kind(entry) is EntryKind.FILE
+    }
+
+
+def _digest_of_files(files: Mapping[str, bytes]) -> str:
+    hasher = hashlib.sha256()
+    for rel in sorted(files):
+        hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
+    return hasher.hexdigest()
+
+
+def model_tag_for(model: Model, tree: Tree) -> str:
+    """The model tag ``model``'s artifact gets, computed without importing anything."""
+    art = model.artifact
+    if art.bento_model:
+        return art.bento_model
+    if art.url:
+        return f"{model.name}:{_safe_version(art.sha256 or '')}"
+    target, kind = resolve(tree, clean_reference(art.path or ""))
+    if kind is EntryKind.FILE:
+        return f"{model.name}:{_safe_version(_sha256(tree.read(target)))}"
+    return f"{model.name}:{_safe_version(_digest_of_files(_files_under(tree, target)))}"
+
+
+def service_files(model: Model, tree: Tree) -> dict[str, bytes]:
+    """The ``.py`` files of the service module's directory, by path inside it."""
+    module = clean_reference(model.service_module)
+    directory = posixpath.dirname(module)
+    prefix = directory + "/" if directory else ""
+    files = {}
+    for path in tree.walk():
+        if path.startswith(prefix) and path.endswith(".py"):
+            target, kind = resolve(tree, path)
+            if kind is EntryKind.FILE and tree.size(target) <= MAX_SERVICE_FILE_BYTES:
+                files[path[len(prefix) :]] = tree.read(target)
+    return files
+
+
+def bento_tag(model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:
+    """The content-addressed bento tag: same inputs, same tag."""
+    hasher = hashlib.sha256()
+    for part in (LAYOUT, _bentoml_version(), model.name, model_tag, model.service_class):
+        hasher.update(part.encode() + b"\n")
+    for rel in sorted(files):
+        hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
+    return f"{model.name}:{_safe_version(hasher.hexdigest())}"
+
+
+def planned_bento_tag(model: Model, tree: Tree) -> str:
+    """The bento tag a build of ``model`` would have (for plans: nothing is built)."""
+    return bento_tag(model, model_tag_for(model, tree), service_files(model, tree))
+
+
+class Packager:
+    """Builds bentos into the BentoML store at ``home``; work files under ``state_dir``."""
+
+    def __init__(
+        self,
+        home: Path,
+        state_dir: Path,
+        *,
+        python: str = sys.executable,
+        http: httpx.Client | None = None,
+        retries: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.home = Path(home)
+        self.state = Path(state_dir)
+        self.python = python
+        self.http = http
+        self.retries = retries
+        self.sleep = sleep
+        for sub in ("models", "bentos"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("staging", "build", "logs", "downloads"):
+            (self.state / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- store queries --------------------------------------------------------
+
+    def model_exists(self, tag: str) -> bool:
+        name, _, version = tag.partition(":")
+        return (self.home / "models" / name / version / "model.yaml").is_file()
+
+    def bento_exists(self, tag: str) -> bool:
+        name, _, version = tag.partition(":")
+        return (self.home / "bentos" / name / version / "bento.yaml").is_file()
+
+    # -- artifacts ------------------------------------------------------------
+
+    def import_artifact(self, model: Model, tree: Tree) -> str:
+        """The model tag holding ``model``'s artifact, importing it when new."""
+        art = model.artifact
+        if art.bento_model:
+            if not self.model_exists(art.bento_model):
+                raise PermanentError(
+                    f"{model.name}: BentoML model {art.bento_model} is not in the store "
+                    f"({self.home / 'models'})",
+                    reason="ModelNotFound",
+                )
+            return art.bento_model
+        if art.url:
+            staged, name = self._download(model), "artifact" + _suffix(art.url)
+            digest = art.sha256 or ""
+            kind = "file"
+        else:
+            staged, digest, kind, name = self._stage_from_tree(model, tree)
+        tag = f"{model.name}:{_safe_version(digest)}"
+        if not self.model_exists(tag):
+            labels = [f"mdc.dev/sha256={digest}", f"mdc.dev/model={model.name}"]
+            self._run(
+                [self.python, "-c", _IMPORT_MODEL, tag, str(staged), kind, name, *labels],
+                log=self.state / "logs" / f"import-{model.name}-{_safe_version(digest)}.log",
+                failure=f"{model.name}: importing the artifact into the model store failed",
+                reason="ArtifactImportFailed",
+            )
+        return tag
+
+    def _stage_from_tree(self, model: Model, tree: Tree) -> tuple[Path, str, str, str]:
+        path = clean_reference(model.artifact.path or "")
+        target, kind = resolve(tree, path)
+        if kind is EntryKind.FILE:
+            data = tree.read(target)
+            digest = _sha256(data)
+            staged = self.state / "staging" / digest
+            staged.write_bytes(data)
+            return staged, digest, "file", "artifact" + _suffix(target)
+        if kind is not EntryKind.DIR:
+            raise PermanentError(
+                f"{model.name}: artifact {path!r} is not a file or directory in the repo",
+                reason="ArtifactMissing",
+            )
+        files = _files_under(tree, target)
+        if sum(len(b) for b in files.values()) > MAX_ARTIFACT_BYTES:
+            raise PermanentError(
+                f"{model.name}: artifact over the size cap", reason="ArtifactTooBig"
+            )
+        digest = _digest_of_files(files)
+        staged = self.state / "staging" / digest
+        shutil.rmtree(staged, ignore_errors=True)
+        for rel, data in files.items():
+            out = staged / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+        return staged, digest, "dir", ""
+
+    def _download(self, model: Model) -> Path:
+        url, expected = model.artifact.url or "", model.artifact.sha256 or ""
+        final = self.state / "downloads" / expected
+        if final.is_file() and _file_sha256(final) == expected:
+            return final
+        partial = final.with_suffix(".part")
+        client = self.http or httpx.Client(timeout=httpx.Timeout(30.0), follow_redirects=True)
+        try:
+            for attempt in range(1, self.retries + 1):
+                try:
+                    self._fetch(client, url, partial)
+                    break
+                except TransientError:
+                    if attempt == self.retries:
+                        raise
+                    self.sleep(min(30.0, 2.0**attempt))
+        finally:
+            if self.http is None:
+                client.close()
+        got = _file_sha256(partial)
+        if got != expected:
+            partial.unlink(missing_ok=True)
+            raise PermanentError(
+                f"{model.name}: artifact from {url} has sha256 {got}, the spec says {expected}; "
+                "nothing was imported",
+                reason="ArtifactDigestMismatch",
+            )
+        partial.replace(final)
+        return final
+
+    def _fetch(self, client: httpx.Client, url: str, into: Path) -> None:
+        try:
+            with client.stream("GET", url) as answer:
+                if answer.status_code >= 500 or answer.status_code == 429:
+                    raise TransientError(
+                        f"GET {url}: HTTP {answer.status_code}", reason="ArtifactUnavailable"
+                    )
+                if answer.status_code != 200:
+                    raise PermanentError(
+                        f"GET {url}: HTTP {answer.status_code}", reason="ArtifactUnavailable"
+                    )
+                size = 0
+                with into.open("wb") as out:
+                    for chunk in answer.iter_bytes(1 << 20):
+                        size += len(chunk)
+                        if size > MAX_ARTIFACT_BYTES:
+                            raise PermanentError(
+                                f"GET {url}: over the {MAX_ARTIFACT_BYTES} byte cap",
+                                reason="ArtifactTooBig",
+                            )
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            into.unlink(missing_ok=True)
+            raise TransientError(f"GET {url}: {exc}", reason="ArtifactUnavailable") from None
+        except PermanentError:
+            into.unlink(missing_ok=True)
+            raise
+
+    # -- bentos -----------------------------------------------------------------
+
+    def service_files(self, model: Model, tree: Tree) -> dict[str, bytes]:
+        return service_files(model, tree)
+
+    def bento_tag(self, model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:
+        return bento_tag(model, model_tag, files)
+
+    def build(self, model: Model, tree: Tree, source: Source | None = None) -> BuildResult:
+        """The bento for ``model`` as ``tree`` describes it; built only when new."""
+        source = source or Source()
+        model_tag = self.import_artifact(model, tree)
+        files = self.service_files(model, tree)
+        tag = self.bento_tag(model, model_tag, files)
+        if self.bento_exists(tag):
+            return BuildResult(model.name, model_tag, tag, built=False)
+        version = tag.split(":", 1)[1]
+        context = self.state / "build" / version
+        shutil.rmtree(context, ignore_errors=True)
+        for rel, data in files.items():
+            out = context / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+        stem = posixpath.basename(model.service_module)[: -len(".py")]
+        bentofile = {
+            "service": f"{stem}:{model.service_class}",
+            "name": model.name,
+            "include": ["**/*.py"],
+            "python": {"lock_packages": False},
+        }
+        (context / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
+        labels = {
+            "mdc.dev/repo": source.repo,
+            "mdc.dev/revision": source.revision,
+            "mdc.dev/spec": model.source.file,
+            "mdc.dev/model-version": model.version,
+        }
+        argv = [
+            self.python,
+            "-m",
+            "bentoml",
+            "build",
+            str(context),
+            "--version",
+            version,
+            "--name",
+            model.name,
+            "--arg",
+            f"model_tag={model_tag}",
+            "-o",
+            "tag",
+        ]
+        for key, value in labels.items():
+            if value:
+                argv += ["--label", f"{key}={value}"]
+        log = self.state / "logs" / f"build-{model.name}-{version}.log"
+        try:
+            self._run(
+                argv,
+                log=log,
+                failure=f"{model.name}: bentoml build failed",
+                reason="BuildFailed",
+                cwd=context,
+            )
+        except PermanentError:
+            shutil.rmtree(self.home / "bentos" / model.name / version, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(context, ignore_errors=True)
+        if not self.bento_exists(tag):
+            raise PermanentError(
+                f"{model.name}: bentoml build did not produce {tag}", reason="BuildFailed"
+            )
+        return BuildResult(model.name, model_tag, tag, built=True, log=log)
+
+    def _run(
+        self, argv: list[str], *, log: Path, failure: str, reason: str, cwd: Path | None = None
+    ) -> None:
+        with log.open("wb") as out:
+            try:
+                done = subprocess.run(
+                    argv,
+                    cwd=cwd,
+                    env=bentoml_env(self.home),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=BUILD_TIMEOUT,
+                    check=False,
+                )
+                code = done.returncode
+            except subprocess.TimeoutExpired:
+                code = -1
+        if code != 0:
+            tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+            raise PermanentError(
+                f"{failure} (exit {code}); last lines of {log}:\n" + "\n".join(tail),
+                reason=reason,
+            )
+
+
+def _suffix(name: str) -> str:
+    base = posixpath.basename(name.split("?", 1)[0])
+    suffix = posixpath.splitext(base)[1]
+    return suffix if suffix and len(suffix) <= 10 and suffix[1:].isalnum() else ""
+
+
+def _file_sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _bentoml_version() -> str:
+    try:
+        return metadata.version("bentoml")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        return "unknown"

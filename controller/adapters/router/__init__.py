@@ -1,0 +1,1 @@
+"""Routers: the embedded router and HAProxy."""

@@ -1,0 +1,1 @@
+"""Runtimes: local processes and a Ray cluster."""

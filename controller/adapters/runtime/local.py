@@ -1,0 +1,556 @@
+"""The local runtime: releases served by ``bentoml serve`` on this machine.
+
+Owns starting a release (a bento on a loopback port, with its own
+``BENTOML_HOME`` whose ``models/`` and ``bentos/`` link to the shared stores --
+two servers sharing a home would share, and wipe, each other's Prometheus
+metrics -- telemetry off, and the GPU environment the ledger gave it),
+judging it (``/readyz`` within a deadline, then a real request to the
+service, because a hung worker leaves ``/readyz`` green), restarting a
+crashed release with exponential back-off, stopping one gracefully (SIGTERM,
+drain, SIGKILL) together with every process it started, and a process table
+in the state directory so a restarted controller adopts releases that still
+run and cleans up those that do not.
+
+Every process of a release carries that release's ``BENTOML_HOME`` in its
+environment, which is how all of them -- workers orphaned by a killed server
+too -- are found again. Time is a parameter of :meth:`LocalRuntime.tick`.
+
+Called by the reconciler, ``mdc logs`` and the tests.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.adapters.git.source import backoff_delay
+from controller.adapters.packaging import bentoml_env
+from controller.core.inventory import ClusterNode
+from controller.spec.kinds import Probe
+
+__all__ = [
+    "Event",
+    "LocalRuntime",
+    "Release",
+    "ReleaseSpec",
+    "State",
+    "release_home",
+    "release_log",
+    "release_row",
+]
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 10.0
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    CRASHED = "crashed"  # exited; restarted after a back-off
+    FAILED = "failed"  # will not be restarted: never became ready, or the port is taken
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    name: str  # unique: "fraud-scorer/canary"
+    model: str
+    version: str
+    bento: str
+    env: Mapping[str, str] = field(default_factory=dict)  # from the ledger's launch_env
+    gpus: tuple[str, ...] = ()
+    ready_timeout: float = 120.0
+    probe: Probe | None = None
+    port: int | None = None  # None: a free loopback port
+    node: str | None = None  # the pool node the ledger placed it on (the Ray runtime uses it)
+    gpu_share: float = 0.0  # GPUs it holds (1.5 = one and a half), for Ray's own accounting
+
+
+@dataclass(frozen=True)
+class Release:
+    spec: ReleaseSpec
+    port: int
+    pid: int | None
+    state: State
+    since: float  # when it entered this state
+    reason: str = ""
+    crashes: int = 0
+    started_at: float = 0.0
+    restart_at: float | None = None
+    probe_failures: int = 0
+    next_probe: float = 0.0
+    proc_start: int | None = None  # the kernel's start time of pid (guards PID reuse)
+    host: str = "127.0.0.1"  # where it listens (a Ray node's address for the Ray runtime)
+
+    @property
+    def address(self) -> str:
+        """``host:port``, as the router takes it."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+
+@dataclass(frozen=True)
+class Event:
+    release: str
+    #: Started, Ready, Unhealthy, Recovered, Crashed, Restarted, Failed, Stopped,
+    #: Adopted or CleanedUp
+    kind: str
+    message: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _proc_start(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None  # a zombie has finished
+    return int(fields[19])
+
+
+def _processes_with_home(home: Path) -> list[int]:
+    """Every live process whose environment has ``BENTOML_HOME=home``."""
+    wanted = f"BENTOML_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0") and _proc_start(int(entry.name)) is not None:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+class LocalRuntime:
+    """Releases as local ``bentoml serve`` processes, tracked in ``state_dir/runtime``."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        bento_home: Path,
+        *,
+        python: str = sys.executable,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.dir = Path(state_dir) / "runtime"
+        for sub in ("homes", "logs"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.bento_home = Path(bento_home)
+        self.python = python
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.table = self.dir / "releases.json"
+        self.releases: dict[str, Release] = {}
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.events: list[Event] = []
+        self._adopt()
+
+    # -- paths ------------------------------------------------------------------
+
+    def home(self, name: str) -> Path:
+        return release_home(self.dir.parent, name)
+
+    def log_path(self, name: str) -> Path:
+        return release_log(self.dir.parent, name)
+
+    # -- the process table ------------------------------------------------------
+
+    def _save(self) -> None:
+        rows = []
+        for r in self.releases.values():
+            row = asdict(r)
+            row["spec"]["env"] = dict(r.spec.env)
+            row["spec"]["probe"] = None if r.spec.probe is None else asdict(r.spec.probe)
+            rows.append(row)
+        tmp = self.table.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows, indent=1, default=list))
+        tmp.replace(self.table)
+
+    def _adopt(self) -> None:
+        if not self.table.exists():
+            return
+        try:
+            rows = json.loads(self.table.read_text())
+        except (OSError, ValueError) as exc:
+            log.error("process table %s unreadable (%s): starting empty", self.table, exc)
+            rows = []
+        now = self.clock()
+        for row in rows:
+            spec_row = row["spec"]
+            probe = spec_row.get("probe")
+            spec = ReleaseSpec(
+                **{
+                    **spec_row,
+                    "gpus": tuple(spec_row.get("gpus", ())),
+                    "probe": Probe(**probe) if probe else None,
+                }
+            )
+            release = Release(**{**row, "spec": spec, "state": State(row["state"])})
+            if release.state not in (State.STOPPED, State.FAILED) and self._still_running(release):
+                self.releases[spec.name] = release
+                self.events.append(
+                    Event(spec.name, "Adopted", f"pid {release.pid}, port {release.port}")
+                )
+                continue
+            leftovers = self._clear_leftovers(release)
+            if release.state in (State.STOPPED, State.FAILED):
+                self.releases[spec.name] = release
+                continue
+            self.releases[spec.name] = replace(
+                release,
+                pid=None,
+                state=State.CRASHED,
+                since=now,
+                restart_at=now,
+                reason="not running when the controller started",
+            )
+            self.events.append(
+                Event(
+                    spec.name,
+                    "CleanedUp",
+                    f"pid {release.pid} was gone; "
+                    f"{leftovers} leftover processes killed; restarting",
+                )
+            )
+        self._save()
+
+    def _still_running(self, release: Release) -> bool:
+        """Whether a release in the process table still runs (same pid, same start)."""
+        return (
+            release.pid is not None
+            and release.proc_start is not None
+            and _proc_start(release.pid) == release.proc_start
+        )
+
+    def _clear_leftovers(self, release: Release) -> int:
+        """Kill what is left of a release that is not running; how many processes."""
+        leftovers = _processes_with_home(self.home(release.spec.name))
+        self._kill(leftovers, signal.SIGKILL)
+        return len(leftovers)
+
+    # -- starting and stopping ----------------------------------------------------
+
+    def start(self, spec: ReleaseSpec) -> Release:
+        """Start ``spec`` (or return it, when it already runs)."""
+        current = self.releases.get(spec.name)
+        if current is not None and current.state not in (State.STOPPED, State.FAILED):
+            return current
+        release = self._spawn(spec, crashes=0)
+        self.events.append(Event(spec.name, "Started", f"{spec.bento} on port {release.port}"))
+        return release
+
+    def _spawn(self, spec: ReleaseSpec, crashes: int) -> Release:
+        home = self.home(spec.name)
+        home.mkdir(parents=True, exist_ok=True)
+        for sub in ("models", "bentos"):
+            link = home / sub
+            if not link.is_symlink():
+                link.symlink_to(self.bento_home / sub)
+        port = spec.port or free_port()
+        now = self.clock()
+        logfile = self.log_path(spec.name).open("ab")
+        logfile.write(f"--- mdc: starting {spec.bento} on port {port} ---\n".encode())
+        logfile.flush()
+        env = bentoml_env(home, spec.env)
+        proc = subprocess.Popen(
+            [
+                self.python,
+                "-m",
+                "bentoml",
+                "serve",
+                spec.bento,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        logfile.close()
+        self.children[spec.name] = proc
+        release = Release(
+            spec,
+            port,
+            proc.pid,
+            State.STARTING,
+            now,
+            "",
+            crashes,
+            now,
+            proc_start=_proc_start(proc.pid),
+        )
+        self.releases[spec.name] = release
+        self._save()
+        return release
+
+    def stop(self, name: str, drain: float = DRAIN_SECONDS) -> Release | None:
+        """SIGTERM every process of the release, wait ``drain`` seconds, SIGKILL the rest."""
+        release = self.releases.get(name)
+        if release is None:
+            return None
+        processes = _processes_with_home(self.home(name))
+        self._kill(processes, signal.SIGTERM)
+        deadline = time.monotonic() + drain
+        while time.monotonic() < deadline and _processes_with_home(self.home(name)):
+            self._reap(name)
+            time.sleep(0.05)
+        self._kill(_processes_with_home(self.home(name)), signal.SIGKILL)
+        self._reap(name, wait=True)
+        stopped = replace(
+            release, state=State.STOPPED, since=self.clock(), pid=None, reason="stopped"
+        )
+        self.releases[name] = stopped
+        self.events.append(Event(name, "Stopped", "stopped"))
+        self._save()
+        return stopped
+
+    def stop_all(self, drain: float = DRAIN_SECONDS) -> None:
+        for name in list(self.releases):
+            self.stop(name, drain)
+
+    def forget(self, name: str) -> None:
+        """Drop a stopped release from the table (its log stays)."""
+        release = self.releases.get(name)
+        if release is not None and release.state is State.STOPPED:
+            del self.releases[name]
+            self._save()
+
+    @staticmethod
+    def _kill(pids: builtins.list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def _reap(self, name: str, wait: bool = False) -> int | None:
+        proc = self.children.get(name)
+        if proc is None:
+            return None
+        try:
+            code = proc.wait(timeout=5) if wait else proc.poll()
+        except subprocess.TimeoutExpired:
+            return None
+        if code is not None:
+            del self.children[name]
+        return code
+
+    # -- watching ----------------------------------------------------------------
+
+    def cluster_nodes(self) -> builtins.list[ClusterNode] | None:
+        """The nodes of the cluster releases run on; None: no cluster, this machine
+        only (pools list their nodes)."""
+        return None
+
+    def list(self) -> builtins.list[Release]:
+        return sorted(self.releases.values(), key=lambda r: r.spec.name)
+
+    def _alive(self, release: Release) -> bool:
+        if release.pid is None:
+            return False
+        if release.spec.name in self.children:
+            return self._reap(release.spec.name) is None
+        return _proc_start(release.pid) == release.proc_start
+
+    def tick(self, now: float | None = None) -> builtins.list[Event]:
+        """Look at every release once; returns what happened since the last tick."""
+        now = self.clock() if now is None else now
+        for name, release in list(self.releases.items()):
+            updated = self._tick_one(release, now)
+            if updated != release:
+                self.releases[name] = updated
+        self._save()
+        events, self.events = self.events, []  # with those since the last tick (Adopted...)
+        return events
+
+    def _set(self, release: Release, state: State, now: float, reason: str, event: str) -> Release:
+        self.events.append(Event(release.spec.name, event, reason))
+        if event in ("Crashed", "Failed", "Unhealthy"):
+            log.warning("%s: %s", release.spec.name, reason)
+        return replace(release, state=state, since=now, reason=reason)
+
+    def _tick_one(self, r: Release, now: float) -> Release:
+        if r.state in (State.STOPPED, State.FAILED):
+            return r
+        if r.state is State.CRASHED:
+            if r.restart_at is not None and now >= r.restart_at:
+                again = self._spawn(r.spec, r.crashes)
+                self.events.append(
+                    Event(r.spec.name, "Restarted", f"attempt after {r.crashes} crash(es)")
+                )
+                return again
+            return r
+        if not self._alive(r):
+            why = self._exit_reason(r)
+            if "address already in use" in why.lower():
+                self._cleanup(r)
+                return replace(
+                    self._set(r, State.FAILED, now, f"port {r.port} is taken: {why}", "Failed"),
+                    pid=None,
+                )
+            crashes = r.crashes + 1
+            delay = backoff_delay(crashes, base=1.0, cap=300.0, rng=self.rng)
+            self._cleanup(r)
+            crashed = self._set(
+                r,
+                State.CRASHED,
+                now,
+                f"exited ({why}); restart {crashes} in {delay:.1f}s",
+                "Crashed",
+            )
+            return replace(crashed, pid=None, crashes=crashes, restart_at=now + delay)
+        if r.state is State.STARTING:
+            if self._ready(r) and self._probe(r):
+                return replace(
+                    self._set(r, State.READY, now, f"ready on port {r.port}", "Ready"),
+                    next_probe=now + self._interval(r),
+                )
+            if now - r.started_at > r.spec.ready_timeout:
+                self.stop(r.spec.name, drain=2.0)
+                return replace(
+                    self._set(
+                        r,
+                        State.FAILED,
+                        now,
+                        f"not ready within {r.spec.ready_timeout:g}s",
+                        "Failed",
+                    ),
+                    pid=None,
+                )
+            return r
+        if now < r.next_probe:
+            return r
+        healthy = self._ready(r) and self._probe(r)
+        if healthy:
+            if r.state is State.UNHEALTHY:
+                r = self._set(r, State.READY, now, "answering again", "Recovered")
+            return replace(r, probe_failures=0, next_probe=now + self._interval(r))
+        failures = r.probe_failures + 1
+        threshold = r.spec.probe.failure_threshold if r.spec.probe else 3
+        r = replace(r, probe_failures=failures, next_probe=now + self._interval(r))
+        if failures >= threshold and r.state is State.READY:
+            return self._set(
+                r, State.UNHEALTHY, now, f"{failures} probes failed in a row", "Unhealthy"
+            )
+        return r
+
+    def _interval(self, r: Release) -> float:
+        return r.spec.probe.interval if r.spec.probe else 10.0
+
+    def _cleanup(self, r: Release) -> None:
+        self._kill(_processes_with_home(self.home(r.spec.name)), signal.SIGKILL)
+        self._reap(r.spec.name, wait=True)
+
+    def _exit_reason(self, r: Release) -> str:
+        code = None
+        proc = self.children.get(r.spec.name)
+        if proc is not None:
+            code = proc.poll()
+        tail = self.tail(r.spec.name, 5)
+        last = next((line for line in reversed(tail) if line.strip()), "")
+        return (f"exit code {code}; " if code is not None else "") + (last or "no output")
+
+    def _ready(self, r: Release) -> bool:
+        try:
+            return httpx.get(f"{r.url}/readyz", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _probe(self, r: Release) -> bool:
+        probe = r.spec.probe
+        if probe is None:
+            try:
+                return httpx.get(f"{r.url}/livez", timeout=2.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+        try:
+            answer = httpx.post(
+                f"{r.url}{probe.path}", json=dict(probe.body), timeout=probe.timeout
+            )
+        except httpx.HTTPError:
+            return False
+        return 200 <= answer.status_code < 300
+
+    def wait_ready(self, name: str, timeout: float, step: float = 0.1) -> Release:
+        """Tick until ``name`` is ready or settled otherwise (for tests and the CLI)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.tick()
+            release = self.releases[name]
+            if release.state in (State.READY, State.FAILED, State.CRASHED, State.STOPPED):
+                return release
+            if time.monotonic() > deadline:
+                return release
+            time.sleep(step)
+
+    def tail(self, name: str, lines: int = 50) -> builtins.list[str]:
+        path = self.log_path(name)
+        if not path.exists():
+            return []
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 64 * 1024))
+            return f.read().decode(errors="replace").splitlines()[-lines:]
+
+
+def release_home(state_dir: Path, name: str) -> Path:
+    """The ``BENTOML_HOME`` of release ``name``; every process it runs has it in its environment."""
+    return Path(state_dir) / "runtime" / "homes" / _UNSAFE.sub("_", name)
+
+
+def release_log(state_dir: Path, name: str) -> Path:
+    """Where the output of release ``name`` goes (readable without a runtime)."""
+    return Path(state_dir) / "runtime" / "logs" / (_UNSAFE.sub("_", name) + ".log")
+
+
+def release_row(release: Release) -> dict[str, Any]:
+    """A release as ``mdc`` prints it in JSON."""
+    return {
+        "release": release.spec.name,
+        "model": release.spec.model,
+        "version": release.spec.version,
+        "bento": release.spec.bento,
+        "port": release.port,
+        "pid": release.pid,
+        "gpus": list(release.spec.gpus),
+        "state": str(release.state),
+        "since": release.since,
+        "reason": release.reason,
+        "crashes": release.crashes,
+    }

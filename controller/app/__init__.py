@@ -1,0 +1,1 @@
+"""The controller: reconciler, rollout driver, monitoring, daemon, reporting, wiring."""

@@ -1,0 +1,483 @@
+"""The long-running controller behind ``mdc run``: its configuration, the lock
+on its state directory, the loop that runs reconcile passes, and the one HTTP
+port that serves ``/healthz``, ``/readyz``, ``/metrics``, the dashboard,
+``/api/status``, ``/api/monitor`` and the GitHub webhook.
+
+Owns :class:`Config` (``mdc.yaml`` and command-line flags; an unknown key is an
+error naming the file and line), :class:`StateLock` (a second controller on
+the same state directory refuses to start, so two never act on one model),
+:class:`Daemon` (poll on an interval, at once on a verified push webhook, and
+tick running canaries in between) and the Prometheus text of
+:func:`metrics_text`.
+
+Called by ``mdc run`` (:mod:`controller.cli.verbs`) and ``mdc demo``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import IO, Any
+
+from controller.adapters.github.webhook import Event, PushEvent, Route, Trigger, WebhookServer
+from controller.app.reconciler import PassResult, Reconciler
+from controller.core.status import Phase
+from controller.errors import PermanentError
+from controller.spec.documents import parse_yaml
+
+__all__ = ["Config", "Daemon", "StateLock", "load_config", "metrics_text"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds before a pass that raised (a bug) fetches again.
+CRASH_RETRY = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """How one controller runs; ``mdc.yaml`` keys are the camelCase of these names."""
+
+    repo: str = ""
+    branch: str = "main"
+    status_branch: str = "mdc/status"
+    state_dir: Path = Path(".mdc-state")
+    poll_interval: float = 30.0  # seconds between fetches without a webhook
+    tick: float = 0.5  # seconds between passes that tick canaries without fetching
+    listen: str = "127.0.0.1:8080"  # host:port of the health, metrics, dashboard and webhook
+    router: str = "embedded"
+    runtime: str = "local"  # or ray: releases on a Ray cluster (the `ray` extra)
+    ray_address: str | None = None  # with runtime: ray, e.g. ray://head:10001 or auto
+    ray_namespace: str = "mdc"  # with runtime: ray, where this controller's actors are named
+    router_ports: Mapping[str, int] = field(default_factory=dict)  # model -> port
+    webhook_secret_file: Path | None = None  # else MDC_WEBHOOK_SECRET; neither: no webhook
+    github_repository: str | None = None  # owner/name; the token comes from the environment
+    github_api_url: str | None = None  # for GitHub Enterprise
+    revert_prs: bool = False  # open a revert PR after a rollback
+    node: str | None = None  # this machine's node name in the pool (for NVML)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0] or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return listen_port(self.listen)
+
+
+def listen_port(listen: str) -> int:
+    """The port of ``HOST:PORT`` (or ``PORT``); :class:`PermanentError` (BadConfig) if none."""
+    port = listen.rpartition(":")[2]  # a bare PORT listens on 127.0.0.1
+    if not port.isdigit() or int(port) > 65535:
+        raise PermanentError(
+            f"listen: {listen!r} is not HOST:PORT (e.g. 127.0.0.1:8080; port 0 picks one)",
+            reason="BadConfig",
+        )
+    return int(port)
+
+
+_KEYS = {
+    "".join(w.capitalize() if i else w for i, w in enumerate(f.name.split("_"))): f.name
+    for f in fields(Config)
+}
+
+
+_TYPES: dict[str, type] = {
+    "poll_interval": float,
+    "tick": float,
+    "revert_prs": bool,
+    "router_ports": dict,
+    "state_dir": Path,
+    "webhook_secret_file": Path,
+}
+
+
+_CHOICES = {"router": ("embedded", "haproxy"), "runtime": ("local", "ray")}
+
+
+def _convert(name: str, value: Any) -> Any:
+    kind = _TYPES.get(name, str)
+    if kind is Path:
+        if not isinstance(value, str):
+            raise TypeError
+        return Path(value)
+    if kind is dict:
+        if not isinstance(value, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535
+            for v in value.values()
+        ):
+            raise TypeError
+        return {str(k): v for k, v in value.items()}
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError
+        return float(value)
+    if not isinstance(value, str):
+        raise TypeError
+    if name == "listen":
+        listen_port(value)
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ValueError(f"one of {', '.join(_CHOICES[name])}")
+    return value
+
+
+def load_config(path: Path) -> Config:
+    """``mdc.yaml``: refuses unknown keys and wrong types, naming file and line."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise PermanentError(f"{path}: cannot read ({exc.strerror})", reason="BadConfig") from None
+    documents, problems = parse_yaml(str(path), raw)
+    if problems:
+        raise PermanentError(problems[0].render(), reason="BadConfig")
+    if len(documents) != 1 or not isinstance(documents[0].data, dict):
+        raise PermanentError(f"{path}: expected one YAML mapping", reason="BadConfig")
+    document = documents[0]
+    values: dict[str, Any] = {}
+    for key, value in document.data.items():
+        spot = document.locate((key,))
+        where = f"{path}:{spot.line}:{spot.column}"
+        name = _KEYS.get(key)
+        if name is None:
+            known = ", ".join(sorted(_KEYS))
+            raise PermanentError(
+                f"{where}: unknown key {key!r} (known: {known})", reason="BadConfig"
+            )
+        try:
+            values[name] = _convert(name, value)
+        except (TypeError, ValueError):
+            kind = _TYPES.get(name, str).__name__
+            raise PermanentError(
+                f"{where}: {key} must be {kind}, not {value!r}", reason="BadConfig"
+            ) from None
+    return replace(Config(), **values)
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``STATE/lock``, held while the controller runs."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / "lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise PermanentError(
+                f"another controller (pid {holder}) holds {self.path}: two controllers must "
+                "never act on the same models; stop it or use another --state-dir",
+                reason="Locked",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+@dataclass
+class _PassStats:
+    total: int = 0
+    failed: int = 0
+    seconds_sum: float = 0.0
+    last_ok: float | None = None  # when a pass last fetched and applied without error
+    buckets: dict[float, int] = field(
+        default_factory=lambda: dict.fromkeys((0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0), 0)
+    )
+
+    def add(self, result: PassResult, now: float) -> None:
+        self.total += 1
+        self.failed += 0 if result.ok else 1
+        self.seconds_sum += result.seconds
+        for bound in self.buckets:
+            if result.seconds <= bound:
+                self.buckets[bound] += 1
+        if result.poll is not None and result.poll.error is None:
+            self.last_ok = now
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(reconciler: Reconciler, stats: _PassStats) -> str:
+    """The controller's metrics in the Prometheus text format."""
+    lines = [
+        "# HELP mdc_reconcile_passes_total Reconcile passes run.",
+        "# TYPE mdc_reconcile_passes_total counter",
+        f"mdc_reconcile_passes_total {stats.total}",
+        "# HELP mdc_reconcile_pass_failures_total Passes in which something failed.",
+        "# TYPE mdc_reconcile_pass_failures_total counter",
+        f"mdc_reconcile_pass_failures_total {stats.failed}",
+        "# HELP mdc_reconcile_pass_duration_seconds How long a pass took.",
+        "# TYPE mdc_reconcile_pass_duration_seconds histogram",
+    ]
+    for bound, count in stats.buckets.items():
+        lines.append(f'mdc_reconcile_pass_duration_seconds_bucket{{le="{bound:g}"}} {count}')
+    lines += [
+        f'mdc_reconcile_pass_duration_seconds_bucket{{le="+Inf"}} {stats.total}',
+        f"mdc_reconcile_pass_duration_seconds_sum {stats.seconds_sum:.6f}",
+        f"mdc_reconcile_pass_duration_seconds_count {stats.total}",
+        "# HELP mdc_model_phase 1 for each model's current phase.",
+        "# TYPE mdc_model_phase gauge",
+    ]
+    statuses = sorted(reconciler.statuses.values(), key=lambda s: s.name)
+    for status in statuses:
+        for phase in Phase:
+            value = int(status.phase is phase)
+            lines.append(
+                f'mdc_model_phase{{model="{_label(status.name)}",phase="{phase}"}} {value}'
+            )
+    lines += [
+        "# HELP mdc_canary_weight_percent Traffic on each model's canary.",
+        "# TYPE mdc_canary_weight_percent gauge",
+    ]
+    lines += [f'mdc_canary_weight_percent{{model="{_label(s.name)}"}} {s.weight}' for s in statuses]
+    lines += [
+        "# HELP mdc_canary_verdicts_total Analysis intervals judged, by outcome.",
+        "# TYPE mdc_canary_verdicts_total counter",
+    ]
+    for (model, outcome), count in sorted(reconciler.verdicts.items()):
+        lines.append(
+            f'mdc_canary_verdicts_total{{model="{_label(model)}",outcome="{outcome}"}} {count}'
+        )
+    pools = sorted(reconciler.ledgers.items())
+    lines += [
+        "# HELP mdc_gpus_held GPUs held, by pool, team and release kind.",
+        "# TYPE mdc_gpus_held gauge",
+    ]
+    for pool_name, (_, ledger) in pools:
+        held: dict[tuple[str, str], float] = {}
+        for allocation in ledger.allocations.values():
+            key = (allocation.team, str(allocation.kind))
+            held[key] = held.get(key, 0.0) + allocation.gpus
+        for (team, kind), gpus in sorted(held.items()):
+            lines.append(
+                f'mdc_gpus_held{{pool="{_label(pool_name)}",team="{_label(team)}",'
+                f'release="{kind}"}} {gpus:g}'
+            )
+    lines += ["# HELP mdc_gpus_total GPUs in each pool.", "# TYPE mdc_gpus_total gauge"]
+    for pool_name, (_, ledger) in pools:
+        lines.append(f'mdc_gpus_total{{pool="{_label(pool_name)}"}} {len(ledger.gpus)}')
+    view = getattr(reconciler, "monitor_view", None)
+    lines += _monitor_metrics(view() if view is not None else [])
+    return "\n".join(lines) + "\n"
+
+
+_LEVELS = ("unknown", "ok", "at risk", "breached")
+
+
+def _monitor_metrics(views: list[dict[str, Any]]) -> list[str]:
+    """After promotion: each objective's state and value, and each drift score."""
+    lines = [
+        "# HELP mdc_objective_state 1 for each objective's current state (running versions).",
+        "# TYPE mdc_objective_state gauge",
+    ]
+    values = [
+        "# HELP mdc_objective_value The value each objective was last judged on.",
+        "# TYPE mdc_objective_value gauge",
+    ]
+    drift = [
+        "# HELP mdc_drift_score The population stability index of each drift watch.",
+        "# TYPE mdc_drift_score gauge",
+    ]
+    for view in views:
+        model = _label(str(view.get("model")))
+        for objective in view.get("objectives") or []:
+            name = _label(str(objective.get("name")))
+            for level in _LEVELS:
+                on = int(objective.get("state") == level)
+                lines.append(
+                    f'mdc_objective_state{{model="{model}",objective="{name}",'
+                    f'state="{level}"}} {on}'
+                )
+            if objective.get("value") is not None:
+                values.append(
+                    f'mdc_objective_value{{model="{model}",objective="{name}"}} '
+                    f"{float(objective['value']):g}"
+                )
+        watch = view.get("drift")
+        if watch and watch.get("score") is not None:
+            drift.append(
+                f'mdc_drift_score{{model="{model}",field="{_label(str(watch.get("field")))}"}} '
+                f"{float(watch['score']):g}"
+            )
+    return lines + values + drift
+
+
+class Daemon:
+    """Runs passes: a fetch every ``poll_interval`` (or at once on a push webhook),
+    and canary ticks every ``tick`` seconds in between."""
+
+    def __init__(
+        self,
+        config: Config,
+        reconciler: Reconciler,
+        *,
+        secret: bytes | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        routes: Mapping[str, Route] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.reconciler = reconciler
+        self.clock = clock
+        self.trigger = Trigger()
+        self.stats = _PassStats()
+        self.stopping = threading.Event()
+        self._serving = False
+        self.webhooks = 0  # verified deliveries taken
+        self.crashes = 0  # passes that raised (bugs): logged, and the loop went on
+        self._extra_events = on_event
+        self._lock = threading.Lock()  # passes and HTTP readers of the reconciler
+        all_routes: dict[str, Route] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+            "/api/status": self._api_status,
+            "/api/monitor": self._api_monitor,
+        }
+        all_routes.update(routes or {})
+        self.server = WebhookServer(
+            secret,
+            self._on_event,
+            host=config.host,
+            port=config.port,
+            routes=all_routes,
+        )
+
+    # -- HTTP --------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self.server.url.rsplit("/", 1)[0]
+
+    def _healthz(self) -> tuple[int, str, bytes]:
+        return 200, "text/plain", b"ok\n"
+
+    def _readyz(self) -> tuple[int, str, bytes]:
+        """Ready once a pass has read git; not ready while git has failed for longer
+        than three poll intervals (what runs is kept, but it may be stale)."""
+        last = self.stats.last_ok
+        now = self.clock()
+        stale = 3 * self.config.poll_interval + 10
+        if last is None:
+            return 503, "text/plain", b"not ready: no successful pass yet\n"
+        if now - last > stale:
+            return 503, "text/plain", f"not ready: git not read for {now - last:.0f}s\n".encode()
+        return 200, "text/plain", b"ready\n"
+
+    def _metrics(self) -> tuple[int, str, bytes]:
+        with self._lock:
+            text = metrics_text(self.reconciler, self.stats)
+        metrics_of_router = getattr(self.reconciler.router, "metrics_text", None)
+        if callable(metrics_of_router):
+            text += str(metrics_of_router())
+        return 200, "text/plain; version=0.0.4", text.encode()
+
+    def _api_status(self) -> tuple[int, str, bytes]:
+        from controller.ui.dashboard import status_rows  # noqa: PLC0415
+
+        with self._lock:
+            rows = status_rows(list(self.reconciler.statuses.values()), self.clock())
+        return 200, "application/json", json.dumps(rows, indent=1, default=str).encode()
+
+    def _api_monitor(self) -> tuple[int, str, bytes]:
+        """Every monitored model, live: objective states and values, drift, rollups."""
+        view = getattr(self.reconciler, "monitor_view", None)
+        with self._lock:
+            views = view() if view is not None else []
+        return 200, "application/json", json.dumps(views, indent=1, default=str).encode()
+
+    def _on_event(self, event: Event) -> None:
+        self.webhooks += 1
+        if isinstance(event, PushEvent) and event.ref == f"refs/heads/{self.config.branch}":
+            self.trigger.fire()
+        if self._extra_events is not None:
+            self._extra_events(event)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def one_pass(self, fetch: bool) -> PassResult:
+        """One pass; a bug in it is logged with its traceback and the loop goes on."""
+        started = time.monotonic()
+        try:
+            with self._lock:
+                result = self.reconciler.run_pass(fetch)
+        except Exception as exc:
+            log.exception("reconcile pass failed")
+            self.crashes += 1
+            result = PassResult(None, (), (f"pass: {type(exc).__name__}: {exc}",), None, 0.0)
+            result = replace(result, seconds=time.monotonic() - started)
+        self.stats.add(result, self.clock())
+        return result
+
+    def run(self, once: bool = False, on_pass: Callable[[PassResult], None] | None = None) -> int:
+        """Pass until :meth:`stop`; with ``once``, a single pass. The exit status:
+        0 when the last pass went through, 1 when something in it failed."""
+        self.start()
+        try:
+            next_fetch = 0.0
+            while True:
+                now = self.clock()
+                fetch = now >= next_fetch
+                result = self.one_pass(fetch)
+                if on_pass is not None:
+                    on_pass(result)
+                if result.poll is not None:
+                    next_fetch = now + result.poll.retry_in
+                elif fetch:  # the pass broke before it fetched: try again after a while
+                    next_fetch = now + min(self.config.poll_interval, CRASH_RETRY)
+                if once or self.stopping.is_set():
+                    return 0 if result.ok else 1
+                wait = min(self.config.tick, max(0.0, next_fetch - self.clock()))
+                if self.crashes and result.revision is None and result.poll is None:
+                    wait = max(wait, self.config.tick)  # never a busy loop over a bug
+                if self.trigger.wait(wait):
+                    next_fetch = 0.0  # a push: fetch now
+                if self.stopping.is_set():
+                    return 0 if result.ok else 1
+        finally:
+            self.server.stop()
+            self._serving = False
+
+    def start(self) -> None:
+        """Open the HTTP port (done by :meth:`run` when not done before)."""
+        if not self._serving:
+            self.server.start()
+            self._serving = True
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.trigger.fire()

@@ -1,0 +1,1 @@
+"""The `mdc` command: parsing and the verbs."""

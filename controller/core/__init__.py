@@ -1,0 +1,1 @@
+"""Decisions, pure: time is a parameter; table-tested."""

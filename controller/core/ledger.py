@@ -1,0 +1,663 @@
+"""The GPU ledger: who holds which share of which GPU, and where the next
+release goes.
+
+A pure, deterministic allocator over an :class:`~controller.core.inventory.Inventory`:
+
+* **Demands** per replica: whole GPUs (several on one node), a fraction of one
+  GPU, or an amount of GPU memory on one GPU. Replicas of a release are spread
+  over nodes when they can be. A GPU's capacity is its memory: a whole-GPU
+  holder takes all of it, a fraction ``f`` takes ``f`` of it.
+* **Best fit**: a shared request goes to the partly used GPU it fills most
+  tightly, then to an untouched GPU on the node with the fewest untouched
+  GPUs, so whole GPUs and whole nodes stay free for whole-GPU requests; a
+  whole-GPU request goes to the node with the fewest untouched GPUs that
+  still fit it. What is left on partly used GPUs is reported as stranded.
+* **Quotas** per team in GPUs: a team may hold up to its ``limit``; what it
+  holds above its ``guaranteed`` share is *borrowed*. A team asking within
+  its guarantee for capacity that others borrowed gets it back: borrowed
+  allocations of other teams are preempted, lowest priority (then newest)
+  first, never below their own guarantee, and never a stable release serving
+  traffic (it is replaced before it is stopped, not preempted).
+* **Never over-commits**: a request that does not fit waits, with a reason
+  naming the numbers.
+
+Every decision is all-or-nothing; :meth:`Ledger.clone` gives a copy to ask
+"would this fit, and what would it displace?" without changing anything.
+Records of allocations (in model status) rebuild a ledger after a restart.
+
+Pure: no I/O, no clock. Used by the reconciler, ``mdc plan`` and ``mdc pool``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from controller.core.inventory import GPU
+from controller.core.status import GPUHold, ModelStatus
+from controller.spec.kinds import Quota, Resources
+from controller.spec.units import format_bytes
+
+__all__ = [
+    "MEMORY_LIMIT_ENV",
+    "Allocation",
+    "Decision",
+    "Demand",
+    "Ledger",
+    "Placed",
+    "ReleaseKind",
+    "Request",
+    "Slice",
+    "Waiting",
+    "allocations_from_status",
+    "holds_of",
+    "launch_env",
+    "request_for",
+]
+
+#: Milli-GPUs: quota arithmetic is done in integers of this many per GPU.
+UNITS = 1000
+#: The environment variable a fractional release is told its memory bound in.
+MEMORY_LIMIT_ENV = "MDC_GPU_MEMORY_LIMIT_BYTES"
+
+
+class ReleaseKind(StrEnum):
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one replica needs: exactly one of the three is set."""
+
+    gpus: int = 0  # whole GPUs, all on one node
+    fraction: float = 0.0  # a share of one GPU, 0 < fraction < 1
+    memory: int = 0  # bytes on one GPU
+
+    @classmethod
+    def of(cls, resources: Resources) -> Demand:
+        if resources.gpu_memory is not None:
+            return cls(memory=resources.gpu_memory)
+        gpu = resources.gpu or 0.0
+        return cls(gpus=int(gpu)) if gpu >= 1 else cls(fraction=gpu)
+
+    def describe(self) -> str:
+        if self.gpus:
+            return f"{self.gpus} GPU" + ("s" if self.gpus > 1 else "")
+        if self.fraction:
+            return f"{self.fraction:g} GPU"
+        return f"{format_bytes(self.memory)} of one GPU"
+
+
+@dataclass(frozen=True)
+class Request:
+    release: str  # unique, e.g. "fraud-scorer/canary"
+    model: str
+    team: str
+    demand: Demand
+    replicas: int = 1
+    kind: ReleaseKind = ReleaseKind.STABLE
+    serving: bool = False  # a stable release taking traffic: never preempted
+
+
+@dataclass(frozen=True)
+class Slice:
+    """The part of one GPU a replica holds."""
+
+    gpu: str  # UUID
+    node: str
+    memory: int  # bytes
+    units: int  # milli-GPUs
+
+
+@dataclass(frozen=True)
+class Allocation:
+    release: str
+    model: str
+    team: str
+    kind: ReleaseKind
+    serving: bool
+    borrowed: bool
+    replicas: tuple[tuple[Slice, ...], ...]
+    order: int = 0  # when it was placed: newer allocations are preempted first
+
+    @property
+    def units(self) -> int:
+        return sum(s.units for replica in self.replicas for s in replica)
+
+    @property
+    def gpus(self) -> float:
+        return self.units / UNITS
+
+
+def launch_env(replica: tuple[Slice, ...]) -> dict[str, str]:
+    """The environment a replica's process starts with: the GPUs it may see,
+    by UUID, and for a share of a GPU its memory bound.
+
+    The bound is advisory: without MIG or MPS, processes sharing a GPU are not
+    isolated; the serving code must keep within ``MDC_GPU_MEMORY_LIMIT_BYTES``
+    (for PyTorch, ``torch.cuda.set_per_process_memory_fraction``).
+    """
+    env = {
+        "CUDA_VISIBLE_DEVICES": ",".join(s.gpu for s in replica),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
+    if any(s.units < UNITS for s in replica):
+        env[MEMORY_LIMIT_ENV] = str(sum(s.memory for s in replica))
+    return env
+
+
+@dataclass(frozen=True)
+class Placed:
+    allocation: Allocation
+    preempted: tuple[str, ...] = ()  # releases stopped to make room (their GPUs are free now)
+    reasons: tuple[str, ...] = ()  # one sentence per preemption, for the plan and status
+
+
+@dataclass(frozen=True)
+class Waiting:
+    reason: str
+
+
+Decision = Placed | Waiting
+
+
+@dataclass
+class _GPUState:
+    node: str
+    memory: int
+    free: int
+    holders: dict[str, int] = field(default_factory=dict)  # release -> bytes
+
+
+class _NoRoom(Exception):
+    pass
+
+
+class Ledger:
+    """Mutable bookkeeping behind pure decisions; :meth:`clone` for what-ifs."""
+
+    def __init__(self, gpus: Iterable[GPU], quotas: Iterable[Quota]) -> None:
+        self.gpus: dict[str, _GPUState] = {}
+        self.node_untouched: dict[str, list[str]] = {}
+        for gpu in sorted(gpus, key=lambda g: (g.node, g.index, g.uuid)):
+            if gpu.uuid in self.gpus:
+                raise ValueError(f"GPU {gpu.uuid} is listed twice")
+            self.gpus[gpu.uuid] = _GPUState(gpu.node, gpu.memory, gpu.memory)
+            self.node_untouched.setdefault(gpu.node, []).append(gpu.uuid)
+        self.quotas: dict[str, Quota] = {q.team: q for q in quotas}
+        self.used: dict[str, int] = dict.fromkeys(self.quotas, 0)
+        self.allocations: dict[str, Allocation] = {}
+        self.partial: list[tuple[int, str]] = []  # (free bytes, uuid) of partly used GPUs
+        # untouched count -> nodes with that many untouched GPUs (a dict: ordered)
+        self.buckets: dict[int, dict[str, None]] = {}
+        for node, uuids in self.node_untouched.items():
+            self.buckets.setdefault(len(uuids), {})[node] = None
+        self.min_memory = min((g.memory for g in self.gpus.values()), default=1)
+        self.counter = 0
+
+    # -- what-ifs -----------------------------------------------------------
+
+    def clone(self) -> Ledger:
+        other = Ledger.__new__(Ledger)
+        other.gpus = {
+            k: _GPUState(v.node, v.memory, v.free, dict(v.holders)) for k, v in self.gpus.items()
+        }
+        other.node_untouched = {k: list(v) for k, v in self.node_untouched.items()}
+        other.quotas = dict(self.quotas)
+        other.used = dict(self.used)
+        other.allocations = dict(self.allocations)
+        other.partial = list(self.partial)
+        other.buckets = {k: dict(v) for k, v in self.buckets.items()}
+        other.min_memory = self.min_memory
+        other.counter = self.counter
+        return other
+
+    # -- reading ------------------------------------------------------------
+
+    def free_gpus(self) -> float:
+        return sum(s.free / s.memory for s in self.gpus.values()) if self.gpus else 0.0
+
+    def stranded(self) -> tuple[float, int]:
+        """Free capacity on partly used GPUs (in GPUs), and how many such GPUs:
+        it serves shared requests only, never a whole-GPU one."""
+        return (
+            round(sum(free / self.gpus[u].memory for free, u in self.partial), 4),
+            len(self.partial),
+        )
+
+    def team_gpus(self, team: str) -> float:
+        return self.used.get(team, 0) / UNITS
+
+    # -- index upkeep -------------------------------------------------------
+
+    def _take(self, uuid: str, amount: int, release: str) -> None:
+        state = self.gpus[uuid]
+        if amount > state.free:  # the invariant everything rests on
+            raise AssertionError(f"over-commit of {uuid}")
+        untouched = state.free == state.memory
+        if not untouched:
+            self._partial_remove(state.free, uuid)
+        else:
+            self._untouched_remove(state.node, uuid)
+        state.free -= amount
+        state.holders[release] = state.holders.get(release, 0) + amount
+        if state.free > 0:
+            bisect.insort(self.partial, (state.free, uuid))
+
+    def _give(self, uuid: str, release: str) -> None:
+        state = self.gpus[uuid]
+        amount = state.holders.pop(release)
+        if 0 < state.free < state.memory:
+            self._partial_remove(state.free, uuid)
+        state.free += amount
+        if state.free == state.memory:
+            self._untouched_add(state.node, uuid)
+        else:
+            bisect.insort(self.partial, (state.free, uuid))
+
+    def _partial_remove(self, free: int, uuid: str) -> None:
+        i = bisect.bisect_left(self.partial, (free, uuid))
+        del self.partial[i]
+
+    def _untouched_remove(self, node: str, uuid: str) -> None:
+        uuids = self.node_untouched[node]
+        del self.buckets[len(uuids)][node]
+        uuids.remove(uuid)
+        self.buckets.setdefault(len(uuids), {})[node] = None
+
+    def _untouched_add(self, node: str, uuid: str) -> None:
+        uuids = self.node_untouched[node]
+        del self.buckets[len(uuids)][node]
+        bisect.insort(uuids, uuid)
+        self.buckets.setdefault(len(uuids), {})[node] = None
+
+    # -- placing one replica --------------------------------------------------
+
+    def _bytes_for(self, demand: Demand, uuid: str) -> int:
+        memory = self.gpus[uuid].memory
+        if demand.fraction:
+            return math.ceil(demand.fraction * memory)
+        return demand.memory
+
+    def _whole(self, count: int, avoid: set[str]) -> list[str]:
+        """``count`` untouched GPUs on the best-fitting node."""
+        fallback: str | None = None
+        for size in sorted(k for k, nodes in self.buckets.items() if k >= count and nodes):
+            for node in self.buckets[size]:
+                if node not in avoid:
+                    return self.node_untouched[node][:count]
+                fallback = fallback or node
+                break  # the rest of this bucket is no better for spreading
+            if fallback is not None and len(avoid) >= len(self.node_untouched):
+                break
+        if fallback is None:
+            raise _NoRoom
+        return self.node_untouched[fallback][:count]
+
+    def _shared(self, demand: Demand, avoid: set[str]) -> str:
+        """The GPU a shared request fills most tightly."""
+        need = demand.memory or math.ceil(demand.fraction * self.min_memory)
+        start = bisect.bisect_left(self.partial, (need, ""))
+        fallback: str | None = None
+        looked = 0
+        for free, uuid in self.partial[start:]:
+            if free >= self._bytes_for(demand, uuid):
+                if self.gpus[uuid].node not in avoid:
+                    return uuid
+                fallback = fallback or uuid
+            if fallback is not None:
+                looked += 1
+                if looked > 64:  # enough looking for another node: share this one
+                    return fallback
+        for size in sorted(k for k, nodes in self.buckets.items() if k > 0 and nodes):
+            best: str | None = None  # for a memory request: the smallest GPU that holds it
+            for looked, node in enumerate(self.buckets[size]):
+                if best is not None and (not demand.memory or looked > 32):
+                    break
+                if fallback is not None and node in avoid:
+                    continue
+                for uuid in self.node_untouched[node]:
+                    if self.gpus[uuid].memory >= self._bytes_for(demand, uuid):
+                        if node in avoid:
+                            fallback = fallback or uuid
+                        elif best is None or self.gpus[uuid].memory < self.gpus[best].memory:
+                            best = uuid
+            if best is not None:
+                return best
+        if fallback is None:
+            raise _NoRoom
+        return fallback
+
+    def _place_replicas(self, request: Request) -> tuple[tuple[Slice, ...], ...]:
+        """Take GPUs for every replica, or nothing (raises :class:`_NoRoom`)."""
+        placed: list[tuple[Slice, ...]] = []
+        nodes: set[str] = set()
+        try:
+            for _ in range(request.replicas):
+                if request.demand.gpus:
+                    chosen = self._whole(request.demand.gpus, nodes)
+                    amounts = [(u, self.gpus[u].memory) for u in chosen]
+                else:
+                    uuid = self._shared(request.demand, nodes)
+                    amounts = [(uuid, self._bytes_for(request.demand, uuid))]
+                replica = []
+                for uuid, amount in amounts:
+                    self._take(uuid, amount, request.release)
+                    state = self.gpus[uuid]
+                    units = (
+                        UNITS
+                        if amount == state.memory
+                        else math.ceil(amount * UNITS / state.memory)
+                    )
+                    replica.append(Slice(uuid, state.node, amount, units))
+                    nodes.add(state.node)
+                placed.append(tuple(replica))
+        except _NoRoom:
+            for done in placed:
+                for s in done:
+                    if request.release in self.gpus[s.gpu].holders:
+                        self._give(s.gpu, request.release)
+            raise
+        return tuple(placed)
+
+    # -- decisions ----------------------------------------------------------
+
+    def place(self, request: Request) -> Decision:
+        """Place ``request`` (all replicas) or say why it waits. Changes the ledger
+        only when it returns :class:`Placed`."""
+        if request.release in self.allocations:
+            return Placed(self.allocations[request.release])
+        quota = self.quotas.get(request.team)
+        if quota is None:
+            return Waiting(f"team {request.team} has no quota in this pool")
+        estimate = self._estimate_units(request)
+        limit = round(quota.limit * UNITS)
+        held = self.used[request.team]
+        if estimate is not None and held + estimate > limit:
+            return Waiting(
+                f"{request.release} needs {request.replicas} x {request.demand.describe()}; "
+                f"team {request.team}: {held / UNITS:g} of limit {quota.limit:g} GPUs held"
+            )
+        try:
+            replicas = self._place_replicas(request)
+        except _NoRoom:
+            return self._preempt_for(request, estimate)
+        return self._commit(request, replicas, ())
+
+    def _commit(
+        self, request: Request, replicas: tuple[tuple[Slice, ...], ...], preempted: tuple[str, ...]
+    ) -> Decision:
+        quota = self.quotas[request.team]
+        units = sum(s.units for r in replicas for s in r)
+        held = self.used[request.team]
+        if held + units > round(quota.limit * UNITS):  # a memory request, known only now
+            for replica in replicas:
+                for s in replica:
+                    if request.release in self.gpus[s.gpu].holders:
+                        self._give(s.gpu, request.release)
+            return Waiting(
+                f"{request.release} needs {units / UNITS:g} GPUs; team {request.team}: "
+                f"{held / UNITS:g} of limit {quota.limit:g} GPUs held"
+            )
+        self.counter += 1
+        allocation = Allocation(
+            request.release,
+            request.model,
+            request.team,
+            request.kind,
+            request.serving,
+            borrowed=held + units > round(quota.guaranteed * UNITS),
+            replicas=replicas,
+            order=self.counter,
+        )
+        self.used[request.team] = held + units
+        self.allocations[request.release] = allocation
+        return Placed(allocation, preempted)
+
+    def _estimate_units(self, request: Request) -> int | None:
+        if request.demand.gpus:
+            return request.demand.gpus * UNITS * request.replicas
+        if request.demand.fraction:
+            return math.ceil(request.demand.fraction * UNITS) * request.replicas
+        return None  # memory: depends on the GPU it lands on
+
+    def _preempt_for(self, request: Request, estimate: int | None) -> Decision:
+        quota = self.quotas[request.team]
+        held = self.used[request.team]
+        within_guarantee = estimate is not None and held + estimate <= round(
+            quota.guaranteed * UNITS
+        )
+        if within_guarantee:
+            trial = self.clone()
+            victims: list[str] = []
+            reasons: list[str] = []
+            while candidates := trial._preemptible(request.team):
+                victim = candidates[0]
+                victim_quota = trial.quotas[victim.team]
+                reasons.append(
+                    f"{victim.release} gives back {victim.gpus:g} GPU borrowed by team "
+                    f"{victim.team} (holding {trial.team_gpus(victim.team):g}, guaranteed "
+                    f"{victim_quota.guaranteed:g}, priority {victim_quota.priority}) for "
+                    f"{request.release}, within team {request.team}'s guarantee of "
+                    f"{quota.guaranteed:g}"
+                )
+                trial.release(victim.release)
+                victims.append(victim.release)
+                try:
+                    replicas = trial._place_replicas(request)
+                except _NoRoom:
+                    continue
+                units = sum(s.units for r in replicas for s in r)
+                if held + units > round(quota.limit * UNITS):
+                    break  # nothing in self was touched yet
+                for name in victims:
+                    self.release(name)
+                placed = self._place_replicas_exact(request, replicas)
+                decision = self._commit(request, placed, tuple(victims))
+                if isinstance(decision, Placed):
+                    return Placed(decision.allocation, decision.preempted, tuple(reasons))
+                return decision
+        return Waiting(self._why_no_room(request, within_guarantee))
+
+    def _place_replicas_exact(
+        self, request: Request, replicas: tuple[tuple[Slice, ...], ...]
+    ) -> tuple[tuple[Slice, ...], ...]:
+        for replica in replicas:
+            for s in replica:
+                self._take(s.gpu, s.memory, request.release)
+        return replicas
+
+    def _preemptible(self, team: str) -> list[Allocation]:
+        """Borrowed allocations of other teams that may give capacity back, in order."""
+        candidates = [
+            a
+            for a in self.allocations.values()
+            if a.team != team and a.borrowed and not (a.kind is ReleaseKind.STABLE and a.serving)
+        ]
+        candidates.sort(key=lambda a: (self.quotas[a.team].priority, -a.order))
+        return [  # never take a team below its own guarantee
+            a
+            for a in candidates
+            if self.used[a.team] - a.units >= round(self.quotas[a.team].guaranteed * UNITS)
+        ]
+
+    def _why_no_room(self, request: Request, within_guarantee: bool) -> str:
+        by_node: dict[str, list[_GPUState]] = {}
+        for state in self.gpus.values():
+            by_node.setdefault(state.node, []).append(state)
+        parts = []
+        for node in sorted(by_node)[:4]:
+            states = by_node[node]
+            untouched = sum(s.free == s.memory for s in states)
+            biggest = max((s.free for s in states), default=0)
+            parts.append(
+                f"{untouched} free on {node} ({len(states) - untouched}/{len(states)} held, "
+                f"largest free share {format_bytes(biggest)})"
+            )
+        if len(by_node) > 4:
+            parts.append(f"and {len(by_node) - 4} more nodes")
+        quota = self.quotas[request.team]
+        team = (
+            f"team {request.team}: {self.team_gpus(request.team):g} of limit {quota.limit:g} held"
+        )
+        tail = "" if within_guarantee else " (above its guarantee, so nothing is preempted for it)"
+        return (
+            f"{request.release} needs {request.replicas} x {request.demand.describe()}; "
+            f"{'; '.join(parts) or 'no GPUs'}; {team}{tail}"
+        )
+
+    def release(self, release: str) -> Allocation | None:
+        """Free everything ``release`` holds; returns what it held."""
+        allocation = self.allocations.pop(release, None)
+        if allocation is None:
+            return None
+        for replica in allocation.replicas:
+            for s in replica:
+                if release in self.gpus[s.gpu].holders:
+                    self._give(s.gpu, release)
+        self.used[allocation.team] -= allocation.units
+        return allocation
+
+    def rename(self, old: str, new: str) -> Allocation | None:
+        """Give ``old``'s allocation the name ``new`` (a promoted canary becomes the
+        stable release, keeping its GPUs); ``new`` must be free."""
+        allocation = self.allocations.get(old)
+        if allocation is None:
+            return None
+        if new in self.allocations:
+            raise ValueError(f"{new} already holds GPUs")
+        for replica in allocation.replicas:
+            for s in replica:
+                holders = self.gpus[s.gpu].holders
+                if old in holders:
+                    holders[new] = holders.pop(old)
+        renamed = replace(allocation, release=new, kind=ReleaseKind.STABLE, serving=True)
+        del self.allocations[old]
+        self.allocations[new] = renamed
+        return renamed
+
+    # -- restart ------------------------------------------------------------
+
+    def adopt(self, allocation: Allocation) -> str | None:
+        """Book a recorded allocation exactly as it was; a problem text if it cannot be."""
+        if allocation.release in self.allocations:
+            return f"{allocation.release} is recorded twice"
+        if allocation.team not in self.quotas:
+            return f"{allocation.release}: team {allocation.team} has no quota any more"
+        need: dict[str, int] = {}
+        for replica in allocation.replicas:
+            for s in replica:
+                if s.gpu not in self.gpus:
+                    return f"{allocation.release} held GPU {s.gpu} on {s.node}, which is gone"
+                need[s.gpu] = need.get(s.gpu, 0) + s.memory
+        for uuid, amount in need.items():
+            state = self.gpus[uuid]
+            if amount > state.free:
+                others = ", ".join(sorted(state.holders)) or "nobody"
+                return (
+                    f"{allocation.release} and {others} both hold GPU {uuid}: it is "
+                    "double-booked; the later record is re-placed"
+                )
+        for uuid, amount in need.items():
+            self._take(uuid, amount, allocation.release)
+        held = self.used.get(allocation.team, 0)
+        guaranteed = round(self.quotas[allocation.team].guaranteed * UNITS)
+        self.counter = max(self.counter, allocation.order)
+        self.used[allocation.team] = held + allocation.units
+        self.allocations[allocation.release] = replace(
+            allocation, borrowed=held + allocation.units > guaranteed
+        )
+        return None
+
+    @classmethod
+    def rebuild(
+        cls, gpus: Iterable[GPU], quotas: Iterable[Quota], records: Iterable[Allocation]
+    ) -> tuple[Ledger, list[str], list[str]]:
+        """A ledger from recorded allocations: (ledger, problems, releases to re-place).
+
+        Records are adopted oldest first; one that names a GPU no longer in the
+        inventory, or that would double-book a GPU, is reported and left out so
+        its release can be placed again.
+        """
+        ledger = cls(gpus, quotas)
+        problems: list[str] = []
+        again: list[str] = []
+        for record in sorted(records, key=lambda a: (a.order, a.release)):
+            problem = ledger.adopt(record)
+            if problem is not None:
+                problems.append(problem)
+                again.append(record.release)
+        return ledger, problems, again
+
+    def resize(self, gpus: Iterable[GPU]) -> list[Allocation]:
+        """The pool's GPUs changed (nodes joined or left): keep, in place, every
+        allocation whose GPUs are all still there; free and return those that held
+        a GPU that is gone (their releases must be placed again)."""
+        held = list(self.allocations.values())
+        rebuilt, _, again = Ledger.rebuild(gpus, self.quotas.values(), held)
+        lost = [a for a in held if a.release in set(again)]
+        vars(self).update(vars(rebuilt))
+        return lost
+
+    def check(self) -> None:
+        """Assert the ledger's invariants (used by the property tests)."""
+        for uuid, state in self.gpus.items():
+            assert 0 <= state.free <= state.memory, uuid
+            assert sum(state.holders.values()) == state.memory - state.free, uuid
+        for team, used in self.used.items():
+            expected = sum(a.units for a in self.allocations.values() if a.team == team)
+            assert used == expected, team
+            assert used <= round(self.quotas[team].limit * UNITS), team
+
+
+def holds_of(allocation: Allocation, since: str | None) -> tuple[GPUHold, ...]:
+    """How an allocation is written into its model's status."""
+    return tuple(
+        GPUHold(s.node, s.gpu, s.units / UNITS, str(allocation.kind), since, replica=i)
+        for i, replica in enumerate(allocation.replicas)
+        for s in replica
+    )
+
+
+def allocations_from_status(
+    status: ModelStatus, memory_of: Mapping[str, int], order: int = 0
+) -> list[Allocation]:
+    """The allocations a model's status records, for :meth:`Ledger.rebuild`.
+
+    ``memory_of`` maps GPU UUIDs to their memory; a GPU it lacks (gone from the
+    inventory) gets 0 bytes, and :meth:`Ledger.adopt` reports it.
+    """
+    out = []
+    for kind in (ReleaseKind.STABLE, ReleaseKind.CANARY):
+        holds = [h for h in status.gpus if h.release == str(kind)]
+        if not holds:
+            continue
+        replicas: dict[int, list[Slice]] = {}
+        for h in holds:
+            memory = memory_of.get(h.gpu, 0)
+            amount = memory if h.share >= 1 else math.ceil(h.share * memory)
+            replicas.setdefault(h.replica, []).append(
+                Slice(h.gpu, h.node, amount, round(h.share * UNITS))
+            )
+        out.append(
+            Allocation(
+                release=f"{status.name}/{kind}",
+                model=status.name,
+                team=status.team or "",
+                kind=kind,
+                serving=kind is ReleaseKind.STABLE,
+                borrowed=False,  # worked out again by Ledger.adopt
+                replicas=tuple(tuple(replicas[i]) for i in sorted(replicas)),
+                order=order,
+            )
+        )
+    return out
+
+
+def request_for(model: str, team: str, resources: Resources, kind: ReleaseKind) -> Request:
+    """The ledger request for one release of a model."""
+    return Request(f"{model}/{kind}", model, team, Demand.of(resources), resources.replicas, kind)

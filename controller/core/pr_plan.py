@@ -1,0 +1,222 @@
+"""The plan for a pull request: what merging ``head`` into ``base`` would change.
+
+Owns comparing two snapshots of a spec repository model by model (added,
+removed, changed -- with the fields that changed -- or untouched), whether a
+change needs a new bento (the content-addressed tag is computed, nothing is
+built), the validation errors of ``head`` with file:line, the GPUs the change
+needs including the canary's extra share and what it would preempt, quota
+headroom per team, and each changed model's canary timeline. A change that
+cannot be applied (invalid specs, a canary that cannot fit, a team over its
+limit) makes the plan not applicable, with the reasons.
+
+Renders as text, JSON and the Markdown of the PR comment (with a hidden
+marker, so the reporter updates one comment instead of adding one per push).
+
+Pure over two :class:`~controller.spec.tree.Tree` values. Called by ``mdc plan
+--base --head`` and, later, the GitHub reporter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from controller.adapters.git.history import field_changes
+from controller.adapters.packaging import planned_bento_tag
+from controller.core.costs import per_day
+from controller.core.demand import (
+    CanaryCheck,
+    canary_checks,
+    gpu_equivalent,
+    policy_timeline,
+    team_usage,
+)
+from controller.spec.documents import Diagnostic
+from controller.spec.kinds import Model
+from controller.spec.loader import LoadResult, load_desired
+from controller.spec.tree import Tree
+
+__all__ = ["MARKER", "ChangePlan", "ModelChange", "plan_change", "render_markdown", "render_text"]
+
+#: Finds the plan comment again on a pull request.
+MARKER = "<!-- mdc:plan -->"
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    model: str
+    change: str  # added, removed, changed, unchanged
+    fields: tuple[str, ...]
+    bento: str | None  # the bento tag head would build
+    new_bento: bool
+    gpus: float  # GPUs the stable release holds (head; base for a removal)
+    canary: CanaryCheck | None
+    timeline: str | None
+
+
+@dataclass(frozen=True)
+class ChangePlan:
+    base: str
+    head: str
+    models: tuple[ModelChange, ...]
+    diagnostics: tuple[Diagnostic, ...]
+    teams: tuple[dict[str, Any], ...]
+    applicable: bool
+    reasons: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "head": self.head,
+            "applicable": self.applicable,
+            "reasons": list(self.reasons),
+            "models": [asdict(m) for m in self.models],
+            "errors": [d.as_dict() for d in self.diagnostics],
+            "teams": list(self.teams),
+        }
+
+
+def _bento(model: Model, tree: Tree) -> str | None:
+    try:
+        return planned_bento_tag(model, tree)
+    except Exception:
+        return None
+
+
+def plan_change(
+    base: Tree | None, head: Tree, base_rev: str = "", head_rev: str = ""
+) -> ChangePlan:
+    before: LoadResult | None = load_desired(base) if base is not None else None
+    after = load_desired(head)
+    old = before.desired.models if before is not None else {}
+    new = after.desired.models
+    checks = {c.model: c for c in canary_checks(after.desired)}
+    changes: list[ModelChange] = []
+    for name in sorted(set(old) | set(new)):
+        was, now = old.get(name), new.get(name)
+        if now is None:
+            if was is None or any(r.name == name for r in after.invalid):
+                continue  # invalid in head: reported with the diagnostics
+            pool = before.desired.pools.get(was.pool) if before is not None else None
+            gpus = gpu_equivalent(was, pool) if pool is not None else 0.0
+            changes.append(ModelChange(name, "removed", (), None, False, gpus, None, None))
+            continue
+        bento = _bento(now, head)
+        fields = field_changes(was.source.data, now.source.data) if was is not None else ()
+        old_bento = _bento(was, base) if was is not None and base is not None else None
+        change = "added" if was is None else ("changed" if fields else "unchanged")
+        policy = after.desired.policies.get(now.rollout)
+        gpus = gpu_equivalent(now, after.desired.pools[now.pool])
+        changes.append(
+            ModelChange(
+                name,
+                change,
+                fields,
+                bento,
+                bento is not None and bento != old_bento,
+                gpus,
+                checks.get(name) if change == "changed" else None,
+                policy_timeline(policy).describe()
+                if policy is not None and change == "changed"
+                else None,
+            )
+        )
+    teams = tuple(
+        asdict(row)
+        | {
+            "verdict": row.verdict,
+            "headroom": round(row.limit - row.canary_peak, 4),
+            "gpuHoursPerDay": per_day(row.requested),
+        }
+        for row in team_usage(after.desired)
+    )
+    reasons = [d.render() for d in after.diagnostics]
+    reasons += [
+        f"{c.model}: {c.canary.describe()}"
+        for c in changes
+        if c.canary is not None and not c.canary.fits
+    ]
+    reasons += [
+        f"team {t['team']} in pool {t['pool']} would hold {t['requested']:g} GPUs, over its "
+        f"limit of {t['limit']:g}"
+        for t in teams
+        if t["verdict"] == "over limit"
+    ]
+    return ChangePlan(
+        base_rev, head_rev, tuple(changes), after.diagnostics, teams, not reasons, tuple(reasons)
+    )
+
+
+def render_text(plan: ChangePlan) -> str:
+    lines = [
+        f"Plan for {plan.head or 'head'} against {plan.base or 'base'}: "
+        + ("can be applied" if plan.applicable else "CANNOT be applied")
+    ]
+    for reason in plan.reasons:
+        lines.append(f"  ! {reason}")
+    for m in plan.models:
+        if m.change == "unchanged" and not m.new_bento:
+            continue
+        bento = f", new bento {m.bento}" if m.new_bento else ""
+        lines.append(
+            f"  {m.model}: {m.change}{bento} ({m.gpus:g} GPU, {per_day(m.gpus):g} GPU-h/day)"
+        )
+        lines += [f"      {f}" for f in m.fields]
+        if m.canary is not None:
+            lines.append(f"      {m.canary.describe()}")
+        if m.timeline:
+            lines.append(f"      rollout: {m.timeline}")
+    for t in plan.teams:
+        lines.append(
+            f"  team {t['team']} ({t['pool']}): {t['requested']:g} of limit {t['limit']:g} "
+            f"GPUs, canary peak {t['canary_peak']:g}, headroom {t['headroom']:g}"
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(plan: ChangePlan) -> str:
+    """The PR comment. Starts with :data:`MARKER`; stays under GitHub's 65,536 characters."""
+    status = "✅ can be applied" if plan.applicable else "❌ cannot be applied"
+    out = [MARKER, f"### mdc plan: {status}", ""]
+    if plan.base or plan.head:
+        out += [f"`{plan.base[:12]}` → `{plan.head[:12]}`", ""]
+    if plan.reasons:
+        out += ["**Problems**", ""] + [f"- `{r}`" for r in plan.reasons] + [""]
+    touched = [m for m in plan.models if m.change != "unchanged" or m.new_bento]
+    if touched:
+        out += [
+            "| model | change | bento | GPUs | GPU-h/day | canary |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m in touched:
+            canary = m.canary.describe().split(": ", 1)[1] if m.canary is not None else ""
+            bento = f"`{m.bento}` (new)" if m.new_bento else "unchanged"
+            out.append(
+                f"| {m.model} | {m.change} | {bento} | {m.gpus:g} | {per_day(m.gpus):g} | "
+                f"{canary} |"
+            )
+        out.append("")
+        for m in touched:
+            if m.fields or m.timeline:
+                out.append(f"<details><summary>{m.model}</summary>\n")
+                out += [f"- `{f}`" for f in m.fields]
+                if m.timeline:
+                    out.append(f"- rollout: {m.timeline}")
+                out.append("\n</details>")
+        out.append("")
+    else:
+        out += ["No model changes.", ""]
+    out += [
+        "| team | pool | requested | canary peak | limit | headroom |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {t['team']} | {t['pool']} | {t['requested']:g} | {t['canary_peak']:g} | "
+        f"{t['limit']:g} | {t['headroom']:g} |"
+        for t in plan.teams
+    ]
+    text = "\n".join(out) + "\n"
+    limit = 65_000
+    if len(text) > limit:
+        text = text[:limit] + "\n\n…(cut: the full plan is in the job log)\n"
+    return text

@@ -1,0 +1,1 @@
+"""The user's language, pure: kinds, documents, schemas, rules, loader, trees, units."""

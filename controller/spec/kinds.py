@@ -1,0 +1,464 @@
+"""The user's spec language as typed, frozen objects.
+
+Owns the three kinds (``Model``, ``GPUPool``, ``RolloutPolicy``, described in
+DESIGN.md and defined field by field in ``schemas/``), the enums of their
+closed vocabularies, :class:`Desired` (the valid objects of one repository
+snapshot) and the builders that turn a schema-valid document into an object.
+Quantities are parsed here once (durations to seconds, memory to bytes) so
+nothing downstream handles strings.
+
+Pure. Built by :mod:`controller.spec.loader`; read by everything that plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from controller.spec.documents import Document
+from controller.spec.units import format_bytes, parse_duration, parse_memory
+
+__all__ = [
+    "BUILDERS",
+    "SPEC_DIRS",
+    "Analysis",
+    "Artifact",
+    "Check",
+    "ClusterNodes",
+    "Desired",
+    "Discovery",
+    "DriftWatch",
+    "GPUGroup",
+    "GPUPool",
+    "Metric",
+    "Model",
+    "Monitor",
+    "MonitorMetric",
+    "Node",
+    "ObjectRef",
+    "Objective",
+    "Probe",
+    "Quota",
+    "Resources",
+    "RolloutPolicy",
+    "Sampling",
+    "Sharing",
+    "Step",
+    "StepKind",
+]
+
+SPEC_DIRS = ("models", "pools", "rollouts")
+
+
+class Sharing(StrEnum):
+    WHOLE = "Whole"
+    FRACTIONAL = "Fractional"
+
+
+class Discovery(StrEnum):
+    NVML = "NVML"
+    DECLARED = "Declared"
+
+
+class StepKind(StrEnum):
+    SET_WEIGHT = "setWeight"
+    PAUSE = "pause"
+    ANALYSIS = "analysis"
+
+
+class Metric(StrEnum):
+    ERROR_RATE = "errorRate"
+    LATENCY_P50 = "latencyP50"
+    LATENCY_P90 = "latencyP90"
+    LATENCY_P99 = "latencyP99"
+    REQUEST_RATE = "requestRate"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Exactly one of ``path`` (in the repo), ``url`` + ``sha256``, ``bento_model``."""
+
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    bento_model: str | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per replica: ``gpu`` (whole count or fraction) or ``gpu_memory`` bytes."""
+
+    gpu: float | None
+    gpu_memory: int | None
+    replicas: int
+
+    @property
+    def whole_gpus(self) -> int:
+        """Whole GPUs per replica; 0 for a fractional or memory request."""
+        return int(self.gpu) if self.gpu is not None and self.gpu >= 1 else 0
+
+    def describe(self) -> str:
+        each = (
+            f"{self.gpu:g} GPU"
+            if self.gpu is not None
+            else f"{format_bytes(self.gpu_memory or 0)} GPU memory"
+        )
+        return each if self.replicas == 1 else f"{self.replicas} x {each}"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A real request that proves a release answers."""
+
+    path: str
+    body: Mapping[str, Any]
+    timeout: float = 5.0
+    interval: float = 10.0
+    failure_threshold: int = 3
+
+
+class MonitorMetric(StrEnum):
+    ERROR_RATE = "errorRate"
+    LATENCY_P50 = "latencyP50"
+    LATENCY_P90 = "latencyP90"
+    LATENCY_P99 = "latencyP99"
+    GPU_MEMORY_HEADROOM = "gpuMemoryHeadroom"
+    GPU_UTILIZATION = "gpuUtilization"
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    metric: MonitorMetric
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class DriftWatch:
+    field: str  # dotted keys into a response; lists on the way are walked
+    threshold: float = 0.2  # population stability index
+    baseline: float = 600.0  # seconds after promotion
+    window: float = 600.0
+    min_samples: int = 500
+
+
+@dataclass(frozen=True)
+class Sampling:
+    share: float
+    max_bytes: int = 64 * 2**20
+    sensitive: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """What mdc keeps judging after promotion (``spec.monitor``)."""
+
+    objectives: tuple[Objective, ...] = ()
+    window: float = 300.0
+    interval: float = 30.0
+    min_requests: int = 20
+    breach_after: int = 2
+    recover_after: int = 3
+    drift: DriftWatch | None = None
+    sampling: Sampling | None = None
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    version: str
+    team: str
+    artifact: Artifact
+    service_module: str  # path of the .py file inside the repo
+    service_class: str
+    resources: Resources
+    pool: str
+    rollout: str
+    description: str
+    source: Document = field(repr=False, compare=False)
+    ready_timeout: float = 120.0
+    probe: Probe | None = None
+    monitor: Monitor | None = None  # spec.monitor, as written (no defaults from the policy)
+
+
+@dataclass(frozen=True)
+class GPUGroup:
+    product: str
+    memory: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    discovery: Discovery
+    gpus: tuple[GPUGroup, ...]
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(group.count for group in self.gpus)
+
+
+@dataclass(frozen=True)
+class ClusterNodes:
+    """A pool whose nodes come from the runtime's cluster: every live node that
+    carries all of ``selector``'s labels, with those values."""
+
+    discovery: Discovery
+    selector: Mapping[str, str]
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(key) == value for key, value in self.selector.items())
+
+
+@dataclass(frozen=True)
+class Quota:
+    team: str
+    guaranteed: float
+    limit: float
+    priority: int
+
+
+@dataclass(frozen=True)
+class GPUPool:
+    name: str
+    sharing: Sharing
+    nodes: tuple[Node, ...]
+    quotas: tuple[Quota, ...]
+    source: Document = field(repr=False, compare=False)
+    cluster: ClusterNodes | None = None  # nodes chosen from the cluster, by label
+
+    @property
+    def declared_gpus(self) -> int | None:
+        """GPUs written in the spec, or None when an NVML node declares none (or the
+        nodes come from the cluster)."""
+        if self.cluster is not None or not self.nodes or any(not n.gpus for n in self.nodes):
+            return None
+        return sum(node.gpu_count for node in self.nodes)
+
+    def quota(self, team: str) -> Quota | None:
+        return next((q for q in self.quotas if q.team == team), None)
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    weight: int | None = None  # setWeight
+    duration: float | None = None  # pause; None = wait for a person
+    intervals: int | None = None  # analysis
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    metric: Metric | None  # None: a PromQL ``query`` instead
+    min: float | None
+    max: float | None
+    min_ratio_to_stable: float | None
+    max_ratio_to_stable: float | None
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    interval: float
+    failure_limit: int
+    min_requests: int
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    name: str
+    steps: tuple[Step, ...]
+    analysis: Analysis | None
+    progress_deadline: float | None
+    warmup_timeout: float | None
+    warmup_hold: float | None
+    source: Document = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The valid objects of a repository, by name."""
+
+    models: Mapping[str, Model]
+    pools: Mapping[str, GPUPool]
+    policies: Mapping[str, RolloutPolicy]
+
+
+# -- builders: schema-valid document -> typed object --------------------------
+
+
+def _model(doc: Document) -> Model:
+    spec = doc.data["spec"]
+    art = spec["artifact"]
+    res = spec["resources"]
+    module, cls = spec["service"].rsplit(":", 1)
+    serving = spec.get("serving", {})
+    probe = serving.get("probe")
+    return Model(
+        name=doc.data["metadata"]["name"],
+        version=spec["version"],
+        team=spec["team"],
+        artifact=Artifact(
+            art.get("path"), art.get("url"), art.get("sha256"), art.get("bentoModel")
+        ),
+        service_module=_module_file(module),
+        service_class=cls,
+        resources=Resources(
+            gpu=float(res["gpu"]) if "gpu" in res else None,
+            gpu_memory=parse_memory(res["gpuMemory"]) if "gpuMemory" in res else None,
+            replicas=res.get("replicas", 1),
+        ),
+        pool=spec["pool"],
+        rollout=spec["rollout"],
+        description=spec.get("description", ""),
+        source=doc,
+        ready_timeout=_maybe_duration(serving.get("readyTimeout")) or 120.0,
+        probe=None
+        if probe is None
+        else Probe(
+            path=probe["path"],
+            body=probe.get("body", {}),
+            timeout=_maybe_duration(probe.get("timeout")) or 5.0,
+            interval=_maybe_duration(probe.get("interval")) or 10.0,
+            failure_threshold=probe.get("failureThreshold", 3),
+        ),
+        monitor=_monitor(spec.get("monitor")),
+    )
+
+
+def _monitor(raw: Mapping[str, Any] | None) -> Monitor | None:
+    if raw is None:
+        return None
+    drift = raw.get("drift")
+    sampling = raw.get("sampling")
+    return Monitor(
+        objectives=tuple(
+            Objective(o["name"], MonitorMetric(o["metric"]), o.get("min"), o.get("max"))
+            for o in raw.get("objectives", ())
+        ),
+        window=_maybe_duration(raw.get("window")) or 300.0,
+        interval=_maybe_duration(raw.get("interval")) or 30.0,
+        min_requests=raw.get("minRequests", 20),
+        breach_after=raw.get("breachAfter", 2),
+        recover_after=raw.get("recoverAfter", 3),
+        drift=None
+        if drift is None
+        else DriftWatch(
+            drift["field"],
+            float(drift.get("threshold", 0.2)),
+            _maybe_duration(drift.get("baseline")) or 600.0,
+            _maybe_duration(drift.get("window")) or 600.0,
+            drift.get("minSamples", 500),
+        ),
+        sampling=None
+        if sampling is None
+        else Sampling(
+            float(sampling["share"]),
+            parse_memory(sampling["maxBytes"]) if "maxBytes" in sampling else 64 * 2**20,
+            tuple(sampling.get("sensitive", ())),
+        ),
+    )
+
+
+def _module_file(module: str) -> str:
+    return module if module.endswith(".py") else module + ".py"
+
+
+def _pool(doc: Document) -> GPUPool:
+    spec = doc.data["spec"]
+    return GPUPool(
+        name=doc.data["metadata"]["name"],
+        sharing=Sharing(spec["sharing"]),
+        nodes=tuple(
+            Node(
+                name=node["name"],
+                discovery=Discovery(node["discovery"]),
+                gpus=tuple(
+                    GPUGroup(g["product"], parse_memory(g["memory"]), g.get("count", 1))
+                    for g in node.get("gpus", ())
+                ),
+            )
+            for node in spec.get("nodes", ())
+        ),
+        quotas=tuple(
+            Quota(q["team"], float(q["guaranteed"]), float(q["limit"]), q.get("priority", 100))
+            for q in spec["quotas"]
+        ),
+        source=doc,
+        cluster=_cluster(spec.get("cluster")),
+    )
+
+
+def _cluster(cluster: Mapping[str, Any] | None) -> ClusterNodes | None:
+    if cluster is None:
+        return None
+    return ClusterNodes(Discovery(cluster["discovery"]), dict(cluster.get("nodeSelector", {})))
+
+
+def _policy(doc: Document) -> RolloutPolicy:
+    spec = doc.data["spec"]
+    steps = tuple(_step(raw) for raw in spec["steps"])
+    analysis = spec.get("analysis")
+    warmup = spec.get("warmup", {})
+    return RolloutPolicy(
+        name=doc.data["metadata"]["name"],
+        steps=steps,
+        analysis=None
+        if analysis is None
+        else Analysis(
+            interval=parse_duration(analysis["interval"]),
+            failure_limit=analysis.get("failureLimit", 0),
+            min_requests=analysis.get("minRequests", 10),
+            checks=tuple(
+                Check(
+                    name=c["name"],
+                    metric=Metric(c["metric"]) if "metric" in c else None,
+                    min=c.get("min"),
+                    max=c.get("max"),
+                    min_ratio_to_stable=c.get("minRatioToStable"),
+                    max_ratio_to_stable=c.get("maxRatioToStable"),
+                    query=c.get("query"),
+                )
+                for c in analysis["checks"]
+            ),
+        ),
+        progress_deadline=_maybe_duration(spec.get("progressDeadline")),
+        warmup_timeout=_maybe_duration(warmup.get("timeout")),
+        warmup_hold=_maybe_duration(warmup.get("holdFor")),
+        source=doc,
+    )
+
+
+def _step(raw: dict[str, Any]) -> Step:
+    if "setWeight" in raw:
+        return Step(StepKind.SET_WEIGHT, weight=raw["setWeight"])
+    if "pause" in raw:
+        return Step(StepKind.PAUSE, duration=_maybe_duration(raw["pause"].get("duration")))
+    return Step(StepKind.ANALYSIS, intervals=raw["analysis"].get("intervals", 1))
+
+
+def _maybe_duration(text: str | None) -> float | None:
+    return None if text is None else parse_duration(text)
+
+
+#: Spec kind -> the builder for a schema-valid document of that kind.
+BUILDERS: Mapping[str, Callable[[Document], Model | GPUPool | RolloutPolicy]] = {
+    "Model": _model,
+    "GPUPool": _pool,
+    "RolloutPolicy": _policy,
+}
