@@ -64,9 +64,9 @@ from pathlib import Path
 import httpx
 
 import controller.demo as demo_module
-from controller.adapters.packaging import bentoml_env
 from controller.adapters.router.embedded import EmbeddedRouter
 from controller.adapters.runtime.local import Release, State, free_port
+from controller.core.environment import bentoml_env
 from controller.core.status import Phase
 from controller.demo import RANKER, Demo, Traffic, _bump, ranker_request, version_classifier
 

@@ -31,10 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from controller.adapters.feedback import FeedbackStore
-from controller.adapters.router.embedded import EmbeddedRouter, Sample
-from controller.core.canary import BackendStats
+from controller.adapters.router.embedded import EmbeddedRouter
 from controller.core.drift import predictions, redact
 from controller.core.monitor import ModelMonitor
+from controller.core.traffic import BackendStats, Sample
 from controller.spec.kinds import DriftWatch, Monitor, MonitorMetric, Objective, Sampling
 
 MODELS, PASSES, SAMPLES = 100, 60, 20

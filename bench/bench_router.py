@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.adapters.router.embedded import EmbeddedRouter, RouteConfig
-from controller.core.canary import BackendWindow, Observation, advance, start
+from controller.adapters.router.embedded import EmbeddedRouter
+from controller.core.canary import Observation, advance, start
+from controller.core.traffic import BackendWindow, RouteConfig
 from controller.spec.kinds import Analysis, Check, Metric, RolloutPolicy, Step, StepKind
 from tests.gitservers import free_port
 

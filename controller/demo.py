@@ -43,7 +43,7 @@ from typing import Any, TextIO
 import httpx
 
 from controller.adapters.github.client import GitHubReporter
-from controller.adapters.router.embedded import make_router
+from controller.adapters.router import make_router
 from controller.app.daemon import Config, Daemon
 from controller.app.reconciler import PassResult, Reconciler
 from controller.app.reporting import PullRequests

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.adapters.router.embedded import Sample
+from controller.core.traffic import Sample
 
 __all__ = ["SCHEMA", "FeedbackStore", "Written"]
 

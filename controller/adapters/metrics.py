@@ -24,8 +24,7 @@ import re
 
 import httpx
 
-from controller.adapters.router.embedded import BackendStats
-from controller.core.canary import BackendWindow
+from controller.core.traffic import QUANTILES, BackendWindow
 from controller.errors import TransientError
 
 __all__ = [
@@ -33,24 +32,11 @@ __all__ = [
     "bentoml_window",
     "make_provider",
     "parse_prometheus_text",
-    "router_window",
 ]
 
-QUANTILES = (0.5, 0.9, 0.99)
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+([^\s]+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _HEALTH = ("/readyz", "/livez", "/healthz", "/metrics")
-
-
-def router_window(now: BackendStats, then: BackendStats, seconds: float) -> BackendWindow:
-    """A window from two snapshots of the router's counters."""
-    delta = now.minus(then)
-    return BackendWindow(
-        requests=delta.requests,
-        errors=delta.errors,
-        seconds=seconds,
-        latency={q: v for q in QUANTILES if (v := delta.quantile(q)) is not None},
-    )
 
 
 class PrometheusProvider:

@@ -28,7 +28,6 @@ mdc itself never imports it. Called by ``mdc build`` and the reconciler.
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
 import shutil
 import subprocess
@@ -36,13 +35,21 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import httpx
 import yaml
 
+from controller.core.environment import bentoml_env
 from controller.errors import PermanentError, TransientError
+from controller.spec.identity import (
+    _digest_of_files,
+    _files_under,
+    _safe_version,
+    _sha256,
+    bento_tag,
+    service_files,
+)
 from controller.spec.kinds import Model
 from controller.spec.tree import EntryKind, Tree, clean_reference, resolve
 
@@ -50,18 +57,10 @@ __all__ = [
     "BuildResult",
     "Packager",
     "Source",
-    "bento_tag",
-    "bentoml_env",
-    "model_tag_for",
-    "planned_bento_tag",
-    "service_files",
 ]
 
 MAX_ARTIFACT_BYTES = 4 << 30
-MAX_SERVICE_FILE_BYTES = 1 << 20
 BUILD_TIMEOUT = 600.0
-#: Bumped when the layout of build directories or bentofiles changes.
-LAYOUT = "mdc-bento-1"
 
 _IMPORT_MODEL = """
 import shutil, sys
@@ -75,24 +74,6 @@ with bentoml.models.create(tag, labels=labels) as model:
         shutil.copytree(source, model.path, dirs_exist_ok=True)
 print(model.tag)
 """
-
-
-def bentoml_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment BentoML runs in: its home, no telemetry, no package index."""
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env.update(
-        {
-            "BENTOML_HOME": str(home),
-            "BENTOML_DO_NOT_TRACK": "true",
-            "PIP_NO_INDEX": "1",
-            "UV_OFFLINE": "1",
-            "UV_NO_CACHE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    if extra:
-        env.update(extra)
-    return env
 
 
 @dataclass(frozen=True)
@@ -110,72 +91,6 @@ class BuildResult:
     bento_tag: str
     built: bool  # False: the bento was already in the store
     log: Path | None = None
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _safe_version(digest: str) -> str:
-    return digest[:20]
-
-
-def _files_under(tree: Tree, directory: str) -> dict[str, bytes]:
-    prefix = directory.rstrip("/") + "/"
-    return {
-        entry[len(prefix) :]: tree.read(entry)
-        for entry in tree.walk()
-        if entry.startswith(prefix) and tree.kind(entry) is EntryKind.FILE
-    }
-
-
-def _digest_of_files(files: Mapping[str, bytes]) -> str:
-    hasher = hashlib.sha256()
-    for rel in sorted(files):
-        hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
-    return hasher.hexdigest()
-
-
-def model_tag_for(model: Model, tree: Tree) -> str:
-    """The model tag ``model``'s artifact gets, computed without importing anything."""
-    art = model.artifact
-    if art.bento_model:
-        return art.bento_model
-    if art.url:
-        return f"{model.name}:{_safe_version(art.sha256 or '')}"
-    target, kind = resolve(tree, clean_reference(art.path or ""))
-    if kind is EntryKind.FILE:
-        return f"{model.name}:{_safe_version(_sha256(tree.read(target)))}"
-    return f"{model.name}:{_safe_version(_digest_of_files(_files_under(tree, target)))}"
-
-
-def service_files(model: Model, tree: Tree) -> dict[str, bytes]:
-    """The ``.py`` files of the service module's directory, by path inside it."""
-    module = clean_reference(model.service_module)
-    directory = posixpath.dirname(module)
-    prefix = directory + "/" if directory else ""
-    files = {}
-    for path in tree.walk():
-        if path.startswith(prefix) and path.endswith(".py"):
-            target, kind = resolve(tree, path)
-            if kind is EntryKind.FILE and tree.size(target) <= MAX_SERVICE_FILE_BYTES:
-                files[path[len(prefix) :]] = tree.read(target)
-    return files
-
-
-def bento_tag(model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:
-    """The content-addressed bento tag: same inputs, same tag."""
-    hasher = hashlib.sha256()
-    for part in (LAYOUT, _bentoml_version(), model.name, model_tag, model.service_class):
-        hasher.update(part.encode() + b"\n")
-    for rel in sorted(files):
-        hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
-    return f"{model.name}:{_safe_version(hasher.hexdigest())}"
-
-
-def planned_bento_tag(model: Model, tree: Tree) -> str:
-    """The bento tag a build of ``model`` would have (for plans: nothing is built)."""
-    return bento_tag(model, model_tag_for(model, tree), service_files(model, tree))
 
 
 class Packager:
@@ -443,8 +358,3 @@ def _file_sha256(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def _bentoml_version() -> str:
-    try:
-        return metadata.version("bentoml")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a dependency
-        return "unknown"

@@ -30,9 +30,8 @@ import yaml
 
 from controller.adapters.feedback import FeedbackStore
 from controller.adapters.git.status_branch import StatusBranch
-from controller.adapters.router.embedded import Router, Sample, SamplingConfig
+from controller.adapters.router.base import Router
 from controller.adapters.runtime.local import ReleaseSpec
-from controller.core.canary import BackendStats
 from controller.core.drift import predictions
 from controller.core.inventory import GPU
 from controller.core.ledger import Allocation
@@ -46,6 +45,7 @@ from controller.core.monitor import (
 )
 from controller.core.plan import iso
 from controller.core.status import Condition, ModelStatus
+from controller.core.traffic import BackendStats, Sample, SamplingConfig
 from controller.errors import MdcError
 from controller.spec.kinds import Model, MonitorMetric, RolloutPolicy
 

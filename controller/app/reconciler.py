@@ -38,8 +38,8 @@ from controller.adapters.git.source import (
     SourcePoller,
 )
 from controller.adapters.git.status_branch import StatusBranch
-from controller.adapters.packaging import Packager, Source, planned_bento_tag
-from controller.adapters.router.embedded import RouteConfig, Router
+from controller.adapters.packaging import Packager, Source
+from controller.adapters.router.base import Router
 from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State
 from controller.app.monitoring import Monitoring
 from controller.app.rollout import ManualAction, Pins, RolloutDriver, read_command
@@ -84,8 +84,10 @@ from controller.core.status import (
     parse_model_status,
     render,
 )
+from controller.core.traffic import RouteConfig
 from controller.errors import MdcError, PermanentError, TransientError
 from controller.spec.documents import Diagnostic
+from controller.spec.identity import planned_bento_tag
 from controller.spec.kinds import GPUPool, Model
 from controller.spec.loader import LoadResult, SnapshotLoader
 

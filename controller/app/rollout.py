@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from controller.adapters.metrics import PrometheusProvider, router_window
-from controller.adapters.router.embedded import BackendStats, RouteConfig, Router
+from controller.adapters.metrics import PrometheusProvider
+from controller.adapters.router.base import Router
 from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State
 from controller.core.canary import (
     Action,
@@ -44,6 +44,7 @@ from controller.core.canary import (
     start,
 )
 from controller.core.ledger import Ledger, ReleaseKind
+from controller.core.traffic import BackendStats, RouteConfig, router_window
 from controller.errors import TransientError
 from controller.spec.kinds import Check, RolloutPolicy
 
@@ -53,7 +54,6 @@ __all__ = [
     "RolloutDriver",
     "query_values",
     "read_command",
-    "rollout_decision",
     "send_command",
 ]
 
@@ -136,25 +136,6 @@ class Pins:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(pins, indent=1, sort_keys=True))
         tmp.replace(self.path)
-
-
-def rollout_decision(
-    desired: str, stable: str | None, canary: CanaryState | None, pinned: str | None
-) -> str:
-    """What to do about a model whose spec hashes to ``desired``.
-
-    ``none``: it already runs (also when git was reverted to the promoted
-    spec); ``pinned``: this spec failed and waits for a change or a retry;
-    ``continue``: its canary is under way; ``replace``: a canary of another
-    spec is under way -- abort it, then start this one; ``start``: begin a canary.
-    """
-    if canary is not None and not canary.phase.done:
-        return "continue" if canary.spec_hash == desired else "replace"
-    if desired == stable:
-        return "none"
-    if desired == pinned:
-        return "pinned"
-    return "start"
 
 
 def query_values(

@@ -210,7 +210,8 @@ def pool(args: argparse.Namespace) -> int:
     import socket  # noqa: PLC0415
     import time  # noqa: PLC0415
 
-    from controller.core.inventory import Inventory, build_inventory, read_nvml  # noqa: PLC0415
+    from controller.adapters.nvml import read_nvml  # noqa: PLC0415
+    from controller.core.inventory import Inventory, build_inventory  # noqa: PLC0415
     from controller.spec.kinds import Discovery  # noqa: PLC0415
     from controller.ui.pool_view import (  # noqa: PLC0415
         planned_holdings,
@@ -453,7 +454,7 @@ def run_controller(args: argparse.Namespace) -> int:
     import signal  # noqa: PLC0415
 
     from controller.adapters.github.webhook import load_secret  # noqa: PLC0415
-    from controller.adapters.router.embedded import make_router  # noqa: PLC0415
+    from controller.adapters.router import make_router  # noqa: PLC0415
     from controller.app.daemon import Config, Daemon, StateLock, load_config  # noqa: PLC0415
     from controller.app.reconciler import Reconciler  # noqa: PLC0415
 
@@ -518,8 +519,8 @@ def _serve(  # noqa: PLR0917
     make_router: Any,
     signal: Any,
 ) -> int:
+    from controller.adapters.nvml import read_nvml  # noqa: PLC0415
     from controller.app.reporting import reporter_for  # noqa: PLC0415
-    from controller.core.inventory import read_nvml  # noqa: PLC0415
 
     reporter, on_event = reporter_for(config)
     reconciler = reconciler_of(

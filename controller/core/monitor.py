@@ -31,8 +31,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from controller.core.canary import BackendStats
 from controller.core.drift import DriftTracker
+from controller.core.traffic import BackendStats
 from controller.spec.kinds import (
     DriftWatch,
     Metric,

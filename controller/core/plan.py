@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
-from controller.app.rollout import rollout_decision
 from controller.core.canary import CanaryPhase, CanaryState, Outcome
 from controller.core.status import (
     Condition,
@@ -268,3 +267,22 @@ def _verdicts(state: CanaryState) -> tuple[Verdict, ...]:
     return tuple(
         Verdict(c.check, c.value, c.outcome is not Outcome.FAIL, c.message) for c in last.checks
     )
+
+
+def rollout_decision(
+    desired: str, stable: str | None, canary: CanaryState | None, pinned: str | None
+) -> str:
+    """What to do about a model whose spec hashes to ``desired``.
+
+    ``none``: it already runs (also when git was reverted to the promoted
+    spec); ``pinned``: this spec failed and waits for a change or a retry;
+    ``continue``: its canary is under way; ``replace``: a canary of another
+    spec is under way -- abort it, then start this one; ``start``: begin a canary.
+    """
+    if canary is not None and not canary.phase.done:
+        return "continue" if canary.spec_hash == desired else "replace"
+    if desired == stable:
+        return "none"
+    if desired == pinned:
+        return "pinned"
+    return "start"

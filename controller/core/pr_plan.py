@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from controller.adapters.git.history import field_changes
-from controller.adapters.packaging import planned_bento_tag
 from controller.core.costs import per_day
 from controller.core.demand import (
     CanaryCheck,
@@ -32,6 +30,7 @@ from controller.core.demand import (
     team_usage,
 )
 from controller.spec.documents import Diagnostic
+from controller.spec.identity import field_changes, planned_bento_tag
 from controller.spec.kinds import Model
 from controller.spec.loader import LoadResult, load_desired
 from controller.spec.tree import Tree

@@ -180,7 +180,7 @@ def test_killed_mid_canary_resumes_at_the_same_step(
         demo.hook_url = controller.url() + "/webhook"
         for model in ("fraud-scorer", RANKER):
             _wait(
-                lambda m=model: (controller.core.status(m) or {}).get("phase") == "Healthy",
+                lambda m=model: (controller.status(m) or {}).get("phase") == "Healthy",
                 240,
                 f"{model} healthy",
             )
@@ -191,7 +191,7 @@ def test_killed_mid_canary_resumes_at_the_same_step(
         _wait(lambda: _mdc_comments(demo, number), 30, "plan comment")
         demo.merge("ranker-v2")
         paused = _wait(
-            lambda: (row := controller.core.status(RANKER)) and row["phase"] == "Paused" and row,
+            lambda: (row := controller.status(RANKER)) and row["phase"] == "Paused" and row,
             120,
             "paused for approval",
         )
@@ -206,7 +206,7 @@ def test_killed_mid_canary_resumes_at_the_same_step(
         time.sleep(1)
         controller.start()
         demo.hook_url = controller.url() + "/webhook"
-        resumed = _wait(lambda: controller.core.status(RANKER), 60, "status after restart")
+        resumed = _wait(lambda: controller.status(RANKER), 60, "status after restart")
         assert resumed["phase"] == "Paused"
         assert (resumed["step"], resumed["weight"]) == ("2/3", 30)
         assert resumed["gpus"] == paused["gpus"]  # the same GPUs, none leaked or doubled
@@ -229,7 +229,7 @@ def test_killed_mid_canary_resumes_at_the_same_step(
         # -- a writer approves from the PR -----------------------------------------------
         demo.comment(number, "/mdc resume", TEAM[1])
         done = _wait(
-            lambda: (row := controller.core.status(RANKER)) and row["phase"] == "Healthy" and row,
+            lambda: (row := controller.status(RANKER)) and row["phase"] == "Healthy" and row,
             120,
             "promoted after the approval",
         )

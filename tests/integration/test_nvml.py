@@ -13,7 +13,7 @@ import subprocess
 import pynvml
 import pytest
 
-from controller.core.inventory import NVMLUnavailable, read_nvml
+from controller.adapters.nvml import NVMLUnavailable, read_nvml
 
 
 def gpu_present() -> bool:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.adapters.packaging import Packager, Source, planned_bento_tag
+from controller.adapters.packaging import Packager, Source
 from controller.errors import PermanentError
+from controller.spec.identity import planned_bento_tag
 from controller.spec.loader import load_desired
 from controller.spec.tree import DirTree
 from tests.bentos import example_copy, repo_with_service

@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from controller.adapters.metrics import PrometheusProvider, make_provider
-from controller.adapters.router.embedded import EmbeddedRouter, RouteConfig
+from controller.adapters.router.embedded import EmbeddedRouter
 from controller.app.rollout import query_values
 from controller.core.canary import judge
+from controller.core.traffic import RouteConfig
 from controller.errors import TransientError
 from controller.spec.kinds import Check, Metric
 from tests.gitservers import free_port

@@ -19,14 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.adapters.router.embedded import (
-    BackendStats,
-    EmbeddedRouter,
-    RouteConfig,
-    Router,
-    SamplingConfig,
-    make_router,
-)
+from controller.adapters.router import make_router
+from controller.adapters.router.base import Router
+from controller.adapters.router.embedded import EmbeddedRouter
+from controller.core.traffic import BackendStats, RouteConfig, SamplingConfig
 from controller.errors import PermanentError
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from controller import signing
+from controller.adapters.git import signing
 from controller.adapters.git.signing import SigningMode, SigningPolicy, verify_commit
 
 pytestmark = pytest.mark.integration

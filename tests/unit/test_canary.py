@@ -9,7 +9,6 @@ import pytest
 
 from controller.core.canary import (
     ActionKind,
-    BackendWindow,
     CanaryPhase,
     CanaryState,
     Command,
@@ -21,6 +20,7 @@ from controller.core.canary import (
     state_from_dict,
     state_to_dict,
 )
+from controller.core.traffic import BackendWindow
 from controller.spec.kinds import Analysis, Check, Metric, RolloutPolicy, Step, StepKind
 
 

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from controller.adapters.feedback import SCHEMA, FeedbackStore
-from controller.adapters.router.embedded import Sample
+from controller.core.traffic import Sample
 
 
 def sample(rng: random.Random, size: int = 40) -> Sample:

@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 
+from controller.adapters.nvml import NVMLUnavailable, read_nvml
 from controller.core.inventory import (
     GPU,
     ClusterNode,
-    NVMLUnavailable,
     build_inventory,
     cluster_inventory,
     declared_gpus,
     node_changes,
     node_labels,
-    read_nvml,
     real_uuid,
 )
 from controller.spec.kinds import GPUPool

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.adapters.metrics import (
-    _quantile,
-    bentoml_window,
-    parse_prometheus_text,
-    router_window,
-)
-from controller.adapters.router.embedded import BackendStats
+from controller.adapters.metrics import _quantile, bentoml_window, parse_prometheus_text
+from controller.core.traffic import BackendStats, router_window
 
 BEFORE = """# HELP bentoml_service_request_total Total number of requests
 # TYPE bentoml_service_request_total counter

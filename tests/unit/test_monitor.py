@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 
-from controller.core.canary import BackendStats
 from controller.core.drift import DriftTracker, predictions, psi, redact
 from controller.core.monitor import (
     GPUReading,
@@ -21,6 +20,7 @@ from controller.core.monitor import (
     judge,
     period_start,
 )
+from controller.core.traffic import BackendStats
 from controller.spec.kinds import DriftWatch, Monitor, MonitorMetric, Objective
 from controller.spec.loader import load_desired
 from controller.spec.tree import DirTree

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.adapters.git.source import Credentials, backoff_delay, parse_remote
+from controller.adapters.git.source import Credentials, parse_remote
+from controller.core.backoff import backoff_delay
 from controller.errors import PermanentError
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.app.rollout import Pins, read_command, rollout_decision, send_command
+from controller.app.rollout import Pins, read_command, send_command
 from controller.cli.main import EXIT_INVALID, EXIT_OK, main
 from controller.core.canary import CanaryPhase, CanaryState
+from controller.core.plan import rollout_decision
 
 
 def canary(spec_hash: str, phase: CanaryPhase) -> CanaryState:

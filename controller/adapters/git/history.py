@@ -22,6 +22,7 @@ import pygit2
 from pygit2.enums import SortMode
 
 from controller.spec.documents import parse_yaml
+from controller.spec.identity import field_changes
 
 __all__ = ["Event", "field_changes", "model_history", "trailers"]
 
@@ -66,32 +67,6 @@ def trailers(message: str) -> dict[str, str]:
             return {}
         found[key] = value.strip()
     return found
-
-
-def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(value, dict) and value:
-        for key, sub in value.items():
-            yield from _flatten(sub, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(value, list) and value and any(isinstance(v, dict | list) for v in value):
-        for i, sub in enumerate(value):
-            yield from _flatten(sub, f"{prefix}[{i}]")
-    else:
-        yield prefix, value
-
-
-def field_changes(old: Any, new: Any) -> tuple[str, ...]:
-    """``path: old -> new`` for every leaf that differs between two documents."""
-    before, after = dict(_flatten(old or {})), dict(_flatten(new or {}))
-    out = []
-    for path in sorted(set(before) | set(after)):
-        if before.get(path, _MISSING) != after.get(path, _MISSING):
-            was = "(unset)" if path not in before else repr(before[path])
-            now = "(unset)" if path not in after else repr(after[path])
-            out.append(f"{path}: {was} -> {now}")
-    return tuple(out)
-
-
-_MISSING = object()
 
 
 def _model_doc(repo: pygit2.Repository, tree: pygit2.Tree, path: str, name: str) -> Any:

@@ -37,6 +37,7 @@ import pygit2
 from pygit2.enums import CredentialType
 
 from controller.adapters.git.signing import SigningMode, SigningPolicy, Verdict, verify_commit
+from controller.core.backoff import backoff_delay
 from controller.errors import PermanentError, TransientError
 from controller.spec.tree import EntryKind
 
@@ -48,7 +49,6 @@ __all__ = [
     "RemoteURL",
     "Snapshot",
     "SourcePoller",
-    "backoff_delay",
     "parse_remote",
 ]
 
@@ -433,19 +433,6 @@ class GitTree:
 
     def readlink(self, path: str) -> str:
         return self.read(path).decode("utf-8", "replace")
-
-
-def backoff_delay(
-    failures: int, base: float = 2.0, cap: float = 300.0, rng: random.Random | None = None
-) -> float:
-    """Seconds to wait after ``failures`` failures in a row: exponential, capped,
-    with "equal jitter" (between half and all of the step) so many controllers
-    that lost the same remote do not come back in lockstep. Pure given ``rng``.
-    """
-    if failures <= 0:
-        return 0.0
-    step = min(cap, base * 2 ** min(failures - 1, 30))
-    return float(step / 2 + (rng or random.Random()).uniform(0, step / 2))
 
 
 @dataclass(frozen=True)

@@ -35,21 +35,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from controller.core.canary import BUCKETS, BackendStats
 from controller.core.drift import redact
+from controller.core.traffic import BUCKETS, BackendStats, RouteConfig, Sample, SamplingConfig
 
 __all__ = [
     "BUCKETS",
     "BackendStats",
     "EmbeddedRouter",
-    "RouteConfig",
-    "Router",
-    "Sample",
-    "SamplingConfig",
-    "make_router",
 ]
 
 OVERRIDE_HEADER = b"x-mdc-version"
@@ -76,31 +70,6 @@ _HOP = {
 }
 
 
-@dataclass(frozen=True)
-class RouteConfig:
-    stable: str | None = None  # "127.0.0.1:PORT"
-    canary: str | None = None
-    weight: int = 0  # percent to the canary
-    mirror: int = 0  # percent of requests also copied to the canary
-    sticky: str | None = None  # a header (or "cookie:NAME") whose value pins a user
-
-
-class Router(Protocol):
-    """What the rollout needs from a router, embedded or a real proxy."""
-
-    def add_model(self, model: str, port: int = 0) -> str: ...
-
-    def configure(self, model: str, config: RouteConfig) -> None: ...
-
-    def snapshot(self, model: str) -> dict[str, BackendStats]: ...
-
-    def sample(self, model: str, config: SamplingConfig | None) -> None: ...
-
-    def samples(self, model: str) -> list[Sample]: ...
-
-    def close(self) -> None: ...
-
-
 class _Model:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -112,28 +81,6 @@ class _Model:
         self.samples: deque[Sample] = deque(maxlen=SAMPLES_BUFFERED)
         self.sampled_bytes = 0
         self.dropped = 0  # samples not kept: the buffer was full, or not JSON
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Keep ``share`` of the requests and their answers, without the ``sensitive``
-    keys (dropped before the sample is buffered)."""
-
-    share: float
-    sensitive: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One sampled exchange, already redacted."""
-
-    at: float  # epoch seconds
-    backend: str  # "stable" or "canary"
-    status: int
-    seconds: float
-    request: Any
-    response: Any
-    size: int  # bytes of request and response bodies
 
 
 #: Samples a model's buffer holds between two drains (the oldest go first), and bytes.
@@ -432,17 +379,6 @@ class EmbeddedRouter:
                 lines.append(f"mdc_router_request_duration_seconds_sum{{{labels}}} {s.seconds:.6f}")
                 lines.append(f"mdc_router_request_duration_seconds_count{{{labels}}} {total}")
         return "\n".join(lines) + "\n"
-
-
-def make_router(kind: str, **options: object) -> Router:
-    """The router named ``kind``; an unknown name is an error, never a fallback."""
-    if kind == "embedded":
-        return EmbeddedRouter(**options)  # type: ignore[arg-type]
-    if kind == "haproxy":
-        from controller.adapters.router.haproxy import HAProxyRouter  # noqa: PLC0415 - needs the binary
-
-        return HAProxyRouter(**options)  # type: ignore[arg-type]
-    raise ValueError(f"unknown router {kind!r}; known: embedded, haproxy")
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:

@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from controller.adapters.router.embedded import BackendStats, RouteConfig, Sample, SamplingConfig
+from controller.core.traffic import BackendStats, RouteConfig, Sample, SamplingConfig
 from controller.errors import PermanentError, TransientError
 
 __all__ = ["HAProxyRouter"]

@@ -40,8 +40,8 @@ from typing import Any
 
 import httpx
 
-from controller.adapters.git.source import backoff_delay
-from controller.adapters.packaging import bentoml_env
+from controller.core.backoff import backoff_delay
+from controller.core.environment import bentoml_env
 from controller.core.inventory import ClusterNode
 from controller.spec.kinds import Probe
 

@@ -44,8 +44,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from controller.adapters.packaging import bentoml_env
 from controller.adapters.runtime.local import LocalRuntime, Release, ReleaseSpec, State
+from controller.core.environment import bentoml_env
 from controller.core.inventory import GPU, LABEL_NODE, ClusterNode, real_uuid
 from controller.errors import PermanentError, TransientError
 
@@ -87,7 +87,7 @@ def _nvml_reader(ray: Any) -> Any:
     """A task that reads NVML on the node it runs on (the GPUs, or why not)."""
 
     def read_gpus(name: str) -> list[dict[str, Any]] | str:
-        from controller.core.inventory import NVMLUnavailable, read_nvml  # noqa: PLC0415
+        from controller.adapters.nvml import NVMLUnavailable, read_nvml  # noqa: PLC0415
 
         try:
             return [asdict(gpu) for gpu in read_nvml(name)]
