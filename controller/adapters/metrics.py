@@ -20,9 +20,9 @@ Called by the rollout driver.
 from __future__ import annotations
 
 import math
-import re
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.core.traffic import QUANTILES, BackendWindow
 from controller.errors import TransientError
@@ -31,11 +31,8 @@ __all__ = [
     "PrometheusProvider",
     "bentoml_window",
     "make_provider",
-    "parse_prometheus_text",
 ]
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+([^\s]+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _HEALTH = ("/readyz", "/livez", "/healthz", "/metrics")
 
 
@@ -95,35 +92,27 @@ class PrometheusProvider:
         self.client.close()
 
 
-def parse_prometheus_text(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Samples of the Prometheus text format: (name, labels, value)."""
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        labels = dict(_LABEL.findall(match.group(3) or ""))
-        try:
-            samples.append((match.group(1), labels, float(match.group(4))))
-        except ValueError:
-            continue
-    return samples
-
-
 def _bentoml_counts(text: str) -> tuple[dict[str, float], dict[float, float]]:
+    """Requests by HTTP code and the cumulative latency buckets (by upper bound) of
+    one BentoML ``/metrics`` scrape, summed over endpoints, health checks left out;
+    :class:`TransientError` if the text is not the Prometheus text format."""
     codes: dict[str, float] = {}
     buckets: dict[float, float] = {}
-    for name, labels, value in parse_prometheus_text(text):
-        if labels.get("endpoint", "") in _HEALTH:
-            continue
-        if name == "bentoml_service_request_total":
-            code = labels.get("http_response_code", "")
-            codes[code] = codes.get(code, 0.0) + value
-        elif name == "bentoml_service_request_duration_seconds_bucket":
-            le = float(labels["le"]) if labels.get("le") not in (None, "+Inf") else math.inf
-            buckets[le] = buckets.get(le, 0.0) + value
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("endpoint", "") in _HEALTH:
+                    continue
+                if sample.name == "bentoml_service_request_total":
+                    code = sample.labels.get("http_response_code", "")
+                    codes[code] = codes.get(code, 0.0) + sample.value
+                elif sample.name == "bentoml_service_request_duration_seconds_bucket":
+                    le = float(sample.labels.get("le", "+Inf"))
+                    buckets[le] = buckets.get(le, 0.0) + sample.value
+    except ValueError as exc:
+        raise TransientError(
+            f"BentoML /metrics is not Prometheus text: {exc}", reason="MetricsUnavailable"
+        ) from None
     return codes, buckets
 
 

@@ -29,9 +29,9 @@ from typing import IO, Any
 
 from controller.adapters.github.webhook import Event, PushEvent, Route, Trigger, WebhookServer
 from controller.app.reconciler import PassResult, Reconciler
-from controller.core.status import Phase
 from controller.errors import PermanentError
 from controller.spec.documents import parse_yaml
+from controller.ui.exposition import controller_metrics
 
 __all__ = ["Config", "Daemon", "StateLock", "load_config", "metrics_text"]
 
@@ -227,113 +227,19 @@ class _PassStats:
             self.last_ok = now
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def metrics_text(reconciler: Reconciler, stats: _PassStats) -> str:
     """The controller's metrics in the Prometheus text format."""
-    lines = [
-        "# HELP mdc_reconcile_passes_total Reconcile passes run.",
-        "# TYPE mdc_reconcile_passes_total counter",
-        f"mdc_reconcile_passes_total {stats.total}",
-        "# HELP mdc_reconcile_pass_failures_total Passes in which something failed.",
-        "# TYPE mdc_reconcile_pass_failures_total counter",
-        f"mdc_reconcile_pass_failures_total {stats.failed}",
-        "# HELP mdc_reconcile_pass_duration_seconds How long a pass took.",
-        "# TYPE mdc_reconcile_pass_duration_seconds histogram",
-    ]
-    for bound, count in stats.buckets.items():
-        lines.append(f'mdc_reconcile_pass_duration_seconds_bucket{{le="{bound:g}"}} {count}')
-    lines += [
-        f'mdc_reconcile_pass_duration_seconds_bucket{{le="+Inf"}} {stats.total}',
-        f"mdc_reconcile_pass_duration_seconds_sum {stats.seconds_sum:.6f}",
-        f"mdc_reconcile_pass_duration_seconds_count {stats.total}",
-        "# HELP mdc_model_phase 1 for each model's current phase.",
-        "# TYPE mdc_model_phase gauge",
-    ]
-    statuses = sorted(reconciler.statuses.values(), key=lambda s: s.name)
-    for status in statuses:
-        for phase in Phase:
-            value = int(status.phase is phase)
-            lines.append(
-                f'mdc_model_phase{{model="{_label(status.name)}",phase="{phase}"}} {value}'
-            )
-    lines += [
-        "# HELP mdc_canary_weight_percent Traffic on each model's canary.",
-        "# TYPE mdc_canary_weight_percent gauge",
-    ]
-    lines += [f'mdc_canary_weight_percent{{model="{_label(s.name)}"}} {s.weight}' for s in statuses]
-    lines += [
-        "# HELP mdc_canary_verdicts_total Analysis intervals judged, by outcome.",
-        "# TYPE mdc_canary_verdicts_total counter",
-    ]
-    for (model, outcome), count in sorted(reconciler.verdicts.items()):
-        lines.append(
-            f'mdc_canary_verdicts_total{{model="{_label(model)}",outcome="{outcome}"}} {count}'
-        )
-    pools = sorted(reconciler.ledgers.items())
-    lines += [
-        "# HELP mdc_gpus_held GPUs held, by pool, team and release kind.",
-        "# TYPE mdc_gpus_held gauge",
-    ]
-    for pool_name, (_, ledger) in pools:
-        held: dict[tuple[str, str], float] = {}
-        for allocation in ledger.allocations.values():
-            key = (allocation.team, str(allocation.kind))
-            held[key] = held.get(key, 0.0) + allocation.gpus
-        for (team, kind), gpus in sorted(held.items()):
-            lines.append(
-                f'mdc_gpus_held{{pool="{_label(pool_name)}",team="{_label(team)}",'
-                f'release="{kind}"}} {gpus:g}'
-            )
-    lines += ["# HELP mdc_gpus_total GPUs in each pool.", "# TYPE mdc_gpus_total gauge"]
-    for pool_name, (_, ledger) in pools:
-        lines.append(f'mdc_gpus_total{{pool="{_label(pool_name)}"}} {len(ledger.gpus)}')
     view = getattr(reconciler, "monitor_view", None)
-    lines += _monitor_metrics(view() if view is not None else [])
-    return "\n".join(lines) + "\n"
-
-
-_LEVELS = ("unknown", "ok", "at risk", "breached")
-
-
-def _monitor_metrics(views: list[dict[str, Any]]) -> list[str]:
-    """After promotion: each objective's state and value, and each drift score."""
-    lines = [
-        "# HELP mdc_objective_state 1 for each objective's current state (running versions).",
-        "# TYPE mdc_objective_state gauge",
-    ]
-    values = [
-        "# HELP mdc_objective_value The value each objective was last judged on.",
-        "# TYPE mdc_objective_value gauge",
-    ]
-    drift = [
-        "# HELP mdc_drift_score The population stability index of each drift watch.",
-        "# TYPE mdc_drift_score gauge",
-    ]
-    for view in views:
-        model = _label(str(view.get("model")))
-        for objective in view.get("objectives") or []:
-            name = _label(str(objective.get("name")))
-            for level in _LEVELS:
-                on = int(objective.get("state") == level)
-                lines.append(
-                    f'mdc_objective_state{{model="{model}",objective="{name}",'
-                    f'state="{level}"}} {on}'
-                )
-            if objective.get("value") is not None:
-                values.append(
-                    f'mdc_objective_value{{model="{model}",objective="{name}"}} '
-                    f"{float(objective['value']):g}"
-                )
-        watch = view.get("drift")
-        if watch and watch.get("score") is not None:
-            drift.append(
-                f'mdc_drift_score{{model="{model}",field="{_label(str(watch.get("field")))}"}} '
-                f"{float(watch['score']):g}"
-            )
-    return lines + values + drift
+    return controller_metrics(
+        passes=stats.total,
+        failures=stats.failed,
+        pass_buckets=stats.buckets,
+        pass_seconds=stats.seconds_sum,
+        statuses=reconciler.statuses.values(),
+        verdicts=reconciler.verdicts,
+        pools={name: ledger for name, (_, ledger) in reconciler.ledgers.items()},
+        monitor=view() if view is not None else [],
+    )
 
 
 class Daemon:

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.adapters.router import make_router
 from controller.adapters.router.base import Router
 from controller.adapters.router.embedded import EmbeddedRouter
-from controller.core.traffic import BackendStats, RouteConfig, SamplingConfig
+from controller.core.traffic import BUCKETS, BackendStats, RouteConfig, SamplingConfig
 from controller.errors import PermanentError
 
 pytestmark = pytest.mark.integration
@@ -212,8 +213,21 @@ def test_chunked_body_and_metrics(embedded: tuple) -> None:
         assert answer.status_code == 200
     assert len(stable.bodies[-1]) == 100_011
     text = httpx.get(f"{router.admin_url}/metrics").text
-    assert 'mdc_router_requests_total{model="m",backend="stable",code="200"} 1' in text
-    assert 'mdc_router_request_duration_seconds_count{model="m",backend="stable"} 1' in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["mdc_router_requests"].type == "counter"
+    requests = [(s.name, s.labels, s.value) for s in families["mdc_router_requests"].samples]
+    assert requests == [
+        ("mdc_router_requests_total", {"model": "m", "backend": "stable", "code": "200"}, 1)
+    ]
+    durations = families["mdc_router_request_duration_seconds"]
+    assert durations.type == "histogram"
+    stable_samples = [s for s in durations.samples if s.labels.get("backend") == "stable"]
+    buckets = [(s.labels["le"], s.value) for s in stable_samples if s.name.endswith("_bucket")]
+    assert [le for le, _ in buckets] == [*(f"{b:g}" for b in BUCKETS), "+Inf"]
+    counts = [value for _, value in buckets]
+    assert counts == sorted(counts)  # cumulative
+    (count,) = [s.value for s in stable_samples if s.name.endswith("_count")]
+    assert counts[-1] == count == 1
 
 
 def test_haproxy_refuses_what_it_cannot_do(tmp_path: Path) -> None:

@@ -280,33 +280,39 @@ def two_models() -> FakeReconciler:
     )
 
 
-def lines_of(text: str, name: str) -> list[str]:
-    return [line for line in text.splitlines() if line.split("{")[0].split(" ")[0] == name]
+def samples_of(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The (labels, value) of each sample named ``name``, in order, as a parser reads them."""
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 def test_model_phase_is_one_for_the_current_phase_only() -> None:
     text = metrics_text(two_models(), _PassStats())
-    lines = lines_of(text, "mdc_model_phase")
-    assert len(lines) == 2 * len(Phase)
-    ones = [line for line in lines if line.endswith(" 1")]
+    samples = samples_of(text, "mdc_model_phase")
+    assert len(samples) == 2 * len(Phase)
+    ones = [labels for labels, value in samples if value == 1]
     assert ones == [
-        'mdc_model_phase{model="fraud-scorer",phase="Healthy"} 1',
-        'mdc_model_phase{model="search-ranker",phase="Progressing"} 1',
+        {"model": "fraud-scorer", "phase": "Healthy"},
+        {"model": "search-ranker", "phase": "Progressing"},
     ]
-    assert all(line.endswith(" 0") for line in lines if line not in ones)
-    for phase in Phase:
-        assert f'mdc_model_phase{{model="fraud-scorer",phase="{phase.value}"}}' in text
+    assert all(value == 0 for labels, value in samples if labels not in ones)
+    phases = [labels["phase"] for labels, _ in samples if labels["model"] == "fraud-scorer"]
+    assert phases == [phase.value for phase in Phase]
 
 
 def test_canary_weight_and_verdict_lines() -> None:
     text = metrics_text(two_models(), _PassStats())
-    assert lines_of(text, "mdc_canary_weight_percent") == [
-        'mdc_canary_weight_percent{model="fraud-scorer"} 0',
-        'mdc_canary_weight_percent{model="search-ranker"} 25',
+    assert samples_of(text, "mdc_canary_weight_percent") == [
+        ({"model": "fraud-scorer"}, 0),
+        ({"model": "search-ranker"}, 25),
     ]
-    assert lines_of(text, "mdc_canary_verdicts_total") == [
-        'mdc_canary_verdicts_total{model="search-ranker",outcome="fail"} 1',
-        'mdc_canary_verdicts_total{model="search-ranker",outcome="pass"} 3',
+    assert samples_of(text, "mdc_canary_verdicts_total") == [
+        ({"model": "search-ranker", "outcome": "fail"}, 1),
+        ({"model": "search-ranker", "outcome": "pass"}, 3),
     ]
 
 
@@ -321,19 +327,19 @@ def test_gpus_held_by_team_and_release_and_pool_total() -> None:
     )
     reconciler = FakeReconciler(ledgers={"shared-a100": (None, ledger)})
     text = metrics_text(reconciler, _PassStats())
-    assert lines_of(text, "mdc_gpus_held") == [
-        'mdc_gpus_held{pool="shared-a100",team="payments",release="canary"} 0.5',
-        'mdc_gpus_held{pool="shared-a100",team="payments",release="stable"} 1',
-        'mdc_gpus_held{pool="shared-a100",team="search",release="stable"} 2',
+    assert samples_of(text, "mdc_gpus_held") == [
+        ({"pool": "shared-a100", "team": "payments", "release": "canary"}, 0.5),
+        ({"pool": "shared-a100", "team": "payments", "release": "stable"}, 1),
+        ({"pool": "shared-a100", "team": "search", "release": "stable"}, 2),
     ]
-    assert lines_of(text, "mdc_gpus_total") == ['mdc_gpus_total{pool="shared-a100"} 4']
+    assert samples_of(text, "mdc_gpus_total") == [({"pool": "shared-a100"}, 4)]
 
 
 def test_an_empty_pool_has_a_total_and_no_holdings() -> None:
     reconciler = FakeReconciler(ledgers={"idle": (None, make_ledger(2, []))})
     text = metrics_text(reconciler, _PassStats())
-    assert lines_of(text, "mdc_gpus_held") == []
-    assert lines_of(text, "mdc_gpus_total") == ['mdc_gpus_total{pool="idle"} 2']
+    assert samples_of(text, "mdc_gpus_held") == []
+    assert samples_of(text, "mdc_gpus_total") == [({"pool": "idle"}, 2)]
 
 
 def test_pass_counters_and_cumulative_histogram() -> None:
@@ -342,27 +348,22 @@ def test_pass_counters_and_cumulative_histogram() -> None:
     for i, seconds in enumerate(durations):
         stats.add(passed(seconds, failed=("m",) if i == 1 else ()), now=1000.0 + i)
     text = metrics_text(FakeReconciler(), stats)
-    assert lines_of(text, "mdc_reconcile_passes_total") == ["mdc_reconcile_passes_total 4"]
-    assert lines_of(text, "mdc_reconcile_pass_failures_total") == [
-        "mdc_reconcile_pass_failures_total 1"
+    assert samples_of(text, "mdc_reconcile_passes_total") == [({}, 4)]
+    assert samples_of(text, "mdc_reconcile_pass_failures_total") == [({}, 1)]
+    buckets = samples_of(text, "mdc_reconcile_pass_duration_seconds_bucket")
+    assert [(labels["le"], value) for labels, value in buckets] == [
+        ("0.01", 1),
+        ("0.05", 2),
+        ("0.1", 2),
+        ("0.5", 2),
+        ("1", 3),
+        ("5", 3),
+        ("30", 3),
+        ("+Inf", 4),
     ]
-    buckets = lines_of(text, "mdc_reconcile_pass_duration_seconds_bucket")
-    assert buckets == [
-        'mdc_reconcile_pass_duration_seconds_bucket{le="0.01"} 1',
-        'mdc_reconcile_pass_duration_seconds_bucket{le="0.05"} 2',
-        'mdc_reconcile_pass_duration_seconds_bucket{le="0.1"} 2',
-        'mdc_reconcile_pass_duration_seconds_bucket{le="0.5"} 2',
-        'mdc_reconcile_pass_duration_seconds_bucket{le="1"} 3',
-        'mdc_reconcile_pass_duration_seconds_bucket{le="5"} 3',
-        'mdc_reconcile_pass_duration_seconds_bucket{le="30"} 3',
-        'mdc_reconcile_pass_duration_seconds_bucket{le="+Inf"} 4',
-    ]
-    assert lines_of(text, "mdc_reconcile_pass_duration_seconds_sum") == [
-        f"mdc_reconcile_pass_duration_seconds_sum {sum(durations):.6f}"
-    ]
-    assert lines_of(text, "mdc_reconcile_pass_duration_seconds_count") == [
-        "mdc_reconcile_pass_duration_seconds_count 4"
-    ]
+    ((labels, seconds),) = samples_of(text, "mdc_reconcile_pass_duration_seconds_sum")
+    assert (labels, seconds) == ({}, pytest.approx(sum(durations), abs=1e-6))
+    assert samples_of(text, "mdc_reconcile_pass_duration_seconds_count") == [({}, 4)]
     assert stats.last_ok == 1003.0
 
 
@@ -412,14 +413,19 @@ def test_label_values_are_escaped(name: str, escaped: str) -> None:
         ledgers={name: (None, ledger)},
     )
     text = metrics_text(reconciler, _PassStats())
-    assert f'mdc_model_phase{{model="{escaped}",phase="Paused"}} 1' in text.splitlines()
-    assert f'mdc_canary_weight_percent{{model="{escaped}"}} 10' in text.splitlines()
-    assert f'mdc_canary_verdicts_total{{model="{escaped}",outcome="pass"}} 2' in text
-    assert f'mdc_gpus_held{{pool="{escaped}",team="{escaped}",release="stable"}} 1' in text
+    for label in ("model", "pool", "team"):
+        assert f'{label}="{escaped}"' in text  # escaped on the wire
     # a parser reads the original value back
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
-    assert {s.labels.get("model") for s in samples if s.name == "mdc_model_phase"} == {name}
-    assert {s.labels.get("team") for s in samples if s.name == "mdc_gpus_held"} == {name}
+    phases = samples_of(text, "mdc_model_phase")
+    assert ({"model": name, "phase": "Paused"}, 1) in phases
+    assert {labels["model"] for labels, _ in phases} == {name}
+    assert samples_of(text, "mdc_canary_weight_percent") == [({"model": name}, 10)]
+    assert samples_of(text, "mdc_canary_verdicts_total") == [
+        ({"model": name, "outcome": "pass"}, 2)
+    ]
+    assert samples_of(text, "mdc_gpus_held") == [
+        ({"pool": name, "team": name, "release": "stable"}, 1)
+    ]
 
 
 def test_text_is_valid_exposition_format() -> None:

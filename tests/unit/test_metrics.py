@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
-from controller.adapters.metrics import _quantile, bentoml_window, parse_prometheus_text
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from controller.adapters.metrics import _bentoml_counts, _quantile, bentoml_window
 from controller.core.traffic import BackendStats, router_window
+from controller.errors import TransientError
 
 BEFORE = """# HELP bentoml_service_request_total Total number of requests
 # TYPE bentoml_service_request_total counter
@@ -24,19 +28,42 @@ bentoml_service_request_duration_seconds_bucket{endpoint="/score",http_response_
 """
 
 
-def test_parse_text_format() -> None:
-    samples = parse_prometheus_text(BEFORE)
-    assert samples[0] == (
-        "bentoml_service_request_total",
-        {
-            "endpoint": "/score",
-            "http_response_code": "200",
-            "service_name": "s",
-            "service_version": "v",
-        },
-        10.0,
+def test_bentoml_counts_by_code_and_cumulative_bucket() -> None:
+    codes, buckets = _bentoml_counts(BEFORE)
+    assert codes == {"200": 10.0}  # /readyz left out
+    assert buckets == {0.005: 8.0, 0.01: 10.0, math.inf: 10.0}
+
+
+def test_bentoml_counts_read_what_prometheus_client_writes() -> None:
+    """BentoML exports with prometheus_client: ``_created`` series, escaped labels."""
+    registry = CollectorRegistry()
+    labels = ("endpoint", "http_response_code", "service_name")
+    requests = Counter("bentoml_service_request", "Total requests", labels, registry=registry)
+    duration = Histogram(
+        "bentoml_service_request_duration_seconds",
+        "Latency",
+        labels,
+        buckets=(0.005, 0.01),
+        registry=registry,
     )
-    assert len(samples) == 5  # comments skipped
+    for endpoint, code, seconds in [
+        ("/score", "200", 0.004),
+        ("/score", "200", 0.02),
+        ("/score", "503", 0.004),
+        ("/other", "200", 0.009),
+        ("/readyz", "200", 0.001),
+    ]:
+        requests.labels(endpoint, code, 'say "hi"\n').inc()
+        duration.labels(endpoint, code, 'say "hi"\n').observe(seconds)
+    codes, buckets = _bentoml_counts(generate_latest(registry).decode())
+    assert codes == {"200": 3.0, "503": 1.0}
+    assert buckets == {0.005: 2.0, 0.01: 3.0, math.inf: 4.0}
+
+
+@pytest.mark.parametrize("text", ["<html>502 Bad Gateway</html>", 'm{le="0.1" 1\n'])
+def test_text_that_is_not_prometheus_is_unreadable(text: str) -> None:
+    with pytest.raises(TransientError, match="not Prometheus text"):
+        bentoml_window(BEFORE, text, 10.0)
 
 
 def test_bentoml_window_leaves_out_health_checks() -> None:

@@ -28,14 +28,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import random
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
+
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from controller.core.drift import redact
 from controller.core.traffic import BUCKETS, BackendStats, RouteConfig, Sample, SamplingConfig
@@ -350,35 +356,38 @@ class EmbeddedRouter:
         writer.close()
 
     def metrics_text(self) -> str:
-        lines = [
-            "# HELP mdc_router_requests_total Requests the router forwarded, by backend and code.",
-            "# TYPE mdc_router_requests_total counter",
-        ]
-        snapshots = {name: self.snapshot(name) for name in self.models}
-        for model, stats in snapshots.items():
-            for backend, s in stats.items():
+        """Each backend's counters in the Prometheus text format: requests by code
+        and the latency histogram (cumulative buckets, the bounds of :data:`BUCKETS`)."""
+        requests = CounterMetricFamily(
+            "mdc_router_requests_total",
+            "Requests the router forwarded, by backend and code.",
+            labels=("model", "backend", "code"),
+        )
+        durations = HistogramMetricFamily(
+            "mdc_router_request_duration_seconds",
+            "Time to answer, as seen by the router.",
+            labels=("model", "backend"),
+        )
+        les = [*(f"{bound:g}" for bound in BUCKETS), "+Inf"]
+        for model in list(self.models):
+            for backend, s in self.snapshot(model).items():
                 for code, n in sorted(s.codes.items()):
-                    lines.append(
-                        f'mdc_router_requests_total{{model="{model}",backend="{backend}",'
-                        f'code="{code}"}} {n}'
-                    )
-        lines += [
-            "# HELP mdc_router_request_duration_seconds Time to answer, as seen by the router.",
-            "# TYPE mdc_router_request_duration_seconds histogram",
-        ]
-        for model, stats in snapshots.items():
-            for backend, s in stats.items():
-                labels = f'model="{model}",backend="{backend}"'
-                total = 0
-                for bound, count in zip((*BUCKETS, float("inf")), s.buckets, strict=True):
-                    total += count
-                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                    lines.append(
-                        f'mdc_router_request_duration_seconds_bucket{{{labels},le="{le}"}} {total}'
-                    )
-                lines.append(f"mdc_router_request_duration_seconds_sum{{{labels}}} {s.seconds:.6f}")
-                lines.append(f"mdc_router_request_duration_seconds_count{{{labels}}} {total}")
-        return "\n".join(lines) + "\n"
+                    requests.add_metric((model, backend, str(code)), n)
+                cumulative = itertools.accumulate(s.buckets)
+                durations.add_metric(
+                    (model, backend), list(zip(les, cumulative, strict=True)), s.seconds
+                )
+        return generate_latest(_Families((requests, durations))).decode()
+
+
+class _Families(Collector):
+    """The families of one render of the admin port's ``/metrics``."""
+
+    def __init__(self, families: tuple[Metric, ...]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:
