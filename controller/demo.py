@@ -30,6 +30,7 @@ import os
 import random
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ import httpx
 from controller.adapters.github.client import GitHubReporter
 from controller.adapters.router import make_router
 from controller.app.daemon import Config, Daemon
+from controller.app.pages import dashboard_route
 from controller.app.reconciler import PassResult, Reconciler
 from controller.app.reporting import PullRequests
 from controller.core.status import ModelStatus, Phase
@@ -86,8 +88,6 @@ def git(*args: str | Path, cwd: Path | None = None) -> str:
 
 
 def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -144,11 +144,6 @@ class Traffic:
         return out
 
 
-def _ranker_weights(artifact: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(artifact.read_text())
-    return data
-
-
 #: The document every demo request carries first: its score tells which version answered.
 PROBE_DOC = {"id": "probe", "bm25": 0.5, "click_rate": 0.25, "freshness": 0.75, "dwell_time": 0.5}
 
@@ -174,7 +169,7 @@ def version_classifier(repo: Path) -> Callable[[Any], str]:
     """Tells the search-ranker's versions apart by the score of :data:`PROBE_DOC`."""
     scores: dict[float, str] = {}
     for artifact in sorted((repo / "artifacts" / RANKER).glob("v*.json")):
-        weights = _ranker_weights(artifact)
+        weights: dict[str, Any] = json.loads(artifact.read_text())
         score = sum(
             w * float(PROBE_DOC[name])  # type: ignore[arg-type]
             for name, w in zip(weights["features"], weights["weights"], strict=True)
@@ -315,14 +310,12 @@ class Demo:
             clock=self.clock,
         )
         reporter.bind(self.reconciler)
-        from controller.cli.verbs import _dashboard_route  # noqa: PLC0415
-
         self.daemon = Daemon(
             config,
             self.reconciler,
             secret=self.secret,
             on_event=reporter,
-            routes={"/": _dashboard_route(self.reconciler, config)},
+            routes={"/": dashboard_route(self.reconciler, config)},
         )
         self._thread = threading.Thread(
             target=self.daemon.run, kwargs={"on_pass": self.passes.append}, daemon=True
@@ -356,14 +349,9 @@ class Demo:
                 line = f"{model}: {status.phase}"
                 if status.step is not None and status.steps:
                     line += f", step {status.step}/{status.steps}, weight {status.weight}%"
-                if status.verdicts:
-                    line += (
-                        " ("
-                        + ", ".join(
-                            f"{v.check} {'ok' if v.passed else 'FAILED'}" for v in status.verdicts
-                        )
-                        + ")"
-                    )
+                verdicts = [f"{v.check} {'ok' if v.passed else 'FAILED'}" for v in status.verdicts]
+                if verdicts:
+                    line += f" ({', '.join(verdicts)})"
                 if line != last and show:
                     self.say(line)
                     last = line
@@ -373,9 +361,10 @@ class Demo:
         raise TimeoutError(f"{model} did not get there in {timeout:.0f}s: {self.status(model)}")
 
     def webhook(self, event: str, payload: dict[str, Any]) -> int:
+        """Send ``event`` to the controller, signed, as GitHub would (about :data:`GITHUB_REPO`)."""
         url = self.hook_url or (self.daemon.server.url if self.daemon else None)
         assert url is not None, "no controller to send webhooks to"
-        body = json.dumps(payload).encode()
+        body = json.dumps({"repository": {"full_name": GITHUB_REPO}, **payload}).encode()
         signature = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
         answer = httpx.post(
             url,
@@ -411,7 +400,6 @@ class Demo:
                     "head": {"sha": head, "ref": branch},
                     "base": {"ref": "main"},
                 },
-                "repository": {"full_name": GITHUB_REPO},
                 "sender": {"login": TEAM[0]},
             },
         )
@@ -431,16 +419,8 @@ class Demo:
         self.github.commit_pulls[after] = [number]
         if not webhook:
             return after
-        self.webhook(
-            "push",
-            {
-                "ref": "refs/heads/main",
-                "before": before,
-                "after": after,
-                "forced": False,
-                "repository": {"full_name": GITHUB_REPO},
-            },
-        )
+        push = {"ref": "refs/heads/main", "before": before, "after": after, "forced": False}
+        self.webhook("push", push)
         return after
 
     def comment(self, number: int, body: str, user: str) -> None:
@@ -454,7 +434,6 @@ class Demo:
                 "issue": {"number": number, "pull_request": {"url": f"pulls/{number}"}},
                 "comment": {"body": body},
                 "sender": {"login": user},
-                "repository": {"full_name": GITHUB_REPO},
             },
         )
 
@@ -464,6 +443,20 @@ class Demo:
             if "<!-- mdc:plan -->" in comment.body:
                 return comment.body
         return ""
+
+    def mdc(self, *args: str) -> int:
+        """Run the ``mdc`` command as a user would; its output goes to :attr:`out`."""
+        done = subprocess.run(
+            [sys.executable, "-m", "controller", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        print(done.stdout, file=self.out, end="", flush=True)
+        return done.returncode
 
     def start_traffic(self) -> Traffic:
         assert self.reconciler is not None
@@ -548,11 +541,8 @@ def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = Fa
             def note(status: ModelStatus) -> bool:
                 if status.weight and status.weight not in seen_weights:
                     seen_weights[status.weight] = time.time()
-                return (
-                    status.phase is Phase.HEALTHY
-                    and status.stable is not None
-                    and (status.stable.version == "2026.11.2")
-                )
+                stable = status.stable.version if status.stable is not None else None
+                return status.phase is Phase.HEALTHY and stable == "2026.11.2"
 
             demo.wait_for(RANKER, note, 180)
             weights = sorted(seen_weights.items(), key=lambda kv: kv[1])
@@ -583,15 +573,13 @@ def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = Fa
             demo.say(f"PR #{bad} carries the failed analysis in mdc's comment")
 
             demo.say("4. where it all is")
-            from controller.cli.main import main as mdc  # noqa: PLC0415
-
             print("$ mdc status", file=out, flush=True)
-            mdc(["status", "--controller", demo.daemon.url if demo.daemon else ""])
+            demo.mdc("status", "--controller", demo.daemon.url if demo.daemon else "")
             print("$ git log --oneline mdc/status | head", file=out)
             log = git("log", "--oneline", "-12", "mdc/status", cwd=demo.served / "models.git")
             print(log, file=out, end="")
             print(f"$ mdc history {RANKER}", file=out, flush=True)
-            mdc(["history", RANKER, "--repo", demo.remote, "--limit", "12"])
+            demo.mdc("history", RANKER, "--repo", demo.remote, "--limit", "12")
             if demo.daemon is not None and demo.reconciler is not None:
                 demo.say(f"dashboard:   {demo.daemon.url}/")
                 demo.say(f"metrics:     {demo.daemon.url}/metrics")

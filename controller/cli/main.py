@@ -12,8 +12,13 @@ Exit codes scripts can trust:
 * 2 -- usage error (unknown flag, a path that is not a directory)
 
 Verbs: ``validate``, ``plan``, ``pool``, ``build``, ``logs``, ``history``,
-``watch``, ``run``, ``status``, ``demo``, ``promote``/``abort``/``pause``/``resume``/``retry``,
-``version``. Called by the ``mdc`` console script and
+``watch``, ``run``, ``status``, ``monitor``, ``demo``,
+``promote``/``abort``/``pause``/``resume``/``retry``, ``version``. This module
+carries out ``validate``, ``plan`` (of a directory) and ``version``; the others
+live by subject in :mod:`controller.cli.records` (history, status, monitor),
+:mod:`controller.cli.changes` (watch, plan --base/--head),
+:mod:`controller.cli.machine` (pool, build, logs, the manual canary commands) and
+:mod:`controller.cli.run` (run, demo). Called by the ``mdc`` console script and
 ``python -m controller``.
 """
 
@@ -22,9 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from controller import __version__
+from controller.cli import changes, machine, records, run
 from controller.core.costs import per_day
 from controller.core.demand import canary_checks, policy_timeline, summarize, team_usage
 from controller.spec.loader import LoadResult, load_desired
@@ -210,6 +216,21 @@ def verbs() -> tuple[str, ...]:
     return ()  # pragma: no cover - the parser always has verbs
 
 
+#: The verbs another module of this package carries out, by name.
+_VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "history": records.history,
+    "status": records.status,
+    "monitor": records.monitor,
+    "watch": changes.watch,
+    "pool": machine.pool,
+    "build": machine.build,
+    "logs": machine.logs,
+    **dict.fromkeys(("promote", "abort", "pause", "resume", "retry"), machine.manual),
+    "run": run.run_controller,
+    "demo": run.demo,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -222,28 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"mdc {__version__}")
         return EXIT_OK
-    from controller.cli import verbs as run  # noqa: PLC0415
-
-    if args.verb == "history":
-        return run.history(args)
-    if args.verb == "watch":
-        return run.watch(args)
-    if args.verb == "pool":
-        return run.pool(args)
-    if args.verb == "build":
-        return run.build(args)
-    if args.verb in ("promote", "abort", "pause", "resume", "retry"):
-        return run.manual(args)
-    if args.verb == "logs":
-        return run.logs(args)
-    if args.verb == "run":
-        return run.run_controller(args)
-    if args.verb == "status":
-        return run.status(args)
-    if args.verb == "demo":
-        return run.demo(args)
-    if args.verb == "monitor":
-        return run.monitor(args)
+    verb = _VERBS.get(args.verb)
+    if verb is not None:
+        return verb(args)
     if args.verb == "plan" and args.repo_path:
         args.path = args.repo_path
     if args.verb == "plan" and args.format == "markdown":
@@ -252,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("mdc plan: --format markdown needs --base and --head", file=sys.stderr)
             return EXIT_USAGE
     if args.verb == "plan" and (args.base or args.head):
-        return run.change_plan(args)
+        return changes.change_plan(args)
     try:
         tree = DirTree(args.path)
     except NotADirectoryError:

@@ -1,0 +1,198 @@
+"""The ``mdc`` verbs that read what happened: ``history``, ``status`` and ``monitor``.
+
+Each reads the spec repository's release branch and its status branch -- a
+local repository, or a remote one fetched into a mirror under
+``$XDG_CACHE_HOME/mdc`` -- or, with ``--controller URL``, asks a running
+controller's JSON API. Owns opening that repository (shared with nothing else)
+and the three verbs; each takes the parsed arguments and returns the exit code.
+Called by :func:`controller.cli.main.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.adapters.controller_api import ControllerAPI
+from controller.adapters.git.history import model_history
+from controller.adapters.git.local import LocalRepository
+from controller.adapters.git.source import GitSource
+from controller.core.monitor import default_objectives
+from controller.core.status import parse_model_status
+from controller.errors import MdcError, TransientError
+from controller.spec.loader import load_desired
+from controller.ui.dashboard import render_status_table, status_rows
+from controller.ui.monitor_view import view_from_record, view_text
+from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style
+
+__all__ = ["history", "monitor", "status"]
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mdc"
+
+
+def _open_history_repo(args: argparse.Namespace) -> tuple[LocalRepository, str, str | None]:
+    """The repository to read, the release branch tip and the status branch tip."""
+    if Path(args.repo).exists():
+        repo = LocalRepository.discover(args.repo)
+        if repo is None:
+            raise _UsageError(f"{args.repo}: not a git repository")
+        branch = args.branch or repo.head_branch() or "main"
+        tips = {
+            b: repo.first_ref([f"refs/heads/{b}", f"refs/remotes/origin/{b}"])
+            for b in (branch, args.status_branch)
+        }
+    else:
+        source = GitSource(args.repo, args.branch or "main", _cache_dir())
+        repo = LocalRepository(source.repo)
+        branch = source.branch
+        tips = source.fetch_refs([branch, args.status_branch])
+    tip = tips[branch]
+    if tip is None:
+        raise _UsageError(f"{args.repo}: no branch {branch!r}")
+    return repo, tip, tips[args.status_branch]
+
+
+def _open_or_exit(args: argparse.Namespace) -> tuple[LocalRepository, str, str | None] | int:
+    """:func:`_open_history_repo`, or the exit code after saying why on stderr."""
+    try:
+        return _open_history_repo(args)
+    except _UsageError as exc:
+        print(f"mdc {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MdcError as exc:
+        print(f"mdc {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _ask_controller(args: argparse.Namespace, path: str) -> Any:
+    """GET ``path`` of the controller at ``--controller`` as JSON; None (after saying
+    why on stderr) when it cannot be had."""
+    try:
+        return ControllerAPI(args.controller).get(path)
+    except TransientError as exc:
+        print(f"mdc {args.verb}: {exc}", file=sys.stderr)
+        return None
+
+
+def history(args: argparse.Namespace) -> int:
+    """``mdc history MODEL``: its spec changes merged with what mdc did about them."""
+    opened = _open_or_exit(args)
+    if isinstance(opened, int):
+        return opened
+    repo, tip, status_tip = opened
+    events = model_history(repo.repo, tip, status_tip, args.model, args.limit)
+    if args.format == "json":
+        print(json.dumps({"model": args.model, "events": [e.as_dict() for e in events]}, indent=2))
+    else:
+        style = Style(sys.stdout)
+        for e in events:
+            label = style.bold("spec  ") if e.kind == "spec" else style.green("status")
+            print(f"{e.when}  {label}  {e.commit[:10]}  {e.subject}  ({e.author})")
+            for change in e.changes:
+                print(f"    {change}")
+            if e.source_revision:
+                print(f"    for {e.source_revision}")
+    if not events:
+        print(f"mdc history: no change to model {args.model!r} found", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def status(args: argparse.Namespace) -> int:
+    """``mdc status``: a table of every model (from the status branch, or a controller)."""
+    now = time.time()
+    if args.controller:
+        rows = _ask_controller(args, "/api/status")
+        if rows is None:
+            return EXIT_INVALID
+    else:
+        opened = _open_or_exit(args)
+        if isinstance(opened, int):
+            return opened
+        repo, _, status_tip = opened
+        statuses = []
+        if status_tip is not None:
+            _, tree = repo.tree(status_tip)
+            for path in sorted(tree.walk()):
+                if path.startswith("models/") and path.endswith(".yaml"):
+                    try:
+                        statuses.append(parse_model_status(path, tree.read(path)))
+                    except MdcError as exc:
+                        print(f"mdc status: {exc}", file=sys.stderr)
+        rows = status_rows(statuses, now)
+    if args.format == "json":
+        print(json.dumps({"models": rows}, indent=2, default=str))
+    elif not rows:
+        print("no model has a status yet (is the controller running?)")
+    else:
+        print(render_status_table(rows, Style(sys.stdout)))
+    return EXIT_OK
+
+
+def monitor(args: argparse.Namespace) -> int:
+    """``mdc monitor MODEL``: objective states, drift and the last rollups of the
+    running version -- from the status branch, or live from a controller."""
+    if args.controller:
+        views = _ask_controller(args, "/api/monitor")
+        if views is None:
+            return EXIT_INVALID
+        view = next((v for v in views if v.get("model") == args.model), None)
+        if view is None:
+            print(f"mdc monitor: the controller does not monitor {args.model!r}", file=sys.stderr)
+            return EXIT_INVALID
+        view["source"] = "controller"
+    else:
+        opened = _open_or_exit(args)
+        if isinstance(opened, int):
+            return opened
+        repo, tip, status_tip = opened
+        files = {}
+        if status_tip is not None:  # only the two files this model has there
+            _, tree = repo.tree(status_tip)
+            wanted = {f"models/{args.model}.yaml", f"monitor/{args.model}.yaml"}
+            files = {p: tree.read(p) for p in tree.walk() if p in wanted}
+        raw = files.get(f"models/{args.model}.yaml")
+        if raw is None:
+            print(f"mdc monitor: no status of {args.model!r} on the status branch", file=sys.stderr)
+            return EXIT_INVALID
+        try:
+            recorded = parse_model_status(f"models/{args.model}.yaml", raw)
+        except MdcError as exc:
+            print(f"mdc monitor: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        desired = load_desired(repo.tree(tip)[1]).desired
+        model = desired.models.get(args.model)
+        spec = model.monitor if model is not None else None
+        policy = desired.policies.get(model.rollout) if model is not None else None
+        rollups = files.get(f"monitor/{args.model}.yaml")
+        view = view_from_record(
+            args.model,
+            recorded.stable.version if recorded.stable else None,
+            default_objectives(spec, policy),
+            spec.drift if spec is not None else None,
+            recorded.monitor,
+            yaml.safe_load(rollups) if rollups else None,
+        )
+        view["source"] = "status branch"
+    if args.format == "json":
+        print(json.dumps(view, indent=2, default=str))
+    else:
+        style = Style(sys.stdout)
+        lines = view_text(view)
+        print(style.bold(lines[0]) + f"  (from the {view['source']})")
+        print("\n".join(lines[1:]))
+    return EXIT_OK
