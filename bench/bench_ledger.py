@@ -24,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from controller.core.allocation import Demand, Placed, Request
 from controller.core.inventory import GPU
-from controller.core.ledger import Demand, Ledger, Placed, Request
+from controller.core.ledger import Ledger
 from controller.spec.kinds import Quota
 
 GiB = 2**30

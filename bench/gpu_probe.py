@@ -26,8 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from controller.adapters.nvml import read_nvml
+from controller.core.allocation import Demand, Placed, Request, launch_env
 from controller.core.inventory import build_inventory
-from controller.core.ledger import Demand, Ledger, Placed, Request, launch_env
+from controller.core.ledger import Ledger
 from controller.spec.kinds import Discovery, GPUGroup, GPUPool, Node, Quota, Sharing
 
 CHILD = r"""

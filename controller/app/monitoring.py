@@ -32,9 +32,9 @@ from controller.adapters.feedback import FeedbackStore
 from controller.adapters.git.status_branch import StatusBranch
 from controller.adapters.router.base import Router
 from controller.adapters.runtime.local import ReleaseSpec
+from controller.core.allocation import Allocation
 from controller.core.drift import predictions
 from controller.core.inventory import GPU
-from controller.core.ledger import Allocation
 from controller.core.monitor import (
     DAYS_KEPT,
     HOURS_KEPT,

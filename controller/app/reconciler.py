@@ -43,6 +43,15 @@ from controller.adapters.router.base import Router
 from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State
 from controller.app.monitoring import Monitoring
 from controller.app.rollout import ManualAction, Pins, RolloutDriver, read_command
+from controller.core.allocation import (
+    Allocation,
+    Placed,
+    ReleaseKind,
+    allocations_from_status,
+    holds_of,
+    launch_env,
+    request_for,
+)
 from controller.core.canary import Action, CanaryPhase, CanaryState, state_from_dict
 from controller.core.inventory import (
     GPU,
@@ -53,16 +62,7 @@ from controller.core.inventory import (
     cluster_inventory,
     node_changes,
 )
-from controller.core.ledger import (
-    Allocation,
-    Ledger,
-    Placed,
-    ReleaseKind,
-    allocations_from_status,
-    holds_of,
-    launch_env,
-    request_for,
-)
+from controller.core.ledger import Ledger
 from controller.core.plan import (
     ModelPlan,
     Move,

@@ -32,6 +32,7 @@ from pathlib import Path
 from controller.adapters.metrics import PrometheusProvider
 from controller.adapters.router.base import Router
 from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State
+from controller.core.allocation import ReleaseKind
 from controller.core.canary import (
     Action,
     ActionKind,
@@ -43,7 +44,7 @@ from controller.core.canary import (
     analysis_due,
     start,
 )
-from controller.core.ledger import Ledger, ReleaseKind
+from controller.core.ledger import Ledger
 from controller.core.traffic import BackendStats, RouteConfig, router_window
 from controller.errors import TransientError
 from controller.spec.kinds import Check, RolloutPolicy

@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from controller.core.allocation import Placed, ReleaseKind, request_for
 from controller.core.costs import per_day
 from controller.core.inventory import build_inventory
-from controller.core.ledger import Ledger, Placed, ReleaseKind, request_for
+from controller.core.ledger import Ledger
 from controller.spec.kinds import Desired, GPUPool, Model, RolloutPolicy, StepKind
 from controller.spec.units import format_bytes, format_duration
 

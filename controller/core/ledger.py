@@ -23,7 +23,9 @@ A pure, deterministic allocator over an :class:`~controller.core.inventory.Inven
 
 Every decision is all-or-nothing; :meth:`Ledger.clone` gives a copy to ask
 "would this fit, and what would it displace?" without changing anything.
-Records of allocations (in model status) rebuild a ledger after a restart.
+Records of allocations (in model status) rebuild a ledger after a restart
+(:meth:`Ledger.rebuild`). What a ledger is asked and answers -- demands,
+requests, slices, allocations, decisions -- is :mod:`controller.core.allocation`.
 
 Pure: no I/O, no clock. Used by the reconciler, ``mdc plan`` and ``mdc pool``.
 """
@@ -32,137 +34,25 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 
+from controller.core.allocation import (
+    UNITS,
+    Allocation,
+    Decision,
+    Demand,
+    Placed,
+    ReleaseKind,
+    Request,
+    Slice,
+    Waiting,
+)
 from controller.core.inventory import GPU
-from controller.core.status import GPUHold, ModelStatus
-from controller.spec.kinds import Quota, Resources
+from controller.spec.kinds import Quota
 from controller.spec.units import format_bytes
 
-__all__ = [
-    "MEMORY_LIMIT_ENV",
-    "Allocation",
-    "Decision",
-    "Demand",
-    "Ledger",
-    "Placed",
-    "ReleaseKind",
-    "Request",
-    "Slice",
-    "Waiting",
-    "allocations_from_status",
-    "holds_of",
-    "launch_env",
-    "request_for",
-]
-
-#: Milli-GPUs: quota arithmetic is done in integers of this many per GPU.
-UNITS = 1000
-#: The environment variable a fractional release is told its memory bound in.
-MEMORY_LIMIT_ENV = "MDC_GPU_MEMORY_LIMIT_BYTES"
-
-
-class ReleaseKind(StrEnum):
-    STABLE = "stable"
-    CANARY = "canary"
-
-
-@dataclass(frozen=True)
-class Demand:
-    """What one replica needs: exactly one of the three is set."""
-
-    gpus: int = 0  # whole GPUs, all on one node
-    fraction: float = 0.0  # a share of one GPU, 0 < fraction < 1
-    memory: int = 0  # bytes on one GPU
-
-    @classmethod
-    def of(cls, resources: Resources) -> Demand:
-        if resources.gpu_memory is not None:
-            return cls(memory=resources.gpu_memory)
-        gpu = resources.gpu or 0.0
-        return cls(gpus=int(gpu)) if gpu >= 1 else cls(fraction=gpu)
-
-    def describe(self) -> str:
-        if self.gpus:
-            return f"{self.gpus} GPU" + ("s" if self.gpus > 1 else "")
-        if self.fraction:
-            return f"{self.fraction:g} GPU"
-        return f"{format_bytes(self.memory)} of one GPU"
-
-
-@dataclass(frozen=True)
-class Request:
-    release: str  # unique, e.g. "fraud-scorer/canary"
-    model: str
-    team: str
-    demand: Demand
-    replicas: int = 1
-    kind: ReleaseKind = ReleaseKind.STABLE
-    serving: bool = False  # a stable release taking traffic: never preempted
-
-
-@dataclass(frozen=True)
-class Slice:
-    """The part of one GPU a replica holds."""
-
-    gpu: str  # UUID
-    node: str
-    memory: int  # bytes
-    units: int  # milli-GPUs
-
-
-@dataclass(frozen=True)
-class Allocation:
-    release: str
-    model: str
-    team: str
-    kind: ReleaseKind
-    serving: bool
-    borrowed: bool
-    replicas: tuple[tuple[Slice, ...], ...]
-    order: int = 0  # when it was placed: newer allocations are preempted first
-
-    @property
-    def units(self) -> int:
-        return sum(s.units for replica in self.replicas for s in replica)
-
-    @property
-    def gpus(self) -> float:
-        return self.units / UNITS
-
-
-def launch_env(replica: tuple[Slice, ...]) -> dict[str, str]:
-    """The environment a replica's process starts with: the GPUs it may see,
-    by UUID, and for a share of a GPU its memory bound.
-
-    The bound is advisory: without MIG or MPS, processes sharing a GPU are not
-    isolated; the serving code must keep within ``MDC_GPU_MEMORY_LIMIT_BYTES``
-    (for PyTorch, ``torch.cuda.set_per_process_memory_fraction``).
-    """
-    env = {
-        "CUDA_VISIBLE_DEVICES": ",".join(s.gpu for s in replica),
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-    }
-    if any(s.units < UNITS for s in replica):
-        env[MEMORY_LIMIT_ENV] = str(sum(s.memory for s in replica))
-    return env
-
-
-@dataclass(frozen=True)
-class Placed:
-    allocation: Allocation
-    preempted: tuple[str, ...] = ()  # releases stopped to make room (their GPUs are free now)
-    reasons: tuple[str, ...] = ()  # one sentence per preemption, for the plan and status
-
-
-@dataclass(frozen=True)
-class Waiting:
-    reason: str
-
-
-Decision = Placed | Waiting
+__all__ = ["Ledger"]
 
 
 @dataclass
@@ -612,52 +502,3 @@ class Ledger:
             expected = sum(a.units for a in self.allocations.values() if a.team == team)
             assert used == expected, team
             assert used <= round(self.quotas[team].limit * UNITS), team
-
-
-def holds_of(allocation: Allocation, since: str | None) -> tuple[GPUHold, ...]:
-    """How an allocation is written into its model's status."""
-    return tuple(
-        GPUHold(s.node, s.gpu, s.units / UNITS, str(allocation.kind), since, replica=i)
-        for i, replica in enumerate(allocation.replicas)
-        for s in replica
-    )
-
-
-def allocations_from_status(
-    status: ModelStatus, memory_of: Mapping[str, int], order: int = 0
-) -> list[Allocation]:
-    """The allocations a model's status records, for :meth:`Ledger.rebuild`.
-
-    ``memory_of`` maps GPU UUIDs to their memory; a GPU it lacks (gone from the
-    inventory) gets 0 bytes, and :meth:`Ledger.adopt` reports it.
-    """
-    out = []
-    for kind in (ReleaseKind.STABLE, ReleaseKind.CANARY):
-        holds = [h for h in status.gpus if h.release == str(kind)]
-        if not holds:
-            continue
-        replicas: dict[int, list[Slice]] = {}
-        for h in holds:
-            memory = memory_of.get(h.gpu, 0)
-            amount = memory if h.share >= 1 else math.ceil(h.share * memory)
-            replicas.setdefault(h.replica, []).append(
-                Slice(h.gpu, h.node, amount, round(h.share * UNITS))
-            )
-        out.append(
-            Allocation(
-                release=f"{status.name}/{kind}",
-                model=status.name,
-                team=status.team or "",
-                kind=kind,
-                serving=kind is ReleaseKind.STABLE,
-                borrowed=False,  # worked out again by Ledger.adopt
-                replicas=tuple(tuple(replicas[i]) for i in sorted(replicas)),
-                order=order,
-            )
-        )
-    return out
-
-
-def request_for(model: str, team: str, resources: Resources, kind: ReleaseKind) -> Request:
-    """The ledger request for one release of a model."""
-    return Request(f"{model}/{kind}", model, team, Demand.of(resources), resources.replicas, kind)

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.core.allocation import Placed, ReleaseKind, request_for
 from controller.core.costs import model_cost, per_day, team_totals
 from controller.core.inventory import Inventory
-from controller.core.ledger import Ledger, Placed, ReleaseKind, request_for
+from controller.core.ledger import Ledger
 from controller.core.status import ModelStatus
 from controller.spec.kinds import Desired, GPUPool
 from controller.spec.units import format_bytes

@@ -30,9 +30,10 @@ from controller.adapters.runtime.local import ReleaseSpec, State
 from controller.adapters.runtime.ray_cluster import RayRuntime, node_ids
 from controller.app.reconciler import Reconciler
 from controller.app.rollout import RolloutDriver
+from controller.core.allocation import Demand, Placed, ReleaseKind, Request, launch_env
 from controller.core.canary import CanaryPhase
 from controller.core.inventory import GPU
-from controller.core.ledger import Demand, Ledger, Placed, ReleaseKind, Request, launch_env
+from controller.core.ledger import Ledger
 from controller.core.status import ModelStatus, Phase
 from controller.spec.kinds import Analysis, Check, Metric, Quota, RolloutPolicy, Step, StepKind
 from controller.spec.loader import load_desired

@@ -20,9 +20,10 @@ from controller.adapters.router.base import Router
 from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State
 from controller.app.rollout import Pins, RolloutDriver
 from controller.cli.main import main
+from controller.core.allocation import Demand, Placed, ReleaseKind, Request
 from controller.core.canary import CanaryPhase, Outcome
 from controller.core.inventory import GPU
-from controller.core.ledger import Demand, Ledger, Placed, ReleaseKind, Request
+from controller.core.ledger import Ledger
 from controller.core.plan import rollout_decision
 from controller.spec.kinds import (
     Analysis,

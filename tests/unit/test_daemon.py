@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.adapters.git.source import PollResult
 from controller.app.daemon import Config, StateLock, _PassStats, load_config, metrics_text
 from controller.app.reconciler import PassResult
+from controller.core.allocation import Demand, Placed, ReleaseKind, Request
 from controller.core.inventory import GPU
-from controller.core.ledger import Demand, Ledger, Placed, ReleaseKind, Request
+from controller.core.ledger import Ledger
 from controller.core.status import ModelStatus, Phase
 from controller.errors import PermanentError, TransientError
 from controller.spec.kinds import Quota

@@ -10,12 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.core.inventory import GPU
-from controller.core.ledger import (
+from controller.core.allocation import (
     MEMORY_LIMIT_ENV,
     Allocation,
     Demand,
-    Ledger,
     Placed,
     ReleaseKind,
     Request,
@@ -25,6 +23,8 @@ from controller.core.ledger import (
     holds_of,
     launch_env,
 )
+from controller.core.inventory import GPU
+from controller.core.ledger import Ledger
 from controller.core.status import ModelStatus, Phase, parse_model_status, render
 from controller.spec.kinds import Quota
 
