@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from controller.adapters.packaging import Packager, Source  # noqa: E402
-from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State, free_port  # noqa: E402
+from controller.adapters.runtime.base import ReleaseSpec, State  # noqa: E402
+from controller.adapters.runtime.local import LocalRuntime, free_port  # noqa: E402
 from controller.core.environment import bentoml_env  # noqa: E402
 from controller.spec.loader import load_desired  # noqa: E402
 from controller.spec.tree import DirTree  # noqa: E402

@@ -65,7 +65,8 @@ import httpx
 
 import controller.demo as demo_module
 from controller.adapters.router.embedded import EmbeddedRouter
-from controller.adapters.runtime.local import Release, State, free_port
+from controller.adapters.runtime.base import Release, State
+from controller.adapters.runtime.local import free_port
 from controller.core.environment import bentoml_env
 from controller.core.status import Phase
 from controller.demo import RANKER, Demo, Traffic, _bump, ranker_request, version_classifier

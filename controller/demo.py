@@ -44,11 +44,10 @@ from typing import Any, TextIO
 import httpx
 
 from controller.adapters.github.client import GitHubReporter
-from controller.adapters.router import make_router
 from controller.app.daemon import Config, Daemon
-from controller.app.pages import dashboard_route
 from controller.app.reconciler import PassResult, Reconciler
 from controller.app.reporting import PullRequests
+from controller.app.wiring import build_controller
 from controller.core.status import ModelStatus, Phase
 from controller.testing import FakeGitHub
 
@@ -293,6 +292,7 @@ class Demo:
             tick=self.tick,
             listen="127.0.0.1:0",
             github_repository=GITHUB_REPO,
+            github_api_url=self.github.url,
             revert_prs=True,
         )
         github = GitHubReporter(
@@ -300,23 +300,10 @@ class Demo:
         )
         reporter = PullRequests(github, branch="main", revert_prs=True)
         self.reporter = reporter
-        self.reconciler = Reconciler(
-            self.remote,
-            "main",
-            state,
-            router=make_router("embedded"),
-            poll_interval=self.poll_interval,
-            reporter=reporter,
-            clock=self.clock,
+        controller = build_controller(
+            config, secret=self.secret, reporter=reporter, on_event=reporter, clock=self.clock
         )
-        reporter.bind(self.reconciler)
-        self.daemon = Daemon(
-            config,
-            self.reconciler,
-            secret=self.secret,
-            on_event=reporter,
-            routes={"/": dashboard_route(self.reconciler, config)},
-        )
+        self.reconciler, self.daemon = controller.reconciler, controller.daemon
         self._thread = threading.Thread(
             target=self.daemon.run, kwargs={"on_pass": self.passes.append}, daemon=True
         )

@@ -14,13 +14,88 @@ the package raise these; the reconciler and the CLI catch them.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 __all__ = [
+    "ConditionType",
     "InvalidSpec",
     "MdcError",
     "PermanentError",
+    "Reason",
     "TransientError",
     "UnsafePath",
 ]
+
+
+class Reason(StrEnum):
+    """Why a condition is what it is: one CamelCase word, used verbatim in status
+    conditions, logs and metrics, so operators can grep for it."""
+
+    ACTOR_FAILED = "ActorFailed"
+    ARTIFACT_DIGEST_MISMATCH = "ArtifactDigestMismatch"
+    ARTIFACT_IMPORT_FAILED = "ArtifactImportFailed"
+    ARTIFACT_MISSING = "ArtifactMissing"
+    ARTIFACT_TOO_BIG = "ArtifactTooBig"
+    ARTIFACT_UNAVAILABLE = "ArtifactUnavailable"
+    BAD_BRANCH = "BadBranch"
+    BAD_CONFIG = "BadConfig"
+    BAD_REMOTE_URL = "BadRemoteURL"
+    BAD_STATUS_FILE = "BadStatusFile"
+    BRANCH_NOT_FOUND = "BranchNotFound"
+    BUILD_FAILED = "BuildFailed"
+    CREDENTIALS_UNREADABLE = "CredentialsUnreadable"
+    ERROR = "Error"
+    EXPORT_FAILED = "ExportFailed"
+    FAILED = "Failed"
+    GIT_AUTH_FAILED = "GitAuthFailed"
+    GIT_HOST_UNTRUSTED = "GitHostUntrusted"
+    GITHUB_BAD_RESPONSE = "GitHubBadResponse"
+    GITHUB_INVALID = "GitHubInvalid"
+    GITHUB_RATE_LIMITED = "GitHubRateLimited"
+    GITHUB_TOKEN_UNREADABLE = "GitHubTokenUnreadable"
+    GITHUB_UNAVAILABLE = "GitHubUnavailable"
+    GIT_UNAVAILABLE = "GitUnavailable"
+    INTERNAL_ERROR = "InternalError"
+    INVALID_SPEC = "InvalidSpec"
+    LOCKED = "Locked"
+    METRICS_AMBIGUOUS = "MetricsAmbiguous"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    NVML_UNAVAILABLE = "NVMLUnavailable"
+    NODE_LOST = "NodeLost"
+    NODE_UNAVAILABLE = "NodeUnavailable"
+    NOT_A_COMMIT = "NotACommit"
+    NOT_READY = "NotReady"
+    NOTHING_TO_REVERT = "NothingToRevert"
+    PROXY_COMMAND_FAILED = "ProxyCommandFailed"
+    PROXY_CONFIG_INVALID = "ProxyConfigInvalid"
+    PROXY_MISSING = "ProxyMissing"
+    PROXY_UNAVAILABLE = "ProxyUnavailable"
+    PULL_REQUEST_UNREADABLE = "PullRequestUnreadable"
+    RETRY_LATER = "RetryLater"
+    ROUTER_FEATURE_UNSUPPORTED = "RouterFeatureUnsupported"
+    ROUTER_PORT_BUSY = "RouterPortBusy"
+    SAMPLING_UNSUPPORTED = "SamplingUnsupported"
+    SPEC_INVALID = "SpecInvalid"
+    STABLE_NOT_READY = "StableNotReady"
+    STARTING = "Starting"
+    STATUS_PUSH_FAILED = "StatusPushFailed"
+    STATUS_PUSH_REJECTED = "StatusPushRejected"
+    UNAVAILABLE = "Unavailable"
+    UNSAFE_PATH = "UnsafePath"
+    WAITING_FOR_GPUS = "WaitingForGPUs"
+    WEBHOOK_SECRET_MISSING = "WebhookSecretMissing"
+
+
+class ConditionType(StrEnum):
+    """What a status condition is about."""
+
+    READY = "Ready"
+    SPEC_VALID = "SpecValid"
+    GPUS = "GPUs"
+    MONITORED = "Monitored"
+    SAMPLED = "Sampled"
+    STATUS_WRITTEN = "StatusWritten"
 
 
 class MdcError(Exception):

@@ -20,20 +20,31 @@ Called by the rollout driver.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.core.traffic import QUANTILES, BackendWindow
-from controller.errors import TransientError
+from controller.errors import Reason, TransientError
 
 __all__ = [
     "PrometheusProvider",
+    "QueryProvider",
     "bentoml_window",
     "make_provider",
 ]
 
 _HEALTH = ("/readyz", "/livez", "/healthz", "/metrics")
+
+
+class QueryProvider(Protocol):
+    """What a PromQL check needs: the value of a query now."""
+
+    def value(self, promql: str) -> float | None:
+        """The query's single value (None: no data); :class:`TransientError` when it
+        cannot be read."""
+        ...
 
 
 class PrometheusProvider:
@@ -50,12 +61,12 @@ class PrometheusProvider:
             body = answer.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise TransientError(
-                f"Prometheus at {self.url}: {exc}", reason="MetricsUnavailable"
+                f"Prometheus at {self.url}: {exc}", reason=Reason.METRICS_UNAVAILABLE
             ) from None
         if answer.status_code != 200 or body.get("status") != "success":
             raise TransientError(
                 f"Prometheus refused {promql!r}: {body.get('error', answer.status_code)}",
-                reason="MetricsUnavailable",
+                reason=Reason.METRICS_UNAVAILABLE,
             )
         result = body["data"]["result"]
         if body["data"]["resultType"] == "scalar":
@@ -64,7 +75,7 @@ class PrometheusProvider:
             return None
         elif len(result) > 1:
             raise TransientError(
-                f"{promql!r} gave {len(result)} series, not one", reason="MetricsAmbiguous"
+                f"{promql!r} gave {len(result)} series, not one", reason=Reason.METRICS_AMBIGUOUS
             )
         else:
             number = float(result[0]["value"][1])
@@ -111,7 +122,7 @@ def _bentoml_counts(text: str) -> tuple[dict[str, float], dict[float, float]]:
                     buckets[le] = buckets.get(le, 0.0) + sample.value
     except ValueError as exc:
         raise TransientError(
-            f"BentoML /metrics is not Prometheus text: {exc}", reason="MetricsUnavailable"
+            f"BentoML /metrics is not Prometheus text: {exc}", reason=Reason.METRICS_UNAVAILABLE
         ) from None
     return codes, buckets
 

@@ -20,8 +20,10 @@ __all__ = [
 class NVMLUnavailable(TransientError):
     default_reason = "NVMLUnavailable"
 
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
 
 def read_nvml(node: str, nvml: Any = None) -> list[GPU]:
     """The GPUs of this machine, as NVML sees them, labelled with ``node``.
@@ -70,6 +72,7 @@ def read_nvml(node: str, nvml: Any = None) -> list[GPU]:
     finally:
         with contextlib.suppress(nvml.NVMLError):
             nvml.nvmlShutdown()
+
 
 def _optional(nvml: Any, read: Any) -> Any:
     """A reading some GPUs do not support (utilisation, MIG): None then."""

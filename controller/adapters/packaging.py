@@ -36,12 +36,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import yaml
 
 from controller.core.environment import bentoml_env
-from controller.errors import PermanentError, TransientError
+from controller.errors import PermanentError, Reason, TransientError
 from controller.spec.identity import (
     _digest_of_files,
     _files_under,
@@ -55,6 +56,7 @@ from controller.spec.tree import EntryKind, Tree, clean_reference, resolve
 
 __all__ = [
     "BuildResult",
+    "Builder",
     "Packager",
     "Source",
 ]
@@ -91,6 +93,14 @@ class BuildResult:
     bento_tag: str
     built: bool  # False: the bento was already in the store
     log: Path | None = None
+
+
+class Builder(Protocol):
+    """What the controller needs from a packager: a bento for a model, built once."""
+
+    def build(self, model: Model, tree: Tree, source: Source | None = None) -> BuildResult:
+        """The bento for ``model`` as ``tree`` has it (built, or found by its tag)."""
+        ...
 
 
 class Packager:
@@ -137,7 +147,7 @@ class Packager:
                 raise PermanentError(
                     f"{model.name}: BentoML model {art.bento_model} is not in the store "
                     f"({self.home / 'models'})",
-                    reason="ModelNotFound",
+                    reason=Reason.MODEL_NOT_FOUND,
                 )
             return art.bento_model
         if art.url:
@@ -153,7 +163,7 @@ class Packager:
                 [self.python, "-c", _IMPORT_MODEL, tag, str(staged), kind, name, *labels],
                 log=self.state / "logs" / f"import-{model.name}-{_safe_version(digest)}.log",
                 failure=f"{model.name}: importing the artifact into the model store failed",
-                reason="ArtifactImportFailed",
+                reason=Reason.ARTIFACT_IMPORT_FAILED,
             )
         return tag
 
@@ -169,12 +179,12 @@ class Packager:
         if kind is not EntryKind.DIR:
             raise PermanentError(
                 f"{model.name}: artifact {path!r} is not a file or directory in the repo",
-                reason="ArtifactMissing",
+                reason=Reason.ARTIFACT_MISSING,
             )
         files = _files_under(tree, target)
         if sum(len(b) for b in files.values()) > MAX_ARTIFACT_BYTES:
             raise PermanentError(
-                f"{model.name}: artifact over the size cap", reason="ArtifactTooBig"
+                f"{model.name}: artifact over the size cap", reason=Reason.ARTIFACT_TOO_BIG
             )
         digest = _digest_of_files(files)
         staged = self.state / "staging" / digest
@@ -210,7 +220,7 @@ class Packager:
             raise PermanentError(
                 f"{model.name}: artifact from {url} has sha256 {got}, the spec says {expected}; "
                 "nothing was imported",
-                reason="ArtifactDigestMismatch",
+                reason=Reason.ARTIFACT_DIGEST_MISMATCH,
             )
         partial.replace(final)
         return final
@@ -220,11 +230,11 @@ class Packager:
             with client.stream("GET", url) as answer:
                 if answer.status_code >= 500 or answer.status_code == 429:
                     raise TransientError(
-                        f"GET {url}: HTTP {answer.status_code}", reason="ArtifactUnavailable"
+                        f"GET {url}: HTTP {answer.status_code}", reason=Reason.ARTIFACT_UNAVAILABLE
                     )
                 if answer.status_code != 200:
                     raise PermanentError(
-                        f"GET {url}: HTTP {answer.status_code}", reason="ArtifactUnavailable"
+                        f"GET {url}: HTTP {answer.status_code}", reason=Reason.ARTIFACT_UNAVAILABLE
                     )
                 size = 0
                 with into.open("wb") as out:
@@ -233,12 +243,12 @@ class Packager:
                         if size > MAX_ARTIFACT_BYTES:
                             raise PermanentError(
                                 f"GET {url}: over the {MAX_ARTIFACT_BYTES} byte cap",
-                                reason="ArtifactTooBig",
+                                reason=Reason.ARTIFACT_TOO_BIG,
                             )
                         out.write(chunk)
         except httpx.TransportError as exc:
             into.unlink(missing_ok=True)
-            raise TransientError(f"GET {url}: {exc}", reason="ArtifactUnavailable") from None
+            raise TransientError(f"GET {url}: {exc}", reason=Reason.ARTIFACT_UNAVAILABLE) from None
         except PermanentError:
             into.unlink(missing_ok=True)
             raise
@@ -304,7 +314,7 @@ class Packager:
                 argv,
                 log=log,
                 failure=f"{model.name}: bentoml build failed",
-                reason="BuildFailed",
+                reason=Reason.BUILD_FAILED,
                 cwd=context,
             )
         except PermanentError:
@@ -314,7 +324,7 @@ class Packager:
             shutil.rmtree(context, ignore_errors=True)
         if not self.bento_exists(tag):
             raise PermanentError(
-                f"{model.name}: bentoml build did not produce {tag}", reason="BuildFailed"
+                f"{model.name}: bentoml build did not produce {tag}", reason=Reason.BUILD_FAILED
             )
         return BuildResult(model.name, model_tag, tag, built=True, log=log)
 
@@ -356,5 +366,3 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             hasher.update(block)
     return hasher.hexdigest()
-
-

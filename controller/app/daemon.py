@@ -29,8 +29,9 @@ from typing import IO, Any
 
 from controller.adapters.github.webhook import Event, PushEvent, Route, Trigger, WebhookServer
 from controller.app.reconciler import PassResult, Reconciler
-from controller.errors import PermanentError
+from controller.errors import PermanentError, Reason
 from controller.spec.documents import parse_yaml
+from controller.ui.dashboard import status_rows
 from controller.ui.exposition import controller_metrics
 
 __all__ = ["Config", "Daemon", "StateLock", "load_config", "metrics_text"]
@@ -62,6 +63,8 @@ class Config:
     github_api_url: str | None = None  # for GitHub Enterprise
     revert_prs: bool = False  # open a revert PR after a rollback
     node: str | None = None  # this machine's node name in the pool (for NVML)
+    prometheus: str | None = None  # Prometheus' URL, for PromQL checks in rollout policies
+    bentoml_home: Path | None = None  # the BentoML store; else $BENTOML_HOME, else STATE/bentoml
 
     @property
     def host(self) -> str:
@@ -78,7 +81,7 @@ def listen_port(listen: str) -> int:
     if not port.isdigit() or int(port) > 65535:
         raise PermanentError(
             f"listen: {listen!r} is not HOST:PORT (e.g. 127.0.0.1:8080; port 0 picks one)",
-            reason="BadConfig",
+            reason=Reason.BAD_CONFIG,
         )
     return int(port)
 
@@ -96,6 +99,7 @@ _TYPES: dict[str, type] = {
     "router_ports": dict,
     "state_dir": Path,
     "webhook_secret_file": Path,
+    "bentoml_home": Path,
 }
 
 
@@ -137,12 +141,14 @@ def load_config(path: Path) -> Config:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise PermanentError(f"{path}: cannot read ({exc.strerror})", reason="BadConfig") from None
+        raise PermanentError(
+            f"{path}: cannot read ({exc.strerror})", reason=Reason.BAD_CONFIG
+        ) from None
     documents, problems = parse_yaml(str(path), raw)
     if problems:
-        raise PermanentError(problems[0].render(), reason="BadConfig")
+        raise PermanentError(problems[0].render(), reason=Reason.BAD_CONFIG)
     if len(documents) != 1 or not isinstance(documents[0].data, dict):
-        raise PermanentError(f"{path}: expected one YAML mapping", reason="BadConfig")
+        raise PermanentError(f"{path}: expected one YAML mapping", reason=Reason.BAD_CONFIG)
     document = documents[0]
     values: dict[str, Any] = {}
     for key, value in document.data.items():
@@ -152,14 +158,14 @@ def load_config(path: Path) -> Config:
         if name is None:
             known = ", ".join(sorted(_KEYS))
             raise PermanentError(
-                f"{where}: unknown key {key!r} (known: {known})", reason="BadConfig"
+                f"{where}: unknown key {key!r} (known: {known})", reason=Reason.BAD_CONFIG
             )
         try:
             values[name] = _convert(name, value)
         except (TypeError, ValueError):
             kind = _TYPES.get(name, str).__name__
             raise PermanentError(
-                f"{where}: {key} must be {kind}, not {value!r}", reason="BadConfig"
+                f"{where}: {key} must be {kind}, not {value!r}", reason=Reason.BAD_CONFIG
             ) from None
     return replace(Config(), **values)
 
@@ -183,7 +189,7 @@ class StateLock:
             raise PermanentError(
                 f"another controller (pid {holder}) holds {self.path}: two controllers must "
                 "never act on the same models; stop it or use another --state-dir",
-                reason="Locked",
+                reason=Reason.LOCKED,
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -239,6 +245,8 @@ def metrics_text(reconciler: Reconciler, stats: _PassStats) -> str:
         verdicts=reconciler.verdicts,
         pools={name: ledger for name, (_, ledger) in reconciler.ledgers.items()},
         monitor=view() if view is not None else [],
+        push_failures=reconciler.writes.total_failures,
+        commits_pending=reconciler.writes.pending,
     )
 
 
@@ -313,8 +321,6 @@ class Daemon:
         return 200, "text/plain; version=0.0.4", text.encode()
 
     def _api_status(self) -> tuple[int, str, bytes]:
-        from controller.ui.dashboard import status_rows  # noqa: PLC0415
-
         with self._lock:
             rows = status_rows(list(self.reconciler.statuses.values()), self.clock())
         return 200, "application/json", json.dumps(rows, indent=1, default=str).encode()

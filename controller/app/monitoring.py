@@ -31,7 +31,7 @@ import yaml
 from controller.adapters.feedback import FeedbackStore
 from controller.adapters.git.status_branch import StatusBranch
 from controller.adapters.router.base import Router
-from controller.adapters.runtime.local import ReleaseSpec
+from controller.adapters.runtime.base import ReleaseSpec
 from controller.core.allocation import Allocation
 from controller.core.drift import predictions
 from controller.core.inventory import GPU
@@ -43,10 +43,10 @@ from controller.core.monitor import (
     Rollup,
     default_objectives,
 )
-from controller.core.plan import iso
 from controller.core.status import Condition, ModelStatus
+from controller.core.timestamps import iso
 from controller.core.traffic import BackendStats, Sample, SamplingConfig
-from controller.errors import MdcError
+from controller.errors import ConditionType, MdcError
 from controller.spec.kinds import Model, MonitorMetric, RolloutPolicy
 
 __all__ = ["Monitoring"]
@@ -164,7 +164,9 @@ class Monitoring:
                 self.refused[name] = exc
         refused = self.refused.get(name)
         if refused is not None:  # said every pass, until the spec or the router changes
-            conditions.append(Condition("Sampled", False, refused.reason, refused.message))
+            conditions.append(
+                Condition(ConditionType.SAMPLED, False, refused.reason, refused.message)
+            )
             return []
         if sampling is None:
             return []

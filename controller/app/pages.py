@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from controller.app.daemon import Config
+from controller.app.reconciler import Reconciler
 from controller.core.inventory import build_inventory
 from controller.ui.dashboard import render_dashboard
 from controller.ui.pool_view import pool_report, recorded_holdings
@@ -21,7 +23,9 @@ from controller.ui.pool_view import pool_report, recorded_holdings
 __all__ = ["dashboard_route"]
 
 
-def dashboard_route(reconciler: Any, config: Any) -> Callable[[], tuple[int, str, bytes]]:
+def dashboard_route(
+    reconciler: Reconciler, config: Config
+) -> Callable[[], tuple[int, str, bytes]]:
     """The ``/`` route of ``reconciler``'s daemon: (code, content type, HTML) on each call."""
 
     def page() -> tuple[int, str, bytes]:
@@ -50,7 +54,6 @@ def dashboard_route(reconciler: Any, config: Any) -> Callable[[], tuple[int, str
                     statuses=statuses,
                     now=time.time(),
                 )
-        view = getattr(reconciler, "monitor_view", None)
         html = render_dashboard(
             statuses,
             pool,
@@ -58,7 +61,7 @@ def dashboard_route(reconciler: Any, config: Any) -> Callable[[], tuple[int, str
             time.time(),
             policy_of=policy_of,
             title=f"mdc - {config.repo}",
-            monitors=view() if view is not None else (),
+            monitors=reconciler.monitor_view(),
         )
         return 200, "text/html; charset=utf-8", html.encode()
 

@@ -35,28 +35,30 @@ import json
 import logging
 import queue
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
 
-from controller.adapters.git.source import GitTree
+from controller.adapters.git.source import GitSource
 from controller.adapters.github.client import GitHubReporter
 from controller.adapters.github.webhook import Event, IssueCommentEvent, PullRequestEvent, PushEvent
-from controller.app.rollout import Pins, send_command
+from controller.app.manual import Pins, send_command
 from controller.core.canary import state_from_dict
 from controller.core.pr_plan import MARKER, plan_change, render_markdown
 from controller.core.status import ModelStatus, Phase, model_path
-from controller.errors import MdcError, PermanentError, TransientError
+from controller.errors import MdcError, PermanentError, Reason, TransientError
 
 __all__ = [
     "COMMANDS",
     "MONITOR_MARKER",
     "ROLLOUT_MARKER",
+    "NullReporter",
     "PullRequests",
+    "Reporter",
     "monitor_state",
     "parse_command",
     "render_monitor",
     "render_rollout",
-    "reporter_for",
     "rollout_state",
 ]
 
@@ -177,6 +179,54 @@ def monitor_state(statuses: list[ModelStatus]) -> tuple[str, str]:
     return "success", f"{names}: objectives met, no drift"
 
 
+class Reporter(Protocol):
+    """Where a pass's news goes besides the status branch (GitHub, or nowhere)."""
+
+    def pull_request_for(self, commit: str) -> int | None:
+        """The pull request that brought ``commit`` to the release branch, if any."""
+        ...
+
+    def on_status(self, previous: ModelStatus | None, status: ModelStatus) -> None:
+        """A model's status changed (and is already on the status branch)."""
+        ...
+
+    def drain(self) -> None:
+        """Once a pass, after the statuses: retry what failed, handle queued events."""
+        ...
+
+
+class Reported(Protocol):
+    """What the GitHub reporter reads of the controller it reports for."""
+
+    @property
+    def statuses(self) -> Mapping[str, ModelStatus]:
+        """Every model's last status."""
+        ...
+
+    @property
+    def source(self) -> GitSource:
+        """The release branch's source (its mirror holds the specs a revert puts back)."""
+        ...
+
+    @property
+    def state_dir(self) -> Path:
+        """Where pins and manual commands live."""
+        ...
+
+
+class NullReporter:
+    """Reports go to the status branch and the log only."""
+
+    def pull_request_for(self, commit: str) -> int | None:
+        return None
+
+    def on_status(self, previous: ModelStatus | None, status: ModelStatus) -> None:
+        return None
+
+    def drain(self) -> None:
+        return None
+
+
 class PullRequests:
     """The GitHub reporter of one controller (see the module docstring)."""
 
@@ -194,7 +244,7 @@ class PullRequests:
         self.branch = branch
         self.revert_prs = revert_prs
         self.target_url = target_url
-        self.reconciler: Any = None
+        self.reconciler: Reported | None = None
         self.events: queue.Queue[Event] = queue.Queue()
         self._pulls: dict[str, int | None] = {}
         self._reported: dict[str, tuple[str, int | None, int]] = {}  # model -> phase, step, weight
@@ -204,9 +254,10 @@ class PullRequests:
         self._monitored: dict[str, str] = {}  # model -> the monitor record last reported
         self._unsent_monitor: dict[str, ModelStatus] = {}
 
-    def bind(self, reconciler: Any) -> None:
+    def bind(self, reconciler: Reported) -> None:
+        """Report for ``reconciler`` from now on."""
         self.reconciler = reconciler
-        for name, status in dict(getattr(reconciler, "statuses", {})).items():
+        for name, status in dict(reconciler.statuses).items():
             # what a previous controller recorded was reported then: only changes now
             self._monitored[name] = json.dumps(status.monitor, sort_keys=True)
 
@@ -363,7 +414,7 @@ class PullRequests:
         if applied is None:
             return
         try:
-            good = GitTree(source.repo, str(source.repo.get(applied).tree_id)).read(path)
+            good = source.tree_at(applied).read(path)
         except (KeyError, MdcError, AttributeError, OSError):
             log.warning("no last good spec of %s at %s to revert to", status.name, applied[:12])
             return
@@ -394,25 +445,26 @@ class PullRequests:
     def _plan(self, event: PullRequestEvent) -> None:
         if event.action not in _PR_ACTIONS or event.base_ref != self.branch:
             return
+        if self.reconciler is None:
+            return
         source = self.reconciler.source
         tips = source.fetch_refs([event.base_ref, event.head_ref])
-        if source.repo.get(event.head_sha) is None:  # a PR from a fork: GitHub's pull ref
+        if not source.has_commit(event.head_sha):  # a PR from a fork: GitHub's pull ref
             with contextlib.suppress(MdcError):
                 source.fetch_pull(event.number)
         head = (
             event.head_sha
-            if source.repo.get(event.head_sha) is not None
+            if source.has_commit(event.head_sha)
             else tips.get(event.head_ref)
         )
         base = tips.get(event.base_ref)
         if head is None or base is None:
             raise PermanentError(
                 f"PR #{event.number}: {event.head_ref} or {event.base_ref} cannot be fetched",
-                reason="PullRequestUnreadable",
+                reason=Reason.PULL_REQUEST_UNREADABLE,
             )
-        merge_base = source.repo.merge_base(base, head)
-        base_commit = str(merge_base) if merge_base is not None else base
-        trees = [GitTree(source.repo, str(source.repo.get(c).tree_id)) for c in (base_commit, head)]
+        base_commit = source.merge_base(base, head) or base
+        trees = [source.tree_at(c) for c in (base_commit, head)]
         plan = plan_change(trees[0], trees[1], base_commit, head)
         self.github.upsert_comment(event.number, render_markdown(plan), MARKER)
         state = "success" if plan.applicable else "failure"
@@ -428,7 +480,7 @@ class PullRequests:
         if event.action != "created" or not event.is_pull_request:
             return
         verb = parse_command(event.body)
-        if verb is None:
+        if verb is None or self.reconciler is None:
             return
         number = event.issue_number
         if not self.github.can_write(event.user):
@@ -455,30 +507,3 @@ class PullRequests:
         self.github.comment(
             number, f"@{event.user}: `{verb}` sent for {listed}; mdc acts on its next pass."
         )
-
-
-def reporter_for(config: Any) -> tuple[Any, Callable[[Event], None] | None]:
-    """The reporter ``mdc run`` uses: GitHub when a repository and a token are
-    configured, else status branch and log only."""
-    from controller.app.reconciler import NullReporter  # noqa: PLC0415
-
-    if not config.github_repository:
-        return NullReporter(), None
-    env_url = {"MDC_GITHUB_API_URL": config.github_api_url} if config.github_api_url else {}
-    import os  # noqa: PLC0415
-
-    github = GitHubReporter.from_env(
-        config.github_repository,
-        env={**os.environ, **env_url},
-        max_attempts=3,
-        max_wait=10.0,  # a longer wait is reported as transient and retried next pass
-    )
-    if github is None:
-        log.warning(
-            "github: %s configured but no token (MDC_GITHUB_TOKEN): reports go to the status "
-            "branch and the log only",
-            config.github_repository,
-        )
-        return NullReporter(), None
-    reporter = PullRequests(github, branch=config.branch, revert_prs=config.revert_prs)
-    return reporter, reporter

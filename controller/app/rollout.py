@@ -11,28 +11,28 @@ moves all traffic to the canary, which becomes the stable release, and stops
 the old one. Traffic never reaches a canary that is not ready: until it is,
 and whenever it stops being so, the router has no canary backend.
 
-Also owns manual commands (``mdc promote|abort|pause|resume|retry``), which
-reach a running controller as files in the state directory and are recorded
-with who asked and when, and pins: a rolled-back spec hash is not started
-again until the spec changes or someone asks for a retry.
+The driver starts nothing and books nothing: the reconciler starts releases
+(one place) and books and frees GPUs through the pool book
+(:mod:`controller.app.pool_book`) after reading the actions a tick returns. A
+manual command (:mod:`controller.app.manual`) is handed to :meth:`tick` by the
+reconciler, which reads each model's command once a pass; standing alone (tests,
+scripts) the driver reads it from ``state_dir`` itself. A rolled-back spec hash
+is pinned.
 
-Called by the reconciler and the CLI; the tests drive it tick by tick.
+Called by the reconciler; the tests drive it tick by tick.
 """
 
 from __future__ import annotations
 
-import getpass
-import json
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from controller.adapters.metrics import PrometheusProvider
+from controller.adapters.metrics import QueryProvider
 from controller.adapters.router.base import Router
-from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State
-from controller.core.allocation import ReleaseKind
+from controller.adapters.runtime.base import ReleaseSpec, Runtime, State
+from controller.app.manual import ManualAction, Pins, read_command, who_am_i
 from controller.core.canary import (
     Action,
     ActionKind,
@@ -44,103 +44,15 @@ from controller.core.canary import (
     analysis_due,
     start,
 )
-from controller.core.ledger import Ledger
 from controller.core.traffic import BackendStats, RouteConfig, router_window
 from controller.errors import TransientError
 from controller.spec.kinds import Check, RolloutPolicy
 
-__all__ = [
-    "ManualAction",
-    "Pins",
-    "RolloutDriver",
-    "query_values",
-    "read_command",
-    "send_command",
-]
-
-
-@dataclass(frozen=True)
-class ManualAction:
-    model: str
-    command: str  # promote, abort, pause, resume, retry
-    who: str
-    at: float
-
-
-def _commands_dir(state_dir: Path) -> Path:
-    return Path(state_dir) / "commands"
-
-
-def send_command(state_dir: Path, model: str, command: str, who: str | None = None) -> ManualAction:
-    """Leave a command for the controller (the newest one wins)."""
-    action = ManualAction(model, command, who or _who(), time.time())
-    folder = _commands_dir(state_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{model}.tmp"
-    tmp.write_text(json.dumps(action.__dict__))
-    tmp.replace(folder / f"{model}.json")
-    return action
-
-
-def read_command(state_dir: Path, model: str) -> ManualAction | None:
-    """Take the waiting command for ``model``, if any (it is consumed)."""
-    path = _commands_dir(state_dir) / f"{model}.json"
-    try:
-        data = json.loads(path.read_text())
-        path.unlink()
-    except (OSError, ValueError):
-        return None
-    return ManualAction(**data)
-
-
-def _who() -> str:
-    user = os.environ.get("MDC_USER") or os.environ.get("USER")
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-class Pins:
-    """Spec hashes that failed, per model: not started again until the spec
-    changes or someone asks for a retry. Kept in ``STATE/pins.json``."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / "pins.json"
-
-    def all(self) -> dict[str, dict[str, object]]:
-        try:
-            data: dict[str, dict[str, object]] = json.loads(self.path.read_text())
-            return data
-        except (OSError, ValueError):
-            return {}
-
-    def get(self, model: str) -> str | None:
-        pin = self.all().get(model)
-        return None if pin is None else str(pin["specHash"])
-
-    def pin(self, model: str, spec_hash: str, reason: str, at: float) -> None:
-        pins = self.all()
-        pins[model] = {"specHash": spec_hash, "reason": reason, "at": at}
-        self._write(pins)
-
-    def unpin(self, model: str) -> bool:
-        pins = self.all()
-        found = pins.pop(model, None) is not None
-        self._write(pins)
-        return found
-
-    def _write(self, pins: dict[str, dict[str, object]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(pins, indent=1, sort_keys=True))
-        tmp.replace(self.path)
+__all__ = ["RolloutDriver", "query_values"]
 
 
 def query_values(
-    checks: tuple[Check, ...], prometheus: PrometheusProvider | None
+    checks: tuple[Check, ...], prometheus: QueryProvider | None
 ) -> dict[str, float | None]:
     """The value of every PromQL check now; None where it cannot be read
     (no Prometheus configured, or it did not answer) -- which fails the check."""
@@ -162,13 +74,12 @@ class RolloutDriver:
         self,
         model: str,
         policy: RolloutPolicy,
-        runtime: LocalRuntime,
+        runtime: Runtime,
         router: Router,
         *,
         pins: Pins | None = None,
         state_dir: Path | None = None,
-        prometheus: PrometheusProvider | None = None,
-        ledger: Ledger | None = None,
+        prometheus: QueryProvider | None = None,
         clock: Callable[[], float] = time.time,
         record: Callable[[CanaryState, tuple[Action, ...]], None] | None = None,
         tick_runtime: bool = True,
@@ -180,7 +91,6 @@ class RolloutDriver:
         self.pins = pins
         self.state_dir = state_dir
         self.prometheus = prometheus
-        self.ledger = ledger  # GPUs: the canary's freed on rollback, the old stable's on promotion
         self.clock = clock
         self.record = record
         self.tick_runtime = tick_runtime  # False: the caller ticks the runtime once a pass
@@ -205,9 +115,9 @@ class RolloutDriver:
         spec_hash: str,
         state: CanaryState | None = None,
     ) -> CanaryState:
-        """Start (or, with a recorded ``state``, resume) a canary of ``canary``."""
+        """Drive (or, with a recorded ``state``, resume) a canary of ``canary``, a
+        release the caller has started."""
         self.stable, self.canary = stable, canary
-        self.runtime.start(canary)
         self.state = state or start(spec_hash, self.clock())
         self._route()
         return self.state
@@ -223,21 +133,25 @@ class RolloutDriver:
         self.router.configure(self.model, RouteConfig(self.address(self.stable), canary, weight))
 
     def tick(
-        self, command: Command | None = None, who: str = ""
+        self, command: Command | None = None, who: str = "", manual: ManualAction | None = None
     ) -> tuple[CanaryState, tuple[Action, ...]]:
+        """One step: observe, :func:`advance`, carry out the actions. ``manual`` is a
+        command a person left (read by the caller); ``command`` one given directly."""
         if self.state is None or self.canary is None:
             raise RuntimeError("begin() first")
         now = self.clock()
         if self.tick_runtime:
             self.runtime.tick(now)
-        if command is None and self.state_dir is not None:
-            pending = read_command(self.state_dir, self.model)
+        if manual is None and command is None and self.state_dir is not None:
+            manual = read_command(self.state_dir, self.model)
+        if manual is not None:
+            pending = manual
             if pending is not None:
                 self.manual.append(pending)
                 if pending.command in {c.value for c in Command}:
                     command = Command(pending.command)
         elif command is not None:
-            self.manual.append(ManualAction(self.model, str(command), who or _who(), now))
+            self.manual.append(ManualAction(self.model, str(command), who or who_am_i(), now))
         snapshot = self.router.snapshot(self.model)
         if self._since is None or self.state.weight == 0:
             self._since = (now, snapshot)
@@ -280,8 +194,6 @@ class RolloutDriver:
         elif action.kind is ActionKind.ROLLBACK:
             self.router.configure(self.model, RouteConfig(self.address(self.stable), None, 0))
             self.runtime.stop(self.canary.name, drain=5.0)
-            if self.ledger is not None:
-                self.ledger.release(f"{self.model}/{ReleaseKind.CANARY}")
             if self.pins is not None:
                 self.pins.pin(self.model, self.state.spec_hash, action.reason, now)
         elif action.kind is ActionKind.PROMOTE:
@@ -290,11 +202,6 @@ class RolloutDriver:
             self.stable = replace(self.canary)
             if old is not None:
                 self.runtime.stop(old.name, drain=5.0)
-            if self.ledger is not None:
-                self.ledger.release(f"{self.model}/{ReleaseKind.STABLE}")
-                self.ledger.rename(
-                    f"{self.model}/{ReleaseKind.CANARY}", f"{self.model}/{ReleaseKind.STABLE}"
-                )
 
     def run(self, timeout: float, step: float = 0.1) -> CanaryState:
         """Tick until the canary is promoted or rolled back (for tests and the CLI)."""

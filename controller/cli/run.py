@@ -20,17 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from controller.adapters.github.webhook import load_secret
-from controller.adapters.nvml import read_nvml
-from controller.adapters.router import make_router
-from controller.app.daemon import Config, Daemon, StateLock, load_config
-from controller.app.pages import dashboard_route
-from controller.app.reconciler import Reconciler
-from controller.app.reporting import reporter_for
+from controller.app.daemon import Config, StateLock, load_config
+from controller.app.reconciler import PassResult
+from controller.app.wiring import build_controller
 from controller.demo import run_demo
 from controller.errors import MdcError
 from controller.ui.terminal import EXIT_INVALID, EXIT_USAGE
 
-__all__ = ["demo", "router_options", "run_controller"]
+__all__ = ["demo", "run_controller"]
 
 
 def run_controller(args: argparse.Namespace) -> int:
@@ -79,7 +76,7 @@ def run_controller(args: argparse.Namespace) -> int:
         print(f"mdc run: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        return _serve(config, secret, args.once, Reconciler, Daemon, make_router, signal)
+        return _serve(config, secret, args.once)
     except MdcError as exc:
         print(f"mdc run: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
@@ -87,47 +84,18 @@ def run_controller(args: argparse.Namespace) -> int:
         lock.release()
 
 
-def _serve(  # noqa: PLR0917
-    config: Any,
-    secret: bytes | None,
-    once: bool,
-    reconciler_of: Any,
-    daemon_of: Any,
-    make_router: Any,
-    signal: Any,
-) -> int:
-    reporter, on_event = reporter_for(config)
-    reconciler = reconciler_of(
-        config.repo,
-        config.branch,
-        config.state_dir,
-        router=make_router(config.router, **router_options(config)),
-        status_branch=config.status_branch,
-        poll_interval=config.poll_interval,
-        reporter=reporter,
-        nvml=read_nvml if config.node else None,  # this machine's GPUs, as node NAME
-        node=config.node,
-        router_ports=config.router_ports,
-        runtime=config.runtime,
-        ray_address=config.ray_address,
-        ray_namespace=config.ray_namespace,
-    )
-    if hasattr(reporter, "bind"):
-        reporter.bind(reconciler)
-    daemon = daemon_of(
-        config,
-        reconciler,
-        secret=secret,
-        on_event=on_event,
-        routes={"/": dashboard_route(reconciler, config)},
-    )
+def _serve(config: Config, secret: bytes | None, once: bool) -> int:
+    """Build the controller (:func:`~controller.app.wiring.build_controller`, the
+    path the demo, the benches and the end-to-end tests take too) and run it."""
+    controller = build_controller(config, secret=secret)
+    reconciler, daemon = controller.reconciler, controller.daemon
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
     daemon.start()
     print(f"mdc run: serving {daemon.url}/ (dashboard, /metrics, /healthz)", file=sys.stderr)
     shown: dict[str, str] = {}
 
-    def on_pass(result: Any) -> None:
+    def on_pass(result: PassResult) -> None:
         for entry in result.plan:
             status = reconciler.statuses.get(entry.model)
             line = f"{entry.model}: {entry.move}"
@@ -146,14 +114,7 @@ def _serve(  # noqa: PLR0917
     try:
         return int(daemon.run(once=once, on_pass=on_pass))
     finally:
-        reconciler.close()
-        if hasattr(reporter, "close"):
-            reporter.close()
-
-
-def router_options(config: Any) -> dict[str, Any]:
-    """What ``make_router`` needs besides the name: HAProxy keeps its files in the state dir."""
-    return {"state_dir": config.state_dir} if config.router == "haproxy" else {}
+        controller.close()
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -18,24 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
 from controller.core.status import GPUHold, ModelStatus
+from controller.core.timestamps import epoch
 
 __all__ = ["HOURS_PER_DAY", "ModelCost", "hold_hours", "model_cost", "per_day", "team_totals"]
 
 HOURS_PER_DAY = 24.0
 
 
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def hold_hours(hold: GPUHold, now: float) -> float:
     """GPU-hours a share still held has run up; 0 when its start is unknown."""
     if hold.since is None:
         return 0.0
-    return max(0.0, now - _epoch(hold.since)) / 3600 * hold.share
+    return max(0.0, now - (epoch(hold.since) or now)) / 3600 * hold.share
 
 
 def per_day(gpus: float) -> float:

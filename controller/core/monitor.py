@@ -23,9 +23,7 @@ tested table-first in ``tests/unit/test_monitor.py``.
 
 from __future__ import annotations
 
-import calendar
 import math
-import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +31,7 @@ from enum import StrEnum
 from typing import Any
 
 from controller.core.drift import DriftTracker
+from controller.core.timestamps import epoch, iso
 from controller.core.traffic import BackendStats
 from controller.spec.kinds import Metric, Monitor, MonitorMetric, Objective, RolloutPolicy
 
@@ -204,10 +203,6 @@ def period_start(at: float, period: str) -> float:
     return math.floor(at / size) * size
 
 
-def _iso(at: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
-
-
 @dataclass
 class _Tally:
     period: str
@@ -240,8 +235,8 @@ class Rollup:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "start": _iso(self.start),
-            "end": _iso(self.end),
+            "start": iso(self.start),
+            "end": iso(self.end),
             "version": self.version,
             "requests": self.requests,
             "errorRate": round(self.errors / self.requests, 6) if self.requests else None,
@@ -300,7 +295,7 @@ class ModelMonitor:
         for name, since in (record.get("breached") or {}).items():
             if name in self.states:
                 self.states[name] = ObjectiveState(
-                    name, Level.BREACHED, None, self.spec.breach_after, 0, _epoch(since)
+                    name, Level.BREACHED, None, self.spec.breach_after, 0, epoch(since)
                 )
         drifting = record.get("drifting") or {}
         if drifting and self.spec.drift is not None and self.spec.drift.field in drifting:
@@ -310,7 +305,7 @@ class ModelMonitor:
                 None,
                 self.spec.breach_after,
                 0,
-                _epoch(drifting[self.spec.drift.field]),
+                epoch(drifting[self.spec.drift.field]),
             )
 
     def switch(self, version: str, release: str, now: float) -> None:
@@ -474,7 +469,7 @@ class ModelMonitor:
         something breaches or recovers; the numbers are in the history's events."""
         out: dict[str, Any] = {}
         breached = {
-            name: _iso(state.since) if state.since else None
+            name: iso(state.since) if state.since else None
             for name, state in sorted(self.states.items())
             if state.level is Level.BREACHED
         }
@@ -482,7 +477,7 @@ class ModelMonitor:
             out["breached"] = breached
         if self.drift_state.level is Level.BREACHED and self.spec.drift is not None:
             since = self.drift_state.since
-            out["drifting"] = {self.spec.drift.field: _iso(since) if since else None}
+            out["drifting"] = {self.spec.drift.field: iso(since) if since else None}
         return out or None
 
     def live(self) -> dict[str, Any]:
@@ -501,7 +496,7 @@ class ModelMonitor:
                     "max": by_name[name].max,
                     "state": str(state.level),
                     "value": _round(state.value),
-                    "since": _iso(state.since) if state.since else None,
+                    "since": iso(state.since) if state.since else None,
                 }
                 for name, state in self.states.items()
             ],
@@ -516,13 +511,6 @@ class ModelMonitor:
                 "recent": len(self.drift.recent) if self.drift else 0,
             },
         }
-
-
-def _epoch(stamp: object) -> float | None:
-    try:
-        return float(calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return None
 
 
 def _round(value: float | None) -> float | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from enum import StrEnum
@@ -33,27 +32,25 @@ from controller.core.status import (
     Release,
     Verdict,
 )
+from controller.core.timestamps import iso
 from controller.spec.kinds import Model
 
 __all__ = [
     "ModelPlan",
     "Move",
     "Observed",
+    "PhaseFacts",
     "PlanInput",
     "iso",
     "make_plan",
     "next_status",
+    "phase_for",
     "spec_hash",
 ]
 
 #: Fields of a Model that do not change what runs (a new description restarts nothing;
 #: the monitor is the controller's and the router's business, not the release's).
 _NOT_RUNTIME = frozenset({"description", "source", "rollout", "monitor"})
-
-
-def iso(at: float) -> str:
-    """``at`` (epoch seconds) as ISO 8601 in UTC, to the second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def spec_hash(model: Model, bento_tag: str) -> str:
@@ -199,6 +196,7 @@ def next_status(
     state: CanaryState | None = None,
     steps: int | None = None,
     gpus: Sequence[GPUHold] = (),
+    gpu_hours: Mapping[str, float] | None = None,
     conditions: Sequence[Condition] = (),
     event: tuple[str, str] | None = None,
     pull_request: int | None = None,
@@ -233,6 +231,7 @@ def next_status(
         steps=steps if live else None,
         verdicts=verdicts,
         gpus=tuple(gpus),
+        gpu_hours=dict(gpu_hours) if gpu_hours is not None else base.gpu_hours,
         conditions=tuple(conditions),
         canary_state=json.loads(json.dumps(asdict(state))) if state is not None else None,
         pull_request=pull_request if pull_request is not None else base.pull_request,
@@ -286,3 +285,41 @@ def rollout_decision(
     if desired == pinned:
         return "pinned"
     return "start"
+
+
+@dataclass(frozen=True)
+class PhaseFacts:
+    """What a model's phase is decided from, at the end of a pass."""
+
+    move: Move
+    canary: CanaryPhase | None  # the canary under way, or the last one
+    previous: Phase | None  # the phase recorded before this pass
+    failed: bool  # this spec hash failed for good (stalled until it changes)
+    has_stable: bool
+    stable_ready: bool
+    waiting_for_gpus: bool
+    replacing: bool  # the stable is being placed again (its node was lost)
+    troubled: bool  # the model has a condition that is not met
+
+
+def phase_for(facts: PhaseFacts) -> Phase | None:
+    """The phase a pass leaves a model in; None: the canary's own phase decides
+    (see :func:`next_status`)."""
+    f = facts
+    if f.move in (Move.HOLD, Move.KEEP) and f.canary is None:
+        return f.previous if f.previous is not None else Phase.STALLED
+    if f.move is Move.PINNED:
+        return Phase.STALLED if f.failed or not f.has_stable else Phase.ROLLED_BACK
+    if f.move is Move.STEADY and f.canary in (None, CanaryPhase.PROMOTED):
+        return Phase.DEGRADED if f.troubled else Phase.HEALTHY
+    if f.failed:
+        return Phase.STALLED
+    if f.waiting_for_gpus:
+        return Phase.WAITING
+    if f.replacing:
+        return Phase.DEGRADED
+    if f.has_stable and f.canary is None and f.move in (Move.DEPLOY, Move.AWAIT):
+        return Phase.HEALTHY if f.stable_ready else Phase.PENDING
+    if f.canary is None and not f.has_stable:
+        return Phase.PENDING
+    return None

@@ -1,7 +1,7 @@
 """What mdc records about each model and pool: the status files on the
 status branch, and the commit messages that describe a change of them.
 
-Owns :class:`ModelStatus` / :class:`PoolStatus` (frozen), their YAML form
+Owns :class:`ModelStatus` (frozen), their YAML form
 (deterministic bytes, so an unchanged status is never committed again), reading
 them back (the status branch is input too: a hand-edited or corrupt file is
 an error naming the file, never a crash), and the one-line summary used as
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from controller.errors import PermanentError
+from controller.errors import PermanentError, Reason
 from controller.spec.documents import parse_yaml
 
 __all__ = [
@@ -31,13 +31,11 @@ __all__ = [
     "HistoryEntry",
     "ModelStatus",
     "Phase",
-    "PoolStatus",
     "Release",
     "Verdict",
     "commit_message",
     "model_path",
     "parse_model_status",
-    "pool_path",
     "render",
 ]
 
@@ -136,21 +134,8 @@ class ModelStatus:
         return replace(self, history=(entry, *self.history)[:HISTORY_LIMIT])
 
 
-@dataclass(frozen=True)
-class PoolStatus:
-    name: str
-    gpus_declared: int | None
-    gpus_discovered: int | None
-    held_by_team: Mapping[str, float] = field(default_factory=dict)
-    conditions: tuple[Condition, ...] = ()
-
-
 def model_path(name: str) -> str:
     return f"models/{name}.yaml"
-
-
-def pool_path(name: str) -> str:
-    return f"pools/{name}.yaml"
 
 
 def _drop_empty(data: dict[str, Any]) -> dict[str, Any]:
@@ -226,24 +211,17 @@ def _model_dict(status: ModelStatus) -> dict[str, Any]:
     )
 
 
-def render(status: ModelStatus | PoolStatus) -> bytes:
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML that writes a string enum (a reason, a condition type) as its text."""
+
+
+_Dumper.add_multi_representer(StrEnum, lambda dumper, value: dumper.represent_str(str(value)))
+
+
+def render(status: ModelStatus) -> bytes:
     """The status file's bytes: the same status always gives the same bytes."""
-    if isinstance(status, ModelStatus):
-        data = _model_dict(status)
-    else:
-        data = _drop_empty(
-            {
-                "name": status.name,
-                "gpusDeclared": status.gpus_declared,
-                "gpusDiscovered": status.gpus_discovered,
-                "heldByTeam": dict(sorted(status.held_by_team.items())),
-                "conditions": [
-                    {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
-                    for c in status.conditions
-                ],
-            }
-        )
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    data = _model_dict(status)
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     return ("# Written by mdc. Do not edit: the next pass overwrites it.\n" + text).encode()
 
 
@@ -260,7 +238,7 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
     documents, problems = parse_yaml(file, raw)
     if problems or len(documents) != 1 or not isinstance(documents[0].data, dict):
         why = problems[0].render() if problems else f"{file}: expected one YAML mapping"
-        raise PermanentError(why, reason="BadStatusFile")
+        raise PermanentError(why, reason=Reason.BAD_STATUS_FILE)
     data: dict[str, Any] = documents[0].data
     try:
         revisions = data.get("revisions", {})
@@ -323,7 +301,7 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PermanentError(
             f"{file}: not a model status file ({type(exc).__name__}: {exc})",
-            reason="BadStatusFile",
+            reason=Reason.BAD_STATUS_FILE,
         ) from None
 
 

@@ -56,6 +56,7 @@ BUCKETS = (
     10.0,
 )
 
+
 @dataclass
 class BackendStats:
     """Counters of one backend since the router started (monotonic)."""
@@ -103,6 +104,7 @@ class BackendStats:
         self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.seconds += seconds
 
+
 @dataclass(frozen=True)
 class BackendWindow:
     """What one backend did over an analysis interval."""
@@ -133,6 +135,7 @@ class RouteConfig:
     mirror: int = 0  # percent of requests also copied to the canary
     sticky: str | None = None  # a header (or "cookie:NAME") whose value pins a user
 
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """Keep ``share`` of the requests and their answers, without the ``sensitive``
@@ -140,6 +143,7 @@ class SamplingConfig:
 
     share: float
     sensitive: frozenset[str] = frozenset()
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -155,6 +159,7 @@ class Sample:
 
 
 QUANTILES = (0.5, 0.9, 0.99)
+
 
 def router_window(now: BackendStats, then: BackendStats, seconds: float) -> BackendWindow:
     """A window from two snapshots of the router's counters."""

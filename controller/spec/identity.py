@@ -31,11 +31,14 @@ MAX_SERVICE_FILE_BYTES = 1 << 20
 #: Bumped when the layout of build directories or bentofiles changes.
 LAYOUT = "mdc-bento-1"
 
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
+
 def _safe_version(digest: str) -> str:
     return digest[:20]
+
 
 def _files_under(tree: Tree, directory: str) -> dict[str, bytes]:
     prefix = directory.rstrip("/") + "/"
@@ -45,11 +48,13 @@ def _files_under(tree: Tree, directory: str) -> dict[str, bytes]:
         if entry.startswith(prefix) and tree.kind(entry) is EntryKind.FILE
     }
 
+
 def _digest_of_files(files: Mapping[str, bytes]) -> str:
     hasher = hashlib.sha256()
     for rel in sorted(files):
         hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
     return hasher.hexdigest()
+
 
 def model_tag_for(model: Model, tree: Tree) -> str:
     """The model tag ``model``'s artifact gets, computed without importing anything."""
@@ -62,6 +67,7 @@ def model_tag_for(model: Model, tree: Tree) -> str:
     if kind is EntryKind.FILE:
         return f"{model.name}:{_safe_version(_sha256(tree.read(target)))}"
     return f"{model.name}:{_safe_version(_digest_of_files(_files_under(tree, target)))}"
+
 
 def service_files(model: Model, tree: Tree) -> dict[str, bytes]:
     """The ``.py`` files of the service module's directory, by path inside it."""
@@ -76,6 +82,7 @@ def service_files(model: Model, tree: Tree) -> dict[str, bytes]:
                 files[path[len(prefix) :]] = tree.read(target)
     return files
 
+
 def bento_tag(model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:
     """The content-addressed bento tag: same inputs, same tag."""
     hasher = hashlib.sha256()
@@ -85,9 +92,11 @@ def bento_tag(model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:
         hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
     return f"{model.name}:{_safe_version(hasher.hexdigest())}"
 
+
 def planned_bento_tag(model: Model, tree: Tree) -> str:
     """The bento tag a build of ``model`` would have (for plans: nothing is built)."""
     return bento_tag(model, model_tag_for(model, tree), service_files(model, tree))
+
 
 def _bentoml_version() -> str:
     try:
@@ -106,6 +115,7 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     else:
         yield prefix, value
 
+
 def field_changes(old: Any, new: Any) -> tuple[str, ...]:
     """``path: old -> new`` for every leaf that differs between two documents."""
     before, after = dict(_flatten(old or {})), dict(_flatten(new or {}))
@@ -116,5 +126,6 @@ def field_changes(old: Any, new: Any) -> tuple[str, ...]:
             now = "(unset)" if path not in after else repr(after[path])
             out.append(f"{path}: {was} -> {now}")
     return tuple(out)
+
 
 _MISSING = object()

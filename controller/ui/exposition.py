@@ -52,13 +52,17 @@ def controller_metrics(
     verdicts: Mapping[tuple[str, str], int],
     pools: Mapping[str, Ledger],
     monitor: Iterable[Mapping[str, Any]] = (),
+    push_failures: int = 0,
+    commits_pending: int = 0,
 ) -> str:
     """The controller's metrics as Prometheus text.
 
     ``pass_buckets`` maps each upper bound (seconds) to the passes that took at
     most that long (cumulative; ``+Inf`` is ``passes``). ``verdicts`` counts
     analysis intervals by (model, outcome); ``pools`` is each pool's ledger;
-    ``monitor`` is the monitor's view of each running model.
+    ``monitor`` is the monitor's view of each running model; ``push_failures``
+    counts status pushes that failed since start and ``commits_pending`` the
+    status commits not yet on the remote.
     """
     families: list[Metric] = [
         CounterMetricFamily("mdc_reconcile_passes_total", "Reconcile passes run.", value=passes),
@@ -75,6 +79,16 @@ def controller_metrics(
                 ("+Inf", passes),
             ],
             sum_value=pass_seconds,
+        ),
+        CounterMetricFamily(
+            "mdc_status_push_failures_total",
+            "Pushes of the status branch that failed (the commits are kept and pushed later).",
+            value=push_failures,
+        ),
+        GaugeMetricFamily(
+            "mdc_status_commits_pending",
+            "Status commits made but not yet pushed to the remote.",
+            value=commits_pending,
         ),
     ]
     families += _model_families(sorted(statuses, key=lambda s: s.name), verdicts)

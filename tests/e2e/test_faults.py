@@ -4,15 +4,11 @@ spec in one model while another rolls out."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +18,8 @@ import pytest
 from controller.core.status import Phase
 from controller.demo import RANKER, TEAM, Demo, Traffic, _bump, ranker_request, version_classifier
 from tests.bentos import bentoml_processes
+from tests.e2e.conftest import Controller
+from tests.e2e.conftest import wait_for as _wait
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 MARKER = "<!-- mdc:plan -->"
@@ -46,83 +44,9 @@ spec:
 """
 
 
-def _wait(check: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (httpx.HTTPError, KeyError, ValueError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 def _mdc_comments(demo: Demo, number: int) -> list[str]:
     assert demo.github is not None
     return [c.body for c in demo.github.comments.get(number, []) if MARKER in c.body]
-
-
-@pytest.fixture
-def cleanup(tmp_path: Path) -> Iterator[list[Controller]]:
-    """Controllers a test started, then whatever still runs under tmp_path (releases
-    a killed controller left): the controllers go first, or they would restart them."""
-    started: list[Controller] = []
-    yield started
-    for controller in started:
-        if controller.proc is not None and controller.proc.poll() is None:
-            controller.proc.kill()
-            controller.proc.wait(timeout=10)
-    for pid in bentoml_processes(tmp_path):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-class Controller:
-    """``mdc run`` as a separate process, as an operator runs it."""
-
-    def __init__(self, config: Path, log: Path, env: dict[str, str]) -> None:
-        self.config, self.log, self.env = config, log, env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> str:
-        before = self._served()
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "run", "--config", str(self.config)],
-            stdout=out,
-            stderr=out,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
-        out.close()
-        return str(_wait(lambda: self._served() > before and self.url(), 30, "controller up"))
-
-    def _served(self) -> int:
-        if not self.log.exists():
-            return 0
-        return self.log.read_text().count("mdc run: serving ")
-
-    def url(self) -> str:
-        for line in reversed(self.log.read_text().splitlines()):
-            if "mdc run: serving " in line:
-                return line.split("serving ", 1)[1].split("/ ", 1)[0]
-        return ""
-
-    def status(self, model: str) -> dict[str, Any] | None:
-        rows = httpx.get(self.url() + "/api/status", timeout=5).json()
-        return next((r for r in rows if r["model"] == model), None)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
 
 
 def _status_file(demo: Demo) -> str:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.app.rollout import Pins
+from controller.app.manual import Pins
 from controller.core.canary import CanaryPhase, state_from_dict
 from controller.core.status import Phase, parse_model_status
 from controller.demo import RANKER, TEAM, Demo, _bump, git

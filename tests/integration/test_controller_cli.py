@@ -31,6 +31,7 @@ from controller.adapters.git.source import PollResult
 from controller.adapters.github.webhook import Event, PushEvent
 from controller.app.daemon import Config, Daemon, StateLock
 from controller.app.reconciler import PassResult
+from controller.app.status_writes import StatusWrites
 from controller.cli.main import main
 from controller.core.status import ModelStatus, Phase, Release, model_path, render
 from controller.errors import TransientError
@@ -74,14 +75,15 @@ class FakeRouter:
 
 @dataclass
 class FakeReconciler:
-    """What :class:`Daemon` reads: ``statuses``, ``verdicts``, ``ledgers``, ``router``
-    and ``run_pass``; each pass takes the next outcome (the last one repeats)."""
+    """What :class:`Daemon` reads: ``statuses``, ``verdicts``, ``ledgers``, ``router``,
+    ``writes`` and ``run_pass``; each pass takes the next outcome (the last one repeats)."""
 
     outcomes: list[PassResult | Exception] = field(default_factory=lambda: [ok_pass()])
     statuses: dict[str, ModelStatus] = field(default_factory=dict)
     verdicts: dict[tuple[str, str], int] = field(default_factory=dict)
     ledgers: dict[str, Any] = field(default_factory=dict)
     router: Any = None
+    writes: StatusWrites = field(default_factory=StatusWrites)
     calls: list[bool] = field(default_factory=list)
 
     def run_pass(self, fetch: bool) -> PassResult:

@@ -26,10 +26,11 @@ import pytest
 
 from controller.adapters.packaging import Packager, Source
 from controller.adapters.router.embedded import EmbeddedRouter
-from controller.adapters.runtime.local import ReleaseSpec, State
+from controller.adapters.runtime.base import ReleaseSpec, State
 from controller.adapters.runtime.ray_cluster import RayRuntime, node_ids
-from controller.app.reconciler import Reconciler
+from controller.app.daemon import Config
 from controller.app.rollout import RolloutDriver
+from controller.app.wiring import build_controller
 from controller.core.allocation import Demand, Placed, ReleaseKind, Request, launch_env
 from controller.core.canary import CanaryPhase
 from controller.core.inventory import GPU
@@ -222,7 +223,8 @@ def test_canary_across_two_nodes_then_its_node_dies(world: World) -> None:
         runtime.start(stable)
         assert runtime.wait_ready(stable.name, timeout=120).state is State.READY
         url = router.add_model("search-ranker")
-        driver = RolloutDriver("search-ranker", POLICY, runtime, router, ledger=ledger)
+        driver = RolloutDriver("search-ranker", POLICY, runtime, router)
+        runtime.start(canary)
         driver.begin(stable, canary, "h2")  # routes to the stable at once
         load = _Load(url + "/rank")
         final = driver.run(timeout=150, step=0.2)
@@ -247,6 +249,7 @@ def test_canary_across_two_nodes_then_its_node_dies(world: World) -> None:
             gpus=("GPU-gpu-node-b-1",),
         )
         new_driver = RolloutDriver("search-ranker", HOLD, runtime, router)
+        runtime.start(third)
         new_driver.begin(driver.stable, third, "h3")
         deadline = time.monotonic() + 120
         while new_driver.state is not None and new_driver.state.weight == 0:
@@ -357,16 +360,15 @@ def test_the_controller_places_on_cluster_nodes_and_survives_losing_them(
     bare, work = _spec_repo(tmp_path)
     state = tmp_path / "state"
     namespace = f"mdc-test-{os.getpid()}"
-    reconciler = Reconciler(
-        str(bare),
-        "main",
-        state,
-        router=EmbeddedRouter(),
+    config = Config(
+        repo=str(bare),
+        state_dir=state,
         poll_interval=0.5,
         runtime="ray",
         ray_address=cluster.address,
         ray_namespace=namespace,
     )
+    reconciler = build_controller(config, router=EmbeddedRouter()).reconciler
     runtime = reconciler.runtime
     assert isinstance(runtime, RayRuntime)
     load: _Load | None = None
@@ -393,11 +395,11 @@ def test_the_controller_places_on_cluster_nodes_and_survives_losing_them(
         stable = first.stable.name
         home = node_of(stable)
         assert home in ("r1", "r2")
-        assert "shared-a100" in reconciler.inventories  # read from the cluster: r1 and r2
-        assert sorted(reconciler.inventories["shared-a100"].node_names()) == ["r1", "r2"]
+        assert "shared-a100" in reconciler.book.inventories  # read from the cluster: r1 and r2
+        assert sorted(reconciler.book.inventories["shared-a100"].node_names()) == ["r1", "r2"]
         assert any(
             "discovery is NVML but" in p
-            for p in reconciler.inventories["shared-a100"].disagreements
+            for p in reconciler.book.inventories["shared-a100"].disagreements
         )  # the NVML task ran on each node and found no driver: their declared GPUs
         load = _Load(reconciler.routes["search-ranker"] + "/rank")
 
@@ -420,7 +422,7 @@ def test_the_controller_places_on_cluster_nodes_and_survives_losing_them(
         rolled = until(lambda s: s.phase is Phase.ROLLED_BACK, "canary rolled back", 90)
         assert rolled.canary_state is not None
         assert "node lost" in rolled.canary_state["reason"]
-        assert reconciler.inventories["shared-a100"].node_names() == [home]
+        assert reconciler.book.inventories["shared-a100"].node_names() == [home]
         pool_file = reconciler.status.files()["pools/shared-a100.yaml"].decode()
         assert f"node {other} left (1 GPUs)" in pool_file
         before = len(load.codes())

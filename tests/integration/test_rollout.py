@@ -17,20 +17,18 @@ import pytest
 
 from controller.adapters.packaging import Packager, Source
 from controller.adapters.router.base import Router
-from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State
-from controller.app.rollout import Pins, RolloutDriver
+from controller.adapters.runtime.base import ReleaseSpec, State
+from controller.adapters.runtime.local import LocalRuntime
+from controller.app.manual import Pins
+from controller.app.rollout import RolloutDriver
 from controller.cli.main import main
-from controller.core.allocation import Demand, Placed, ReleaseKind, Request
 from controller.core.canary import CanaryPhase, Outcome
-from controller.core.inventory import GPU
-from controller.core.ledger import Ledger
 from controller.core.plan import rollout_decision
 from controller.spec.kinds import (
     Analysis,
     Check,
     Metric,
     Probe,
-    Quota,
     RolloutPolicy,
     Step,
     StepKind,
@@ -156,26 +154,6 @@ def world(
         assert bentoml_processes(tmp_path) == [], "a process outlived its test"
 
 
-def gpu_books() -> Ledger:
-    """The ledger of a one-node pool, holding the stable release and the canary."""
-    gpus = [GPU("node", i, f"GPU-{i}", "L4", 24 * 2**30, declared=True) for i in range(2)]
-    ledger = Ledger(gpus, [Quota("fraud", 2, 2, 100)])
-    for kind in (ReleaseKind.STABLE, ReleaseKind.CANARY):
-        decision = ledger.place(
-            Request(
-                f"fraud-scorer/{kind}",
-                "fraud-scorer",
-                "fraud",
-                Demand(gpus=1),
-                1,
-                kind,
-                kind is ReleaseKind.STABLE,
-            )
-        )
-        assert isinstance(decision, Placed)
-    return ledger
-
-
 def canary_run(
     world: tuple, built: Built, variant: str, tmp_path: Path
 ) -> tuple[RolloutDriver, Load, list[int]]:
@@ -183,12 +161,11 @@ def canary_run(
     stable = ReleaseSpec("fraud-scorer/stable", "fraud-scorer", "1.0.0", built.stable, probe=PROBE)
     runtime.start(stable)
     assert runtime.wait_ready(stable.name, 60).state is State.READY
-    driver = RolloutDriver(
-        "fraud-scorer", POLICY, runtime, router, pins=Pins(tmp_path / "state"), ledger=gpu_books()
-    )
+    driver = RolloutDriver("fraud-scorer", POLICY, runtime, router, pins=Pins(tmp_path / "state"))
     canary = ReleaseSpec(
         "fraud-scorer/canary", "fraud-scorer", "1.1.0", built.canaries[variant], probe=PROBE
     )
+    runtime.start(canary)  # the reconciler starts releases; the driver drives them
     driver.begin(stable, canary, f"hash-{variant}")
     load = Load(url)
     while_warming = []
@@ -212,12 +189,6 @@ def test_good_version_is_promoted(world: tuple, built: Built, tmp_path: Path) ->
         assert set(while_warming) == {0}  # nothing reached the canary before it was ready
         assert [v.outcome for v in state.verdicts].count(Outcome.PASS) >= 4
         assert runtime.releases["fraud-scorer/stable"].state is State.STOPPED  # old one retired
-        books = driver.ledger
-        assert books is not None
-        assert set(books.allocations) == {"fraud-scorer/stable"}  # the canary's GPU, renamed
-        assert books.allocations["fraud-scorer/stable"].replicas[0][0].gpu == "GPU-1"
-        assert books.free_gpus() == 1  # the old stable's GPU is free
-        books.check()
         before = router.snapshot("fraud-scorer")["stable"].requests
         time.sleep(0.5)
         assert router.snapshot("fraud-scorer")["stable"].requests > before  # all traffic on v2
@@ -245,8 +216,6 @@ def test_version_with_errors_is_rolled_back_and_pinned(
         assert router.snapshot("fraud-scorer")["canary"].requests == after  # no more canary traffic
         assert runtime.releases["fraud-scorer/canary"].state is State.STOPPED
         assert runtime.releases["fraud-scorer/stable"].state is State.READY
-        assert driver.ledger is not None
-        assert set(driver.ledger.allocations) == {"fraud-scorer/stable"}  # canary GPU freed
         pins = Pins(tmp_path / "state")
         assert pins.get("fraud-scorer") == "hash-errors"
         assert (
@@ -300,6 +269,7 @@ def test_manual_gate_waits_for_mdc_resume(tmp_path: Path, built: Built) -> None:
         canary = ReleaseSpec(
             "fraud-scorer/canary", "fraud-scorer", "1.1.0", built.canaries["good"], probe=PROBE
         )
+        runtime.start(canary)
         driver.begin(stable, canary, "hash-good")
         deadline = time.monotonic() + 60
         while driver.state.phase is not CanaryPhase.WAITING_FOR_APPROVAL:  # type: ignore[union-attr]

@@ -22,7 +22,8 @@ import pytest
 
 from controller.adapters.metrics import bentoml_window
 from controller.adapters.packaging import Packager, Source
-from controller.adapters.runtime.local import LocalRuntime, ReleaseSpec, State, release_home
+from controller.adapters.runtime.base import ReleaseSpec, State
+from controller.adapters.runtime.local import LocalRuntime, release_home
 from controller.cli.main import main
 from controller.spec.kinds import Probe
 from controller.spec.loader import load_desired

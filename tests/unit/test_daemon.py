@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.adapters.git.source import PollResult
 from controller.app.daemon import Config, StateLock, _PassStats, load_config, metrics_text
 from controller.app.reconciler import PassResult
+from controller.app.status_writes import StatusWrites
 from controller.core.allocation import Demand, Placed, ReleaseKind, Request
 from controller.core.inventory import GPU
 from controller.core.ledger import Ledger
@@ -46,6 +47,8 @@ node: gpu-node-1
 runtime: ray
 rayAddress: ray://head:10001
 rayNamespace: mdc-staging
+prometheus: http://prometheus.example.invalid:9090
+bentomlHome: /var/lib/bentoml
 """
 
 FULL_EXPECTED = Config(
@@ -66,6 +69,8 @@ FULL_EXPECTED = Config(
     runtime="ray",
     ray_address="ray://head:10001",
     ray_namespace="mdc-staging",
+    prometheus="http://prometheus.example.invalid:9090",
+    bentoml_home=Path("/var/lib/bentoml"),
 )
 
 
@@ -250,6 +255,7 @@ class FakeReconciler:
     verdicts: dict[tuple[str, str], int] = field(default_factory=dict)
     ledgers: dict[str, tuple[Any, Ledger]] = field(default_factory=dict)
     router: Any = None
+    writes: StatusWrites = field(default_factory=StatusWrites)
 
 
 def poll(error: TransientError | None = None) -> PollResult:
@@ -439,6 +445,8 @@ def test_text_is_valid_exposition_format() -> None:
         "mdc_reconcile_passes": "counter",
         "mdc_reconcile_pass_failures": "counter",
         "mdc_reconcile_pass_duration_seconds": "histogram",
+        "mdc_status_push_failures": "counter",
+        "mdc_status_commits_pending": "gauge",
         "mdc_model_phase": "gauge",
         "mdc_canary_weight_percent": "gauge",
         "mdc_canary_verdicts": "counter",

@@ -10,10 +10,12 @@ from controller.core.canary import CanaryPhase, CanaryState, CheckResult, Interv
 from controller.core.plan import (
     Move,
     Observed,
+    PhaseFacts,
     PlanInput,
     iso,
     make_plan,
     next_status,
+    phase_for,
     spec_hash,
 )
 from controller.core.status import ModelStatus, Phase, Release
@@ -221,3 +223,42 @@ def test_next_status_keeps_team_and_pull_request() -> None:
     status = next_status(previous, "m", now=NOW, stable=Release("1"))
     assert (status.team, status.pull_request) == ("fraud", 7)
     assert next_status(previous, "m", now=NOW, pull_request=9).pull_request == 9
+
+
+def _facts(move: Move, **changes: object) -> PhaseFacts:
+    base = PhaseFacts(
+        move=move,
+        canary=None,
+        previous=None,
+        failed=False,
+        has_stable=True,
+        stable_ready=True,
+        waiting_for_gpus=False,
+        replacing=False,
+        troubled=False,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("facts", "phase"),
+    [
+        (_facts(Move.HOLD), Phase.STALLED),
+        (_facts(Move.KEEP, previous=Phase.HEALTHY), Phase.HEALTHY),
+        (_facts(Move.PINNED, failed=True), Phase.STALLED),
+        (_facts(Move.PINNED), Phase.ROLLED_BACK),
+        (_facts(Move.PINNED, has_stable=False), Phase.STALLED),
+        (_facts(Move.STEADY), Phase.HEALTHY),
+        (_facts(Move.STEADY, troubled=True), Phase.DEGRADED),
+        (_facts(Move.STEADY, canary=CanaryPhase.PROMOTED), Phase.HEALTHY),
+        (_facts(Move.DEPLOY, failed=True), Phase.STALLED),
+        (_facts(Move.START_CANARY, waiting_for_gpus=True), Phase.WAITING),
+        (_facts(Move.RE_PLACE, replacing=True), Phase.DEGRADED),
+        (_facts(Move.DEPLOY), Phase.HEALTHY),
+        (_facts(Move.AWAIT, stable_ready=False), Phase.PENDING),
+        (_facts(Move.DEPLOY, has_stable=False), Phase.PENDING),
+        (_facts(Move.CONTINUE, canary=CanaryPhase.STEPPING), None),  # the canary's own
+    ],
+)
+def test_the_phase_a_pass_leaves(facts: PhaseFacts, phase: Phase | None) -> None:
+    assert phase_for(facts) is phase

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.app.rollout import Pins, read_command, send_command
+from controller.app.manual import Pins, read_command, send_command
 from controller.cli.main import EXIT_INVALID, EXIT_OK, main
 from controller.core.canary import CanaryPhase, CanaryState
 from controller.core.plan import rollout_decision

@@ -11,7 +11,6 @@ from controller.core.status import (
     HistoryEntry,
     ModelStatus,
     Phase,
-    PoolStatus,
     Release,
     Verdict,
     commit_message,
@@ -113,9 +112,3 @@ def test_bad_status_file_is_a_clear_error(raw: bytes) -> None:
         parse_model_status("models/m.yaml", raw)
     assert caught.value.reason == "BadStatusFile"
     assert "models/m.yaml" in str(caught.value)
-
-
-def test_pool_status_renders_sorted() -> None:
-    raw = render(PoolStatus("p", 8, None, {"search": 1.0, "fraud": 2.0}))
-    assert raw.index(b"fraud") < raw.index(b"search")
-    assert b"gpusDiscovered" not in raw

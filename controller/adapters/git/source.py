@@ -38,7 +38,7 @@ from pygit2.enums import CredentialType
 
 from controller.adapters.git.signing import SigningMode, SigningPolicy, Verdict, verify_commit
 from controller.core.backoff import backoff_delay
-from controller.errors import PermanentError, TransientError
+from controller.errors import PermanentError, Reason, TransientError
 from controller.spec.tree import EntryKind
 
 __all__ = [
@@ -90,7 +90,7 @@ def parse_remote(raw: str) -> RemoteURL:
 
     def refuse(why: str) -> PermanentError:
         shown = _strip_userinfo(raw)
-        return PermanentError(f"remote URL {shown!r} refused: {why}", reason="BadRemoteURL")
+        return PermanentError(f"remote URL {shown!r} refused: {why}", reason=Reason.BAD_REMOTE_URL)
 
     if not raw or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in raw):
         raise refuse("empty, or contains whitespace or control characters")
@@ -160,7 +160,7 @@ class Credentials:
                 except OSError as exc:
                     raise PermanentError(
                         f"cannot read {name}_FILE ({file}): {exc.strerror}",
-                        reason="CredentialsUnreadable",
+                        reason=Reason.CREDENTIALS_UNREADABLE,
                     ) from exc
             return None
 
@@ -260,7 +260,7 @@ class GitSource:
         clock: Callable[[], float] | None = None,
     ) -> None:
         if not _BRANCH.match(branch):
-            raise PermanentError(f"branch name {branch!r} is not valid", reason="BadBranch")
+            raise PermanentError(f"branch name {branch!r} is not valid", reason=Reason.BAD_BRANCH)
         self.remote = parse_remote(url)
         self.branch = branch
         self.credentials = (credentials or Credentials()).with_url(self.remote)
@@ -293,7 +293,7 @@ class GitSource:
         except _AuthFailed as exc:
             raise TransientError(
                 f"fetch from {self.remote.display} failed: {exc}",
-                reason="GitAuthFailed",
+                reason=Reason.GIT_AUTH_FAILED,
                 retry_after=60,
             ) from None
         except (pygit2.GitError, OSError) as exc:
@@ -302,12 +302,12 @@ class GitSource:
                     f"fetch from {self.remote.display} refused: the identity of "
                     f"{callbacks.untrusted_host} could not be verified (for ssh, add its host "
                     "key to MDC_GIT_SSH_KNOWN_HOSTS or ~/.ssh/known_hosts)",
-                    reason="GitHostUntrusted",
+                    reason=Reason.GIT_HOST_UNTRUSTED,
                     retry_after=60,
                 ) from None
             raise TransientError(
                 self.credentials.redact(f"fetch from {self.remote.display} failed: {exc}"),
-                reason="GitUnavailable",
+                reason=Reason.GIT_UNAVAILABLE,
             ) from None
         return {b: self.tip(f"refs/remotes/origin/{b}") for b in branches}
 
@@ -321,7 +321,7 @@ class GitSource:
         except (pygit2.GitError, OSError, _AuthFailed) as exc:
             raise TransientError(
                 self.credentials.redact(f"fetch of pull request {number} failed: {exc}"),
-                reason="GitUnavailable",
+                reason=Reason.GIT_UNAVAILABLE,
             ) from None
         return self.tip(ref)
 
@@ -335,17 +335,42 @@ class GitSource:
         if tip is None:
             raise TransientError(
                 f"branch {self.branch!r} does not exist on {self.remote.display}",
-                reason="BranchNotFound",
+                reason=Reason.BRANCH_NOT_FOUND,
             )
         commit = self.repo.get(tip)
         if not isinstance(commit, pygit2.Commit):
             raise TransientError(
-                f"{self.branch} points at {tip}, not a commit", reason="NotACommit"
+                f"{self.branch} points at {tip}, not a commit", reason=Reason.NOT_A_COMMIT
             )
         return Snapshot(self.branch, tip, str(commit.tree_id), self._now())
 
     def tree(self, snapshot: Snapshot) -> GitTree:
         return GitTree(self.repo, snapshot.tree)
+
+    def has_commit(self, sha: str) -> bool:
+        """Whether the mirror holds the commit ``sha``."""
+        try:
+            return isinstance(self.repo.get(sha), pygit2.Commit)
+        except (ValueError, pygit2.GitError):
+            return False
+
+    def tree_at(self, sha: str) -> GitTree:
+        """The tree of commit ``sha`` (KeyError: the mirror does not hold it)."""
+        try:
+            commit = self.repo.get(sha)
+        except (ValueError, pygit2.GitError):
+            commit = None
+        if not isinstance(commit, pygit2.Commit):
+            raise KeyError(sha)
+        return GitTree(self.repo, str(commit.tree_id))
+
+    def merge_base(self, one: str, other: str) -> str | None:
+        """The best common ancestor of two commits, if they have one."""
+        try:
+            found = self.repo.merge_base(one, other)
+        except (ValueError, pygit2.GitError):
+            return None
+        return str(found) if found is not None else None
 
     def is_descendant(self, new: str, old: str) -> bool:
         """Whether ``new`` contains ``old`` in its history (False: a force-push)."""

@@ -30,7 +30,7 @@ import pygit2
 from pygit2.enums import FileMode
 
 from controller.adapters.git.source import GitSource, GitTree
-from controller.errors import TransientError
+from controller.errors import Reason, TransientError
 
 __all__ = ["PushResult", "StatusBranch", "format_message"]
 
@@ -153,7 +153,7 @@ class StatusBranch:
                     self.source.credentials.redact(
                         f"push to {self.source.remote.display} failed: {exc}"
                     ),
-                    reason="StatusPushFailed",
+                    reason=Reason.STATUS_PUSH_FAILED,
                 )
                 return PushResult(pushed, replayed, self.pending(), error)
             if callbacks.rejected:
@@ -164,7 +164,7 @@ class StatusBranch:
             return PushResult(pushed, replayed, 0)
         error = TransientError(
             f"status push to {self.source.remote.display} rejected {self.max_attempts} times",
-            reason="StatusPushRejected",
+            reason=Reason.STATUS_PUSH_REJECTED,
         )
         return PushResult(pushed, replayed, self.pending(), error)
 
@@ -173,7 +173,7 @@ class StatusBranch:
     def _commit(self, oid: str) -> pygit2.Commit:
         found = self.repo.get(oid)
         if not isinstance(found, pygit2.Commit):
-            raise TransientError(f"{oid} is not a commit", reason="NotACommit")
+            raise TransientError(f"{oid} is not a commit", reason=Reason.NOT_A_COMMIT)
         return found
 
     def _apply(self, base: str | None, changes: Mapping[str, bytes | None]) -> pygit2.Oid:

@@ -43,7 +43,7 @@ from controller.adapters.github.transport import (
     field_of,
     response_json,
 )
-from controller.errors import PermanentError
+from controller.errors import PermanentError, Reason
 
 __all__ = [
     "COMMENT_LIMIT",
@@ -200,11 +200,11 @@ class GitHubReporter:
                 why = getattr(exc, "strerror", None) or "not UTF-8 text"
                 raise PermanentError(
                     f"GitHub token file {file!r} cannot be read: {why}",
-                    reason="GitHubTokenUnreadable",
+                    reason=Reason.GITHUB_TOKEN_UNREADABLE,
                 ) from None
             if not token:
                 raise PermanentError(
-                    f"GitHub token file {file!r} is empty", reason="GitHubTokenUnreadable"
+                    f"GitHub token file {file!r} is empty", reason=Reason.GITHUB_TOKEN_UNREADABLE
                 )
         token = token or env.get("GITHUB_TOKEN", "").strip()
         if not token:
@@ -357,7 +357,7 @@ class GitHubReporter:
         if "no commits between" in detail.lower():
             raise PermanentError(
                 f"{base} already holds {path} as it should be: nothing to revert",
-                reason="NothingToRevert",
+                reason=Reason.NOTHING_TO_REVERT,
             )
         if "already exists" in detail.lower() and (number := self._open_pull(branch)):
             return number  # opened by someone else in the meantime
@@ -392,7 +392,7 @@ class GitHubReporter:
                 data = response_json(response)
                 if not isinstance(data, dict) or data.get("type") != "file":
                     raise PermanentError(
-                        f"{path} on {branch} is not a file", reason="GitHubInvalid"
+                        f"{path} on {branch} is not a file", reason=Reason.GITHUB_INVALID
                     )
                 blob = str(data.get("sha") or "") or None
                 if _file_bytes(data) == content:

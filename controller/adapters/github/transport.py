@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from controller import __version__
-from controller.errors import PermanentError, TransientError
+from controller.core.backoff import backoff_delay
+from controller.errors import PermanentError, Reason, TransientError
 
 __all__ = [
     "API_VERSION",
@@ -145,7 +146,7 @@ class GitHubAPI:
             # Never send the token to a host a response named.
             raise PermanentError(
                 f"GitHub pointed to another host ({parts.scheme}://{parts.netloc})",
-                reason="GitHubInvalid",
+                reason=Reason.GITHUB_INVALID,
             )
         return url
 
@@ -191,7 +192,7 @@ class GitHubAPI:
                                 f"GitHub {where}: rate limited ({describe_response(response)}); "
                                 f"retry in {wait:.0f}s"
                             ),
-                            reason="GitHubRateLimited",
+                            reason=Reason.GITHUB_RATE_LIMITED,
                             retry_after=wait,
                         )
                     log.warning(
@@ -210,7 +211,7 @@ class GitHubAPI:
                 if delay is not None and delay > self._max_wait:
                     raise TransientError(
                         self._redact(f"GitHub {where}: {problem}; retry in {delay:.0f}s"),
-                        reason="GitHubUnavailable",
+                        reason=Reason.GITHUB_UNAVAILABLE,
                         retry_after=delay,
                     )
             if last:
@@ -228,14 +229,13 @@ class GitHubAPI:
             self._sleep(delay)
         raise TransientError(
             self._redact(f"GitHub {where}: {problem} (gave up after {self._max_attempts} tries)"),
-            reason="GitHubUnavailable",
+            reason=Reason.GITHUB_UNAVAILABLE,
             retry_after=min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**self._max_attempts),
         )
 
     def _backoff(self, attempt: int) -> float:
         """Exponential, capped, with equal jitter: half the step fixed, half random."""
-        step = min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0 ** (attempt - 1))
-        return step / 2 + step / 2 * min(max(self._jitter(), 0.0), 1.0)
+        return backoff_delay(attempt, _BACKOFF_BASE, _BACKOFF_CAP, jitter=self._jitter())
 
     def _rate_limit_wait(self, response: httpx.Response, secondary: int) -> float | None:
         """Seconds to wait before retrying a rate-limited answer; None when it is not one."""
@@ -283,7 +283,9 @@ class GitHubAPI:
 
 
 def bad_response(what: str) -> TransientError:
-    return TransientError(f"GitHub answered unexpectedly: {what}", reason="GitHubBadResponse")
+    return TransientError(
+        f"GitHub answered unexpectedly: {what}", reason=Reason.GITHUB_BAD_RESPONSE
+    )
 
 
 def response_json(response: httpx.Response) -> Any:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from controller.errors import PermanentError
+from controller.errors import PermanentError, Reason
 
 __all__ = [
     "Event",
@@ -209,13 +209,13 @@ def load_secret(
             raw = Path(file).read_bytes()
         except OSError as exc:
             message = f"webhook secret {where} cannot be read: {exc.strerror}"
-            raise PermanentError(message, reason="WebhookSecretMissing") from None
+            raise PermanentError(message, reason=Reason.WEBHOOK_SECRET_MISSING) from None
     else:
         raw = os.environ.get(env_var, "").encode()
         where = f"environment variable {env_var}"
     if not (secret := raw.removesuffix(b"\n").removesuffix(b"\r")):
         message = f"no webhook secret: {where} is empty or unset"
-        raise PermanentError(message, reason="WebhookSecretMissing")
+        raise PermanentError(message, reason=Reason.WEBHOOK_SECRET_MISSING)
     return secret
 
 

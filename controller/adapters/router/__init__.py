@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from controller.adapters.router.base import Router
 from controller.adapters.router.embedded import EmbeddedRouter
 from controller.adapters.router.haproxy import HAProxyRouter
@@ -12,10 +14,13 @@ from controller.adapters.router.haproxy import HAProxyRouter
 __all__ = ["EmbeddedRouter", "HAProxyRouter", "Router", "make_router"]
 
 
-def make_router(kind: str, **options: object) -> Router:
-    """The router named ``kind``; an unknown name is an error, never a fallback."""
+def make_router(kind: str, *, state_dir: Path | None = None) -> Router:
+    """The router named ``kind``; an unknown name is an error, never a fallback.
+    HAProxy keeps its configuration and socket under ``state_dir``."""
     if kind == "embedded":
-        return EmbeddedRouter(**options)  # type: ignore[arg-type]
+        return EmbeddedRouter()
     if kind == "haproxy":
-        return HAProxyRouter(**options)  # type: ignore[arg-type]
+        if state_dir is None:
+            raise ValueError("the haproxy router needs a state directory")
+        return HAProxyRouter(state_dir)
     raise ValueError(f"unknown router {kind!r}; known: embedded, haproxy")

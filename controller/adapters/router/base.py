@@ -15,16 +15,35 @@ __all__ = [
 
 
 class Router(Protocol):
-    """What the rollout needs from a router, embedded or a real proxy."""
+    """What the rollout needs from a router, embedded or a real proxy.
 
-    def add_model(self, model: str, port: int = 0) -> str: ...
+    One route per model: a listening address that splits the model's traffic
+    between a stable and a canary backend by weight. Every call is idempotent.
+    """
 
-    def configure(self, model: str, config: RouteConfig) -> None: ...
+    def add_model(self, model: str, port: int = 0) -> str:
+        """Open ``model``'s route on ``port`` (0: any free port); its URL. A route
+        already open is returned as it is."""
+        ...
 
-    def snapshot(self, model: str) -> dict[str, BackendStats]: ...
+    def configure(self, model: str, config: RouteConfig) -> None:
+        """Send ``model``'s traffic as ``config`` says, from the next request on."""
+        ...
 
-    def sample(self, model: str, config: SamplingConfig | None) -> None: ...
+    def snapshot(self, model: str) -> dict[str, BackendStats]:
+        """``model``'s counters since its route opened, by backend (``stable``,
+        ``canary``): monotonic, so two snapshots make a window."""
+        ...
 
-    def samples(self, model: str) -> list[Sample]: ...
+    def sample(self, model: str, config: SamplingConfig | None) -> None:
+        """Keep a share of ``model``'s requests and answers (None: stop sampling).
+        A router that cannot sample raises a permanent error saying so."""
+        ...
 
-    def close(self) -> None: ...
+    def samples(self, model: str) -> list[Sample]:
+        """The samples kept since the last call (each is returned once)."""
+        ...
+
+    def close(self) -> None:
+        """Close every route."""
+        ...

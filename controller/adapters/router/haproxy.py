@@ -19,7 +19,7 @@ The ``X-MDC-Version`` override header works as with the embedded router;
 mirroring and sticky users are not offered by this router and are refused
 with an error rather than ignored.
 
-Called through :func:`controller.adapters.router.embedded.make_router` (``"haproxy"``).
+Called through :func:`controller.adapters.router.make_router` (``"haproxy"``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from controller.core.traffic import BackendStats, RouteConfig, Sample, SamplingConfig
-from controller.errors import PermanentError, TransientError
+from controller.errors import PermanentError, Reason, TransientError
 
 __all__ = ["HAProxyRouter"]
 
@@ -49,7 +49,7 @@ class HAProxyRouter:
         found = shutil.which(binary)
         if found is None:
             raise PermanentError(
-                f"{binary} is not installed (Debian package haproxy)", reason="ProxyMissing"
+                f"{binary} is not installed (Debian package haproxy)", reason=Reason.PROXY_MISSING
             )
         self.binary = found
         self.host = host
@@ -125,7 +125,8 @@ class HAProxyRouter:
         )
         if check.returncode != 0:  # a broken config is never applied
             raise PermanentError(
-                f"HAProxy refused the config: {check.stderr.strip()}", reason="ProxyConfigInvalid"
+                f"HAProxy refused the config: {check.stderr.strip()}",
+                reason=Reason.PROXY_CONFIG_INVALID,
             )
         candidate.replace(self.config_path)
         if self.proc is None or self.proc.poll() is not None:
@@ -152,7 +153,9 @@ class HAProxyRouter:
                     break
             time.sleep(0.02)
         else:
-            raise TransientError("HAProxy did not come up within 10s", reason="ProxyUnavailable")
+            raise TransientError(
+                "HAProxy did not come up within 10s", reason=Reason.PROXY_UNAVAILABLE
+            )
         for model, config in self.configs.items():  # runtime settings do not survive a reload
             self._push(model, config)
 
@@ -167,7 +170,7 @@ class HAProxyRouter:
                     chunks.append(chunk)
         except OSError as exc:
             raise TransientError(
-                f"HAProxy admin socket: {exc}", reason="ProxyUnavailable"
+                f"HAProxy admin socket: {exc}", reason=Reason.PROXY_UNAVAILABLE
             ) from None
         answer = b"".join(chunks).decode(errors="replace").strip()
         if (
@@ -175,7 +178,9 @@ class HAProxyRouter:
             and not answer.startswith(("Name", "IP ", "#", "Build", "Weight"))
             and ("No such" in answer or "Require" in answer or "Unknown" in answer)
         ):
-            raise PermanentError(f"HAProxy refused {line!r}: {answer}", reason="ProxyCommandFailed")
+            raise PermanentError(
+                f"HAProxy refused {line!r}: {answer}", reason=Reason.PROXY_COMMAND_FAILED
+            )
         return answer
 
     # -- the Router protocol ------------------------------------------------------
@@ -192,7 +197,7 @@ class HAProxyRouter:
         if config.mirror or config.sticky:
             raise PermanentError(
                 "the HAProxy router does not mirror traffic or pin users; use the embedded router",
-                reason="RouterFeatureUnsupported",
+                reason=Reason.ROUTER_FEATURE_UNSUPPORTED,
             )
         if not 0 <= config.weight <= 100:
             raise ValueError(f"weight is a percentage: {config.weight}")
@@ -231,7 +236,7 @@ class HAProxyRouter:
             raise PermanentError(
                 f"{model}: the haproxy router cannot sample answers; "
                 "monitor.sampling needs router: embedded",
-                reason="SamplingUnsupported",
+                reason=Reason.SAMPLING_UNSUPPORTED,
             )
 
     def samples(self, model: str) -> list[Sample]:

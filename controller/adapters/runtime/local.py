@@ -32,93 +32,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
-from enum import StrEnum
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 
+from controller.adapters.runtime.base import Event, Release, ReleaseSpec, State
 from controller.core.backoff import backoff_delay
 from controller.core.environment import bentoml_env
 from controller.core.inventory import ClusterNode
 from controller.spec.kinds import Probe
 
 __all__ = [
-    "Event",
     "LocalRuntime",
-    "Release",
-    "ReleaseSpec",
-    "State",
     "release_home",
     "release_log",
-    "release_row",
 ]
 
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class State(StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    UNHEALTHY = "unhealthy"
-    CRASHED = "crashed"  # exited; restarted after a back-off
-    FAILED = "failed"  # will not be restarted: never became ready, or the port is taken
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class ReleaseSpec:
-    name: str  # unique: "fraud-scorer/canary"
-    model: str
-    version: str
-    bento: str
-    env: Mapping[str, str] = field(default_factory=dict)  # from the ledger's launch_env
-    gpus: tuple[str, ...] = ()
-    ready_timeout: float = 120.0
-    probe: Probe | None = None
-    port: int | None = None  # None: a free loopback port
-    node: str | None = None  # the pool node the ledger placed it on (the Ray runtime uses it)
-    gpu_share: float = 0.0  # GPUs it holds (1.5 = one and a half), for Ray's own accounting
-
-
-@dataclass(frozen=True)
-class Release:
-    spec: ReleaseSpec
-    port: int
-    pid: int | None
-    state: State
-    since: float  # when it entered this state
-    reason: str = ""
-    crashes: int = 0
-    started_at: float = 0.0
-    restart_at: float | None = None
-    probe_failures: int = 0
-    next_probe: float = 0.0
-    proc_start: int | None = None  # the kernel's start time of pid (guards PID reuse)
-    host: str = "127.0.0.1"  # where it listens (a Ray node's address for the Ray runtime)
-
-    @property
-    def address(self) -> str:
-        """``host:port``, as the router takes it."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-
-@dataclass(frozen=True)
-class Event:
-    release: str
-    #: Started, Ready, Unhealthy, Recovered, Crashed, Restarted, Failed, Stopped,
-    #: Adopted or CleanedUp
-    kind: str
-    message: str
 
 
 def free_port() -> int:
@@ -537,20 +472,3 @@ def release_home(state_dir: Path, name: str) -> Path:
 def release_log(state_dir: Path, name: str) -> Path:
     """Where the output of release ``name`` goes (readable without a runtime)."""
     return Path(state_dir) / "runtime" / "logs" / (_UNSAFE.sub("_", name) + ".log")
-
-
-def release_row(release: Release) -> dict[str, Any]:
-    """A release as ``mdc`` prints it in JSON."""
-    return {
-        "release": release.spec.name,
-        "model": release.spec.model,
-        "version": release.spec.version,
-        "bento": release.spec.bento,
-        "port": release.port,
-        "pid": release.pid,
-        "gpus": list(release.spec.gpus),
-        "state": str(release.state),
-        "since": release.since,
-        "reason": release.reason,
-        "crashes": release.crashes,
-    }

@@ -44,12 +44,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from controller.adapters.runtime.local import LocalRuntime, Release, ReleaseSpec, State
+from controller.adapters.runtime.base import Release, ReleaseSpec, State
+from controller.adapters.runtime.local import LocalRuntime
 from controller.core.environment import bentoml_env
 from controller.core.inventory import GPU, LABEL_NODE, ClusterNode, real_uuid
-from controller.errors import PermanentError, TransientError
+from controller.errors import PermanentError, Reason, TransientError
 
-__all__ = ["NODE_RESOURCE", "RayRuntime", "make_runtime", "node_ids", "node_name"]
+__all__ = ["NODE_RESOURCE", "RayRuntime", "node_ids", "node_name"]
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +84,18 @@ def node_ids(ray: Any) -> dict[str, str]:
     return {node_name(node): node["NodeID"] for node in _live_nodes(ray)}
 
 
-def _nvml_reader(ray: Any) -> Any:
-    """A task that reads NVML on the node it runs on (the GPUs, or why not)."""
+def _no_nvml(node: str) -> list[GPU]:
+    raise TransientError(f"node {node}: no NVML reader was given", reason=Reason.NVML_UNAVAILABLE)
+
+
+def _nvml_reader(ray: Any, read: Callable[[str], list[GPU]]) -> Any:
+    """A task that reads the GPUs of the node it runs on with ``read`` (NVML, given
+    by the wiring), or says why not."""
 
     def read_gpus(name: str) -> list[dict[str, Any]] | str:
-        from controller.adapters.nvml import NVMLUnavailable, read_nvml  # noqa: PLC0415
-
         try:
-            return [asdict(gpu) for gpu in read_nvml(name)]
-        except NVMLUnavailable as exc:
+            return [asdict(gpu) for gpu in read(name)]
+        except TransientError as exc:
             return exc.message
 
     return ray.remote(num_cpus=0, max_retries=0)(read_gpus)
@@ -199,6 +203,7 @@ class RayRuntime(LocalRuntime):
         *,
         address: str,
         namespace: str = "mdc",
+        nvml: Callable[[str], list[GPU]] | None = None,
         clock: Callable[[], float] = time.time,
         call_timeout: float = 30.0,
     ) -> None:
@@ -209,7 +214,7 @@ class RayRuntime(LocalRuntime):
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         self.namespace = namespace
         self.actor_class = _actor_class(ray)
-        self.read_gpus = _nvml_reader(ray)
+        self.read_gpus = _nvml_reader(ray, nvml or _no_nvml)
         self.nvml: dict[str, tuple[GPU, ...] | str] = {}  # Ray node id -> reading
         self.actors: dict[str, Any] = {}
         #: release -> what its actor reported: host, port, pid, Ray node id, CUDA_VISIBLE_DEVICES
@@ -319,7 +324,7 @@ class RayRuntime(LocalRuntime):
                 if done.returncode != 0:
                     raise PermanentError(
                         f"bentoml export {bento} failed: {done.stderr.strip()[-500:]}",
-                        reason="ExportFailed",
+                        reason=Reason.EXPORT_FAILED,
                     )
             self.archives[bento] = self.ray.put(package.read_bytes())
         return self.archives[bento]
@@ -334,7 +339,7 @@ class RayRuntime(LocalRuntime):
             raise TransientError(
                 f"{spec.name}: node {spec.node!r} is not in the Ray cluster "
                 f"(nodes: {', '.join(sorted(nodes)) or 'none'})",
-                reason="NodeUnavailable",
+                reason=Reason.NODE_UNAVAILABLE,
                 retry_after=10,
             )
         stale = self._named_actor(spec.name)
@@ -359,7 +364,7 @@ class RayRuntime(LocalRuntime):
             self.ray.kill(actor)
             raise TransientError(
                 f"{spec.name}: the actor on {spec.node} did not start: {exc}",
-                reason="ActorFailed",
+                reason=Reason.ACTOR_FAILED,
             ) from None
         self.actors[spec.name] = actor
         self.placements[spec.name] = dict(where)
@@ -456,12 +461,3 @@ class RayRuntime(LocalRuntime):
             return list(self.ray.get(actor.tail.remote(lines), timeout=self.call_timeout))
         except Exception:
             return []
-
-
-def make_runtime(kind: str, state_dir: Path, bento_home: Path, **options: Any) -> LocalRuntime:
-    """The runtime named ``kind`` (``local`` or ``ray``); an unknown name is an error."""
-    if kind == "local":
-        return LocalRuntime(state_dir, bento_home)
-    if kind == "ray":
-        return RayRuntime(state_dir, bento_home, **options)
-    raise ValueError(f"unknown runtime {kind!r}; known: local, ray")

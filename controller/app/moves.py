@@ -1,0 +1,433 @@
+"""A model's moves, carried out: what the reconciler does for one model once the
+plan (:func:`~controller.core.plan.make_plan`) has said what.
+
+Owns the side effects of each move, each in one place: releases are started in
+:meth:`Moves._launch` only; GPUs are booked and freed through the pool book
+(:mod:`controller.app.pool_book`) only; the canary is driven by the rollout
+driver (:mod:`controller.app.rollout`), which sets the split while it runs; the
+manual command of a model is read once a pass by the reconciler and handed in
+on its :class:`~controller.app.recovery.Run`. A move that cannot go on raises an
+:class:`~controller.errors.MdcError`: :meth:`Moves.failed` turns it into the
+model's condition (transient: retried later; permanent: the spec is pinned).
+
+Called by the reconciler, once per model per pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from dataclasses import replace
+
+from controller.adapters.git.source import Snapshot
+from controller.adapters.packaging import Source
+from controller.adapters.runtime.base import ReleaseSpec, State
+from controller.app.manual import Pins
+from controller.app.monitoring import Monitoring
+from controller.app.parts import Parts, Settings
+from controller.app.pool_book import PoolBook
+from controller.app.recovery import Run
+from controller.app.rollout import RolloutDriver
+from controller.core.allocation import Allocation, ReleaseKind, launch_env
+from controller.core.canary import Action, CanaryPhase, CanaryState
+from controller.core.plan import ModelPlan, Move
+from controller.core.status import Condition, Release
+from controller.core.timestamps import iso
+from controller.core.traffic import RouteConfig
+from controller.errors import ConditionType, MdcError, PermanentError, Reason, TransientError
+from controller.spec.kinds import Model
+from controller.spec.loader import LoadResult
+from controller.spec.tree import Tree
+
+__all__ = ["Moves"]
+
+log = logging.getLogger(__name__)
+
+
+class Moves:
+    """One controller's moves (see the module docstring)."""
+
+    def __init__(  # noqa: PLR0917
+        self,
+        parts: Parts,
+        settings: Settings,
+        book: PoolBook,
+        pins: Pins,
+        monitoring: Monitoring,
+        runs: MutableMapping[str, Run],
+    ) -> None:
+        self.parts = parts
+        self.state_dir = settings.state_dir
+        self.clock = parts.clock
+        self.source = parts.source
+        self.packager = parts.packager
+        self.runtime = parts.runtime
+        self.router = parts.router
+        self.reporter = parts.reporter
+        self.book = book
+        self.pins = pins
+        self.monitoring = monitoring
+        self.runs = runs
+        self.router_ports = dict(settings.router_ports)
+        self.routes: dict[str, str] = {}  # model -> the router's URL for it
+        self.verdicts: dict[tuple[str, str], int] = {}  # (model, outcome) -> intervals judged
+        self.snapshot: Snapshot | None = None
+        self.load: LoadResult | None = None
+
+    def begin_pass(self, snapshot: Snapshot, load: LoadResult) -> None:
+        self.snapshot, self.load = snapshot, load
+
+    def execute(  # noqa: PLR0917
+        self,
+        entry: ModelPlan,
+        run: Run,
+        model: Model | None,
+        hashed: tuple[str, str] | None,
+        tree: Tree,
+        now: float,
+    ) -> None:
+        move = entry.move
+        if move is Move.PRUNE:
+            self._prune(run, now)
+            return
+        if move in (Move.HOLD, Move.KEEP):
+            run.conditions.append(
+                Condition(ConditionType.SPEC_VALID, False, Reason.SPEC_INVALID, entry.reason)
+            )
+            if run.driver is not None:
+                self._tick(run, now)
+            return
+        assert model is not None
+        assert hashed is not None
+        wanted = hashed[0]
+        if run.failed is not None and self.pins.get(run.name) != run.failed[0]:
+            run.failed = None  # someone asked for a retry
+        if run.failed is not None and run.failed[0] == wanted:
+            _, reason, message = run.failed  # said every pass while it stays stalled
+            run.conditions.append(Condition(ConditionType.READY, False, reason, message))
+            if move in (Move.DEPLOY, Move.START_CANARY, Move.REPLACE):
+                return
+        if now < run.retry_at and move in (
+            Move.DEPLOY,
+            Move.START_CANARY,
+            Move.REPLACE,
+            Move.RE_PLACE,
+        ):
+            run.conditions.append(
+                Condition(
+                    ConditionType.READY,
+                    False,
+                    Reason.RETRY_LATER,
+                    f"retrying in {run.retry_at - now:.0f}s",
+                )
+            )
+            return
+        self._ensure_route(run.name)
+        if move is Move.DEPLOY:
+            self._deploy(run, model, wanted, tree, now)
+        elif move is Move.AWAIT:
+            self._await(run, now)
+        elif move is Move.RE_PLACE:
+            self._re_place(run, model, now)
+        elif move is Move.REPLACE:
+            self._abort(run, "the spec changed during the canary", now)
+            if wanted != run.stable_hash:  # else git went back to what the stable runs
+                self._start_canary(run, model, wanted, tree, now)
+        elif move is Move.START_CANARY:
+            self._start_canary(run, model, wanted, tree, now)
+        elif move is Move.CONTINUE:
+            if run.driver is None:
+                self._adopt_driver(run, model)
+            self._tick(run, now)
+        elif move in (Move.STEADY, Move.PINNED):
+            self._steady(run, move, now)
+
+    def _pull(self) -> int | None:
+        assert self.snapshot is not None
+        try:
+            return self.reporter.pull_request_for(self.snapshot.commit)
+        except MdcError as exc:
+            log.warning(
+                "which PR brought %s is unknown: %s", self.snapshot.commit[:12], exc.message
+            )
+            return None
+
+    def _ensure_route(self, name: str) -> str:
+        if name not in self.routes:
+            port = self.router_ports.get(name, 0)
+            try:
+                self.routes[name] = self.router.add_model(name, port)
+            except OSError as exc:
+                raise TransientError(
+                    f"the router cannot listen on port {port} for {name}: {exc}",
+                    reason=Reason.ROUTER_PORT_BUSY,
+                ) from None
+        return self.routes[name]
+
+    def _build(self, model: Model, tree: Tree) -> str:
+        assert self.snapshot is not None
+        result = self.packager.build(
+            model,
+            tree,
+            Source(self.source.remote.display, self.snapshot.revision),
+        )
+        return result.bento_tag
+
+    def _place(self, run: Run, model: Model, kind: ReleaseKind, now: float) -> Allocation | None:
+        booking = self.book.place(model, kind, now)
+        if booking.allocation is None:
+            run.conditions.append(
+                Condition(ConditionType.GPUS, False, Reason.WAITING_FOR_GPUS, booking.waiting)
+            )
+            return None
+        for victim in booking.preempted:
+            self._preempted(victim, now)
+        return booking.allocation
+
+    def _preempted(self, key: str, now: float) -> None:
+        """A release whose GPUs the ledger gave to another: stop it."""
+        name, _, kind = key.partition("/")
+        victim = self.runs.get(name)
+        if victim is None:
+            return
+        if kind == ReleaseKind.CANARY and victim.driver is not None:
+            self._abort(victim, "preempted: its GPUs went to a higher-priority team", now)
+        elif kind == ReleaseKind.STABLE and victim.stable is not None:
+            self.runtime.stop(victim.stable.name, drain=2.0)
+            victim.stable = victim.stable_hash = victim.stable_record = None
+        victim.event = ("Preempted", f"{kind} release preempted for a higher-priority team")
+
+    def _launch(self, spec: ReleaseSpec) -> None:
+        """The one place a release is started."""
+        self.runtime.start(spec)
+
+    def _release_spec(
+        self, model: Model, wanted: str, bento: str, allocation: Allocation
+    ) -> ReleaseSpec:
+        replica = allocation.replicas[0] if allocation.replicas else ()
+        return ReleaseSpec(
+            name=f"{model.name}/{wanted[:10]}",
+            model=model.name,
+            version=model.version,
+            bento=bento,
+            env=launch_env(replica) if replica else {},
+            gpus=tuple(s.gpu for s in replica),
+            ready_timeout=model.ready_timeout,
+            probe=model.probe,
+            node=replica[0].node if replica else None,
+            gpu_share=sum(s.units for s in replica) / 1000 if replica else 0.0,
+        )
+
+    def _deploy(self, run: Run, model: Model, wanted: str, tree: Tree, now: float) -> None:
+        assert self.snapshot is not None
+        bento = self._build(model, tree)
+        allocation = self._place(run, model, ReleaseKind.STABLE, now)
+        if allocation is None:
+            return
+        spec = self._release_spec(model, wanted, bento, allocation)
+        self._launch(spec)
+        run.stable, run.stable_hash = spec, wanted
+        run.pull = self._pull()
+        run.stable_record = Release(
+            model.version, bento, iso(now), spec.name, wanted, self.snapshot.revision, run.pull
+        )
+        run.event = ("Deploying", f"starting {model.version} ({bento})")
+
+    def _re_place(self, run: Run, model: Model, now: float) -> None:
+        """The stable's node is gone: abort a canary (nothing to compare it with), and
+        place the same release again through the ledger, with the usual quotas and
+        reasons (it waits for GPUs like any release when none are left)."""
+        assert run.stable is not None
+        lost = self.runtime.releases.get(run.stable.name)
+        why = lost.reason if lost is not None else "node lost"
+        if run.replacing is None:
+            run.event = ("NodeLost", f"{run.stable.name}: {why}; placing it again")
+        run.replacing = why
+        if run.driver is not None:
+            self._abort(run, f"the stable release was lost ({why})", now)
+        self.router.configure(run.name, RouteConfig(None, None, 0))
+        run.conditions.append(Condition(ConditionType.READY, False, Reason.NODE_LOST, why))
+        self.book.free(run.name, ReleaseKind.STABLE, now)
+        allocation = self._place(run, model, ReleaseKind.STABLE, now)
+        if allocation is None:
+            return
+        replica = allocation.replicas[0] if allocation.replicas else ()
+        spec = replace(
+            run.stable,
+            env=launch_env(replica) if replica else {},
+            gpus=tuple(s.gpu for s in replica),
+            node=replica[0].node if replica else None,
+            gpu_share=sum(s.units for s in replica) / 1000 if replica else 0.0,
+        )
+        self._launch(spec)
+        run.stable = spec
+        run.event = ("Replaced", f"{spec.name} placed again on {spec.node or 'this machine'}")
+
+    def _await(self, run: Run, now: float) -> None:
+        assert run.stable is not None
+        release = self.runtime.releases.get(run.stable.name)
+        if release is not None and release.state is State.READY:
+            self.router.configure(run.name, RouteConfig(release.address, None, 0))
+            run.event = ("Deployed", f"{run.stable.version} serves all traffic")
+            if run.replacing is not None:
+                run.event = ("Recovered", f"{run.stable.name} serves all traffic again")
+                run.replacing = None
+        elif release is None or release.state is State.FAILED:
+            reason = release.reason if release is not None else "the release is gone"
+            self._stop_stable(run, now)
+            raise PermanentError(
+                f"the first release never became ready: {reason}", reason=Reason.NOT_READY
+            )
+        else:
+            run.conditions.append(
+                Condition(
+                    "Ready",
+                    False,
+                    "Starting" if run.replacing is None else "NodeLost",
+                    f"{run.stable.name} is {release.state}"
+                    + (f" again ({run.replacing})" if run.replacing else ""),
+                )
+            )
+
+    def _stop_stable(self, run: Run, now: float) -> None:
+        if run.stable is not None:
+            self.runtime.stop(run.stable.name, drain=2.0)
+        self.book.free(run.name, ReleaseKind.STABLE, now)
+        run.stable = run.stable_hash = run.stable_record = None
+
+    def _start_canary(self, run: Run, model: Model, wanted: str, tree: Tree, now: float) -> None:
+        assert self.load is not None
+        assert self.snapshot is not None
+        bento = self._build(model, tree)
+        allocation = self._place(run, model, ReleaseKind.CANARY, now)
+        if allocation is None:
+            return
+        spec = self._release_spec(model, wanted, bento, allocation)
+        self._launch(spec)
+        driver = self._driver(model)
+        driver.begin(run.stable, spec, wanted)
+        run.driver, run.finished = driver, None
+        run.pull = self._pull()
+        run.canary_record = Release(
+            model.version, bento, iso(now), spec.name, wanted, self.snapshot.revision, run.pull
+        )
+        run.event = ("CanaryStarted", f"canary {model.version} ({bento}) beside stable")
+
+    def _driver(self, model: Model) -> RolloutDriver:
+        assert self.load is not None
+        return RolloutDriver(
+            model.name,
+            self.load.desired.policies[model.rollout],
+            self.runtime,
+            self.router,
+            pins=self.pins,
+            prometheus=self.parts.prometheus,
+            clock=self.clock,
+            tick_runtime=False,  # the pass ticks the runtime once for all models
+        )
+
+    def _adopt_driver(self, run: Run, model: Model) -> None:
+        """Take over a canary recorded before a restart, at its recorded step and weight."""
+        assert self.load is not None
+        assert run.resume is not None
+        canary, state = run.resume
+        self._launch(canary)  # adopted: returned as it runs
+        driver = self._driver(model)
+        driver.begin(run.stable, canary, state.spec_hash, state)
+        run.driver, run.resume = driver, None
+        run.event = ("Resumed", f"canary resumed at step {state.step + 1}, weight {state.weight}%")
+
+    def _tick(self, run: Run, now: float) -> None:
+        driver = run.driver
+        assert driver is not None
+        before = len(driver.state.verdicts) if driver.state else 0
+        previous_manual = len(driver.manual)
+        state, actions = driver.tick(manual=run.command)
+        run.command = None
+        for verdict in state.verdicts[before:]:
+            key = (run.name, str(verdict.outcome))
+            self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        for manual in driver.manual[previous_manual:]:
+            run.event = (
+                f"Manual{manual.command.capitalize()}",
+                f"{manual.command} by {manual.who}",
+            )
+        self._after_actions(run, state, actions, now)
+
+    def _after_actions(
+        self, run: Run, state: CanaryState, actions: tuple[Action, ...], now: float
+    ) -> None:
+        driver = run.driver
+        assert driver is not None
+        if state.phase is CanaryPhase.PROMOTED:
+            run.stable, run.stable_hash = driver.stable, state.spec_hash
+            run.stable_record = run.canary_record
+            self.book.promote(run.name, now)
+            run.driver, run.finished, run.canary_record = None, state, None
+            run.event = ("Promoted", state.reason or "all steps passed")
+        elif state.phase is CanaryPhase.ROLLED_BACK:
+            self.book.free(run.name, ReleaseKind.CANARY, now)
+            run.driver, run.finished, run.canary_record = None, state, None
+            run.event = ("RolledBack", state.reason or "the analysis failed")
+
+    def _abort(self, run: Run, reason: str, now: float) -> None:
+        driver = run.driver
+        if driver is None:
+            return
+        stable = driver.address(driver.stable)
+        self.router.configure(run.name, RouteConfig(stable, None, 0))
+        if driver.canary is not None:
+            self.runtime.stop(driver.canary.name, drain=2.0)
+        self.book.free(run.name, ReleaseKind.CANARY, now)
+        run.driver, run.canary_record, run.finished = None, None, None
+        run.event = ("CanaryAborted", reason)
+
+    def _steady(self, run: Run, move: Move, now: float) -> None:
+        release = self.runtime.releases.get(run.stable.name) if run.stable else None
+        address = release.address if release is not None and release.state is State.READY else None
+        self.router.configure(run.name, RouteConfig(address, None, 0))
+        if address is not None and run.replacing is not None:
+            again = run.stable.name if run.stable is not None else run.name
+            run.event = ("Recovered", f"{again} serves all traffic again")
+            run.replacing = None
+        if address is None and run.stable is not None:
+            state = release.state if release is not None else "gone"
+            run.conditions.append(
+                Condition(
+                    ConditionType.READY,
+                    False,
+                    Reason.STABLE_NOT_READY,
+                    f"{run.stable.name} is {state}",
+                )
+            )
+        manual, run.command = run.command, None
+        if manual is not None:
+            run.manual.append(manual)
+            if manual.command == "retry" and move is Move.PINNED:
+                self.pins.unpin(run.name)
+                run.failed = None
+                run.event = ("ManualRetry", f"retry by {manual.who}: the pin is lifted")
+            else:
+                run.event = (
+                    "CommandIgnored",
+                    f"{manual.command} by {manual.who}: no canary is under way",
+                )
+
+    def _prune(self, run: Run, now: float) -> None:
+        self._abort(run, "removed from git", now)
+        self._stop_stable(run, now)
+        if run.name in self.routes:
+            self.router.configure(run.name, RouteConfig(None, None, 0))
+        self.pins.unpin(run.name)
+        self.monitoring.forget(run.name)
+        run.event = ("Pruned", "removed from git: releases stopped, GPUs freed")
+
+    def failed(self, run: Run, entry: ModelPlan, exc: MdcError, now: float) -> None:
+        if isinstance(exc, TransientError):
+            run.retry_at = now + (exc.retry_after or 10.0)
+        elif entry.spec_hash is not None:  # stalled until the spec changes or a retry
+            run.failed = (entry.spec_hash, exc.reason, exc.message)
+            self.pins.pin(run.name, entry.spec_hash, exc.message, now)
+        run.conditions.append(Condition(ConditionType.READY, False, exc.reason, exc.message))
+        run.event = ("Error", f"{exc.reason}: {exc.message}")
+        log.warning("%s: %s: %s", run.name, exc.reason, exc.message)

@@ -1,0 +1,453 @@
+"""The reconciler, pass by pass, with the fakes of :mod:`controller.testing.fakes`:
+a runtime of records, a router whose counters the test fills, a packager that
+builds nothing, a reporter that remembers -- and a real spec repository (a bare
+git repository in a temporary folder, read and written by the real git source
+and status branch, which cost milliseconds). The clock is the test's.
+
+Covers deploy, canary, promotion, rollback, pins, a restart at every phase, a
+failing status push and GPU-hours kept when shares are given back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.adapters.git.source import Credentials, GitSource, SourcePoller
+from controller.adapters.runtime.base import State
+from controller.app.daemon import _PassStats, metrics_text
+from controller.app.manual import Pins
+from controller.app.parts import Parts, Settings
+from controller.app.reconciler import Reconciler
+from controller.core.plan import Move
+from controller.core.status import ModelStatus, Phase, parse_model_status
+from controller.errors import ConditionType, Reason
+from controller.testing.fakes import (
+    FakeBuilder,
+    FakeReporter,
+    FakeRouter,
+    FakeRuntime,
+    FlakyStatusBranch,
+)
+
+T0 = 1_800_000_000.0
+
+POOL = """\
+apiVersion: mdc.dev/v1alpha1
+kind: GPUPool
+metadata: {name: p}
+spec:
+  sharing: Whole
+  nodes:
+    - name: n1
+      discovery: Declared
+      gpus: [{product: NVIDIA A100-SXM4-80GB, memory: 80Gi, count: 2}]
+  quotas:
+    - {team: t, guaranteed: 2, limit: 2, priority: 100}
+"""
+
+POLICY = """\
+apiVersion: mdc.dev/v1alpha1
+kind: RolloutPolicy
+metadata: {name: quick}
+spec:
+  warmup: {timeout: 1m}
+  progressDeadline: 10m
+  steps:
+    - setWeight: 50
+    - analysis: {intervals: 1}
+  analysis:
+    interval: 10s
+    failureLimit: 0
+    minRequests: 10
+    checks:
+      - {name: errors, metric: errorRate, max: 0.05}
+"""
+
+PAUSING = POLICY.replace("    - setWeight: 50\n", "    - setWeight: 50\n    - pause: {}\n")
+
+
+def model_yaml(version: str) -> str:
+    return f"""\
+apiVersion: mdc.dev/v1alpha1
+kind: Model
+metadata: {{name: m}}
+spec:
+  version: "{version}"
+  team: t
+  artifact: {{path: artifacts/m-{version}.json}}
+  service: services/m:Svc
+  resources: {{gpu: 1}}
+  pool: p
+  rollout: quick
+"""
+
+
+class SpecRepo:
+    """A bare repository standing in for the team's spec repository."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.repo = pygit2.init_repository(str(path), bare=True)
+
+    def commit(self, files: dict[str, str], message: str = "change") -> str:
+        tip = self.repo.references.get("refs/heads/main")
+        parents = [tip.target] if tip is not None else []
+        index = pygit2.Index()
+        if tip is not None:
+            index.read_tree(self.repo[tip.target].tree)
+        for path, text in files.items():
+            blob = self.repo.create_blob(text.encode())
+            index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
+        tree = index.write_tree(self.repo)
+        who = pygit2.Signature("dev", "dev@example.com")
+        return str(self.repo.create_commit("refs/heads/main", who, who, message, tree, parents))
+
+    def status(self, model: str = "m") -> ModelStatus:
+        """What the status branch on the remote says about ``model``."""
+        ref = self.repo.references["refs/heads/mdc/status"]
+        blob = self.repo[ref.target].tree[f"models/{model}.yaml"]
+        return parse_model_status(f"models/{model}.yaml", self.repo[blob.id].data)
+
+
+def initial_files(version: str = "1", policy: str = POLICY) -> dict[str, str]:
+    return {
+        "pools/p.yaml": POOL,
+        "rollouts/quick.yaml": policy,
+        "models/m.yaml": model_yaml(version),
+        f"artifacts/m-{version}.json": '{"w": 1}',
+        "services/m.py": "class Svc: ...\n",
+    }
+
+
+def bump(repo: SpecRepo, version: str) -> str:
+    return repo.commit(
+        {"models/m.yaml": model_yaml(version), f"artifacts/m-{version}.json": f'{{"w": {version}}}'}
+    )
+
+
+@dataclass
+class Clock:
+    now: float = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class World:
+    """One controller over fakes, and what outlives it (repo, state, releases)."""
+
+    tmp: Path
+    repo: SpecRepo
+    runtime: FakeRuntime
+    router: FakeRouter
+    reporter: FakeReporter
+    status: FlakyStatusBranch
+    reconciler: Reconciler
+    clock: Clock
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    def passes(self, count: int = 1, step: float = 1.0) -> None:
+        for _ in range(count):
+            self.clock.now += step
+            self.reconciler.run_pass()
+
+    def serve(self, requests: int = 40, **errors: float) -> None:
+        self.router.serve("m", requests, **errors)
+
+    @property
+    def model(self) -> ModelStatus:
+        return self.reconciler.statuses["m"]
+
+    def restart(self) -> World:
+        """A new controller over the same repo, state directory and (adopted) releases."""
+        self.reconciler.close()
+        return build(self.tmp, self.repo, FakeRuntime(self.runtime.releases), self.clock)
+
+
+def build(
+    tmp: Path, repo: SpecRepo, runtime: FakeRuntime | None = None, clock: Clock | None = None
+) -> World:
+    state = tmp / "state"
+    clock = clock or Clock()
+    source = GitSource(str(repo.path), "main", state, Credentials())
+    status = FlakyStatusBranch(source, "mdc/status")
+    runtime, router, reporter = runtime or FakeRuntime(), FakeRouter(), FakeReporter()
+    parts = Parts(
+        source=source,
+        poller=SourcePoller(source, interval=1.0),
+        status=status,
+        packager=FakeBuilder(),
+        runtime=runtime,
+        router=router,
+        reporter=reporter,
+        clock=clock,
+    )
+    reconciler = Reconciler(parts, Settings(state))
+    return World(tmp, repo, runtime, router, reporter, status, reconciler, clock)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    repo = SpecRepo(tmp_path / "models.git")
+    repo.commit(initial_files(), "the first version")
+    return build(tmp_path, repo)
+
+
+def deployed(world: World) -> World:
+    world.passes(2)  # deploy, then the release is ready
+    assert world.model.phase is Phase.HEALTHY
+    return world
+
+
+def promoted(world: World) -> World:
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(2)  # start the canary; it is ready and takes its weight
+    for _ in range(15):
+        world.serve(40)
+        world.passes(1, step=5)
+        if world.model.phase is Phase.HEALTHY:
+            break
+    return world
+
+
+def rolled_back(world: World) -> World:
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(2)
+    for _ in range(15):
+        world.serve(40, canary_errors=0.5)
+        world.passes(1, step=5)
+        if world.model.phase is Phase.ROLLED_BACK:
+            break
+    return world
+
+
+# -- deploy, canary, promotion, rollback -----------------------------------------------
+
+
+def test_a_first_pass_deploys_and_the_next_routes_to_the_ready_release(world: World) -> None:
+    world.passes(1)
+    assert world.model.phase is Phase.PENDING  # started, not yet ready
+    assert world.model.stable is not None
+    assert world.runtime.started == [world.model.stable.name]
+    assert world.router.routes["m"].stable is None  # no traffic before it is ready
+    assert world.model.gpus
+    assert sum(h.share for h in world.model.gpus) == 1
+    world.passes(1)
+    assert world.model.phase is Phase.HEALTHY
+    stable = world.runtime.releases[world.runtime.started[0]]
+    assert world.router.routes["m"].stable == stable.address
+    assert world.router.routes["m"].canary is None
+    assert world.repo.status().phase is Phase.HEALTHY  # pushed to the remote
+    world.passes(3)
+    assert len(world.runtime.started) == 1  # steady: nothing started again
+
+
+def test_a_healthy_canary_is_promoted_and_the_old_stable_stopped(world: World) -> None:
+    promoted(world)
+    assert world.model.phase is Phase.HEALTHY
+    assert world.model.stable is not None
+    assert world.model.stable.version == "2"
+    assert world.model.canary is None or world.model.canary.version != "1"
+    first, second = world.runtime.started
+    assert first in world.runtime.stopped
+    assert world.runtime.running() == {second}
+    route = world.router.routes["m"]
+    assert route.stable == world.runtime.releases[second].address
+    assert route.canary is None
+    # the canary walked its weight before it took everything
+    weights = [c.weight for m, c in world.router.configured if c.canary is not None]
+    assert 50 in weights
+    # one GPU held: the canary's booking became the stable's
+    assert sum(h.share for h in world.model.gpus) == 1
+    assert {h.release for h in world.model.gpus} == {"stable"}
+    assert world.reconciler.verdicts.get(("m", "pass"), 0) >= 1
+
+
+def test_a_failing_canary_is_rolled_back_pinned_and_not_retried(world: World) -> None:
+    rolled_back(world)
+    assert world.model.phase is Phase.ROLLED_BACK
+    first, second = world.runtime.started
+    assert second in world.runtime.stopped
+    assert first not in world.runtime.stopped
+    assert world.router.routes["m"].canary is None
+    assert world.router.routes["m"].stable == world.runtime.releases[first].address
+    pinned = Pins(world.tmp / "state").get("m")
+    assert pinned is not None
+    assert {h.release for h in world.model.gpus} == {"stable"}  # the canary's GPU is back
+    world.passes(5)
+    assert len(world.runtime.started) == 2  # pinned: no new canary
+    assert world.reconciler.last is not None
+    assert world.reconciler.last.plan[0].move is Move.PINNED
+
+
+def test_a_retry_unpins_and_the_same_spec_is_tried_again(world: World) -> None:
+    rolled_back(world)
+    assert Pins(world.tmp / "state").unpin("m")  # what `mdc retry m` does
+    world.passes(2)
+    assert len(world.runtime.started) == 3
+    assert world.model.phase is Phase.PROGRESSING
+
+
+def test_a_build_failure_stalls_the_model_until_the_spec_changes(world: World) -> None:
+    deployed(world)
+    builder = world.reconciler.parts.packager
+    assert isinstance(builder, FakeBuilder)
+    builder.failures["m"] = "the service module does not import"
+    bump(world.repo, "2")
+    world.passes(3)
+    assert world.model.phase is Phase.STALLED
+    assert any(c.reason == Reason.BUILD_FAILED for c in world.model.conditions)
+    assert len(world.runtime.started) == 1  # the stable keeps serving
+    assert world.router.routes["m"].canary is None
+    builder.failures.clear()
+    bump(world.repo, "3")
+    world.passes(2)
+    assert world.model.phase is Phase.PROGRESSING
+
+
+# -- a restart at every phase ------------------------------------------------------------
+
+
+def at_deploying(world: World) -> World:
+    world.passes(1)
+    return world
+
+
+def at_warming(world: World) -> World:
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(1)
+    return world
+
+
+def at_weight(world: World) -> World:
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(2)
+    world.serve(40)
+    world.passes(1, step=5)
+    return world
+
+
+def at_pause(world: World) -> World:
+    world.repo.commit({"rollouts/quick.yaml": PAUSING})
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(4)
+    assert world.model.phase is Phase.PAUSED
+    return world
+
+
+def _seen(world: World) -> tuple[object, ...]:
+    """What a pass leaves that a restart must not change."""
+    status = world.model
+    canary = status.canary_state or {}
+    route = world.router.routes["m"]
+    return (
+        status.phase,
+        canary.get("phase"),
+        canary.get("step"),
+        canary.get("weight"),
+        canary.get("failures"),
+        sorted((h.release, h.gpu, h.share, h.since) for h in status.gpus),
+        route.weight if route.canary else 0,
+        status.stable.name if status.stable else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("arrive", "phase"),
+    [
+        (at_deploying, Phase.HEALTHY),  # the release it started is adopted, then ready
+        (at_warming, Phase.PROGRESSING),
+        (at_weight, Phase.PROGRESSING),
+        (at_pause, Phase.PAUSED),
+        (promoted, Phase.HEALTHY),
+        (rolled_back, Phase.ROLLED_BACK),
+    ],
+    ids=["deploying", "warming", "at-weight", "paused", "promoted", "rolled-back"],
+)
+def test_a_restarted_controller_resumes_where_it_was(
+    tmp_path: Path, arrive: Callable[[World], World], phase: Phase
+) -> None:
+    """Two controllers walk the same way; one is restarted before the last pass.
+    That pass leaves both in the same place: same phase, step, weight, failed
+    intervals, GPUs (and since when), routes -- and nothing started again."""
+    worlds = []
+    for name in ("kept", "restarted"):
+        repo = SpecRepo(tmp_path / name / "models.git")
+        repo.commit(initial_files(), "the first version")
+        worlds.append(arrive(build(tmp_path / name, repo)))
+    kept, restarted = worlds
+    started = set(restarted.runtime.started)
+    again = restarted.restart()
+    kept.passes(1)
+    again.passes(1)
+    assert again.model.phase is phase
+    assert again.model.gpus  # every case holds GPUs
+    assert _seen(again) == _seen(kept)
+    assert again.runtime.started == []  # everything adopted, nothing started twice
+    assert again.runtime.running() <= started
+
+
+# -- status pushes and GPU-hours ----------------------------------------------------------
+
+
+def test_a_failing_status_push_is_retried_visible_and_never_dropped(world: World) -> None:
+    deployed(world)
+    world.status.broken = "the remote hung up"
+    bump(world.repo, "2")
+    world.passes(3)
+    condition = next(c for c in world.model.conditions if c.type == ConditionType.STATUS_WRITTEN)
+    assert not condition.status
+    assert condition.reason == Reason.STATUS_PUSH_FAILED
+    assert "the remote hung up" in condition.message
+    assert world.repo.status().phase is Phase.HEALTHY  # the remote still has the old news
+    assert world.status.pending() > 0
+    metrics = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(metrics_text(world.reconciler, _PassStats()))
+        for sample in family.samples
+    }
+    assert metrics["mdc_status_push_failures_total"] >= 1
+    assert metrics["mdc_status_commits_pending"] == world.status.pending()
+    # the reporter heard of every change at once, pushed or not
+    assert world.reporter.statuses[-1][1].phase is Phase.PROGRESSING
+    attempts = world.status.attempts
+    world.passes(1, step=0.1)  # backing off: not every pass hammers the remote
+    assert world.status.attempts == attempts
+    world.status.broken = None
+    world.passes(2, step=120)
+    assert world.status.pending() == 0
+    assert world.repo.status().phase is Phase.PROGRESSING
+    assert all(c.type != ConditionType.STATUS_WRITTEN for c in world.repo.status().conditions)
+    assert world.reconciler.writes.total_failures >= 1
+
+
+def test_gpu_hours_given_back_are_kept(world: World) -> None:
+    deployed(world)
+    world.clock.now += 3600  # the first version serves an hour on one GPU
+    promoted(world)
+    hours = world.model.gpu_hours
+    assert hours.get("stable", 0) == pytest.approx(1.0, abs=0.05)
+    again = world.restart()
+    again.passes(1)
+    assert again.model.gpu_hours.get("stable", 0) == pytest.approx(hours["stable"], abs=1e-3)
+
+
+def test_the_released_stable_state_is_ready_in_the_runtime(world: World) -> None:
+    deployed(world)
+    name = world.runtime.started[0]
+    assert world.runtime.releases[name].state is State.READY
