@@ -46,7 +46,6 @@ HISTORY_LIMIT = 20
 class Phase(StrEnum):
     PENDING = "Pending"  # seen, nothing done yet
     WAITING = "Waiting"  # blocked on something outside the spec (GPUs, approval)
-    BUILDING = "Building"
     PROGRESSING = "Progressing"  # a canary is walking its steps
     PAUSED = "Paused"  # waiting for a person
     HEALTHY = "Healthy"  # the desired version serves all traffic

@@ -14,13 +14,11 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from controller.testing.github_repo import FakeRepo
-
-if TYPE_CHECKING:
-    from controller.testing.github import FakeGitHub
+from controller.testing.github_shapes import GitHubShapes
 
 __all__ = ["DOCS", "Reply", "RouteRequest", "error_reply", "invalid_reply", "positive_int"]
 
@@ -56,7 +54,7 @@ class RouteRequest:
     """One request as a route sees it: the fake, the repository named in the path (if any),
     the query, headers, body and the path's parameters."""
 
-    fake: FakeGitHub
+    fake: GitHubShapes  # the fake serving it (FakeGitHub), as its answers' shapes
     repo_or_none: FakeRepo | None
     method: str
     path: str

@@ -11,7 +11,7 @@ routes call the builders through :attr:`RouteRequest.fake
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -32,6 +32,10 @@ class GitHubShapes:
     API root, :attr:`root` its own root for ``html_url``s, :attr:`login` the token's user)."""
 
     login: str
+    clock: Callable[[], float]
+    rate_limit: int  # the rate-limit window: its size, what was used, when it resets
+    rate_used: int
+    rate_reset: int
     _user_ids: dict[str, int]
 
     @property

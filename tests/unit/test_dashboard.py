@@ -454,7 +454,6 @@ PHASE_COLOURS = [
     (Phase.PROGRESSING, "33"),
     (Phase.PAUSED, "33"),
     (Phase.WAITING, "33"),
-    (Phase.BUILDING, "33"),
     (Phase.ROLLED_BACK, "31"),
     (Phase.STALLED, "31"),
     (Phase.DEGRADED, "31"),
@@ -698,6 +697,58 @@ def test_hostile_values_are_escaped(example: Desired) -> None:
     assert page.one("h1").text == "<title>x"
     assert "&amp;" in page.one("tr", "model").text  # shown as typed, not decoded
     assert "policy <p> (not found)" in page.one("article", "rollout").text
+
+
+PAYLOAD = '<script>alert(1)</script>"onmouseover=alert(2) x="'
+
+
+def test_the_template_escapes_every_value(example: Desired) -> None:
+    """The page's template autoescapes: a hostile model name, team, condition,
+    check message, history message and monitored model reach the page as
+    escaped text, in element text and in attribute values alike, never as
+    markup or as a way out of an attribute."""
+    status = ModelStatus(
+        name=PAYLOAD,
+        phase=Phase.DEGRADED,
+        team=PAYLOAD,
+        stable=Release(PAYLOAD),
+        verdicts=(Verdict("errors", 0.2, False, PAYLOAD),),
+        conditions=(Condition("Ready", False, PAYLOAD, PAYLOAD),),
+        history=(HistoryEntry(iso(60), "Degraded", PAYLOAD),),
+        gpus=(GPUHold("gpu-node-a", f"{NODE_A}-2", 0.5, "stable"),),
+    )
+    monitor = {"model": PAYLOAD, "version": PAYLOAD, "objectives": [], "hourly": []}
+    text = render_dashboard(
+        [status],
+        report(example, status),
+        example.policies,
+        NOW,
+        title=PAYLOAD,
+        policy_of={PAYLOAD: "standard-canary"},
+        monitors=[monitor],
+    )
+    assert "<script" not in text
+    assert '"onmouseover=' not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "&#34;onmouseover=" in text or "&quot;onmouseover=" in text
+    page = dom(text)
+    assert not page.find("script")
+    assert not [n for n in page.walk() if any(a.startswith("on") or a == "x" for a in n.attrs)]
+    row = page.one("tr", "model")
+    assert row.attrs["data-model"] == PAYLOAD
+    cells = row.find("td")
+    assert (cells[0].text, cells[1].text, cells[3].text) == (PAYLOAD, PAYLOAD, PAYLOAD)
+    assert row.one("div", "conditions").text == PAYLOAD
+    share = page.one("div", "share")
+    assert share.attrs["data-model"] == PAYLOAD
+    assert share.attrs["title"].endswith(f"GPU ({PAYLOAD})")
+    assert PAYLOAD in page.one("div", "legend").text
+    rollout = page.one("article", "rollout", data_model=PAYLOAD)
+    assert rollout.one("li", "fail").text == f"errors 0.2: {PAYLOAD}"
+    assert rollout.one("ul", "history").text == f"{iso(60)} Degraded {PAYLOAD}"
+    assert page.one("div", "rollout", data_monitor=PAYLOAD).one("h3").text == f"{PAYLOAD} {PAYLOAD}"
+    assert page.one("h1").text == PAYLOAD
+    assert page.one("title").text == f"{PAYLOAD} dashboard"
 
 
 def test_page_is_self_contained_and_refreshes(page: Node) -> None:
