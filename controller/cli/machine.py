@@ -26,6 +26,7 @@ from controller.adapters.nvml import read_nvml
 from controller.adapters.packaging import Packager, Source
 from controller.adapters.runtime.local import release_log
 from controller.app.manual import Pins, send_command
+from controller.app.wiring import bento_home
 from controller.core.inventory import Inventory, build_inventory
 from controller.core.status import parse_model_status
 from controller.errors import MdcError
@@ -121,14 +122,6 @@ def pool(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _bento_home(args: argparse.Namespace) -> Path:
-    if args.bento_home:
-        return Path(args.bento_home)
-    if os.environ.get("BENTOML_HOME"):
-        return Path(os.environ["BENTOML_HOME"])
-    return Path(args.state_dir) / "bentoml"
-
-
 def _revision(path: str) -> str:
     repo = LocalRepository.discover(path)
     return "" if repo is None else repo.head_revision()
@@ -153,7 +146,10 @@ def build(args: argparse.Namespace) -> int:
         if not result.ok:
             report(result.diagnostics, sys.stderr)
         return EXIT_INVALID
-    packager = Packager(_bento_home(args), Path(args.state_dir))
+    packager = Packager(
+        bento_home(Path(args.bento_home) if args.bento_home else None, Path(args.state_dir)),
+        Path(args.state_dir),
+    )
     source = Source(str(Path(args.repo).resolve()), _revision(args.repo))
     rows, failed = [], False
     for name in names:

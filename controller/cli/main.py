@@ -172,6 +172,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --runtime ray: the Ray namespace of this controller's actors (default: mdc)",
     )
     run.add_argument("--github-repository", metavar="OWNER/NAME", help="report on GitHub")
+    run.add_argument(
+        "--prometheus", metavar="URL", help="Prometheus for PromQL checks ($MDC_PROMETHEUS_URL)"
+    )
+    run.add_argument(
+        "--bento-home", help="BentoML store (default: $BENTOML_HOME, else STATE_DIR/bentoml)"
+    )
     run.add_argument("--once", action="store_true", help="one pass; exit 1 if anything failed")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     status = read_command(

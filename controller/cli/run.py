@@ -54,6 +54,8 @@ def run_controller(args: argparse.Namespace) -> int:
         "runtime": args.runtime,
         "ray_address": args.ray_address,
         "ray_namespace": args.ray_namespace,
+        "prometheus": args.prometheus,
+        "bentoml_home": Path(args.bento_home) if args.bento_home else None,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if not config.repo:

@@ -686,3 +686,25 @@ def test_status_of_a_path_that_is_not_a_repository(tmp_path: Path) -> None:
     done = mdc(tmp_path, "status", "--repo", str(tmp_path / "plain"))
     assert done.returncode == 2
     assert "not a git repository" in done.stderr
+
+
+def test_run_refuses_a_working_copy_at_start_and_takes_its_bare_clone(tmp_path: Path) -> None:
+    """libgit2 cannot push the status branch into a non-bare repository: ``mdc run``
+    says so at start, with what to do, instead of running with nothing written back."""
+    work = tmp_path / "specs"
+    run_git("init", "-q", "--initial-branch=main", work)
+    for part in ("pools", "rollouts"):
+        shutil.copytree(EXAMPLE_REPO / part, work / part)
+    run_git("add", "-A", cwd=work)
+    run_git("commit", "-qm", "pools and policies", cwd=work)
+    refused = mdc_run(tmp_path, str(work), "--once")
+    assert refused.returncode == 1
+    assert f"repo: {work} is a working copy" in refused.stderr
+    assert f"git clone --bare {work} {work}.git" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "state" / "mirrors").exists()  # nothing was fetched or started
+    run_git("clone", "-q", "--bare", work, f"{work}.git")
+    done = mdc_run(tmp_path, f"{work}.git", "--once")
+    assert done.returncode == 0, done.stderr
+    assert SERVING in done.stderr
+    assert (tmp_path / "state" / "mirrors").is_dir()
