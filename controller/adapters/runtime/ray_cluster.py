@@ -36,6 +36,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,8 +126,6 @@ def _actor_class(ray: Any) -> Any:
             self.log = self.home / "serve.log"
 
         def start(self, bento: str, archive: bytes, env: dict[str, str], port: int) -> Any:
-            import socket  # noqa: PLC0415
-
             self.home.mkdir(parents=True, exist_ok=True)
             package = self.home / "release.bento"
             package.write_bytes(archive)
@@ -174,8 +174,6 @@ def _actor_class(ray: Any) -> Any:
             return dict(self.placement)
 
         def stop(self, drain: float) -> None:
-            import signal  # noqa: PLC0415
-
             if self.proc is None or self.proc.poll() is not None:
                 return
             os.killpg(self.proc.pid, signal.SIGTERM)
