@@ -164,6 +164,10 @@ class Moves:
                 ) from None
         return self.routes[name]
 
+    def _route(self, name: str, config: RouteConfig) -> None:
+        """The one place a route is set (the rollout drivers set theirs through it)."""
+        self.router.configure(name, config)
+
     def _build(self, model: Model, tree: Tree) -> str:
         assert self.snapshot is not None
         result = self.packager.build(
@@ -245,7 +249,7 @@ class Moves:
         run.replacing = why
         if run.driver is not None:
             self._abort(run, f"the stable release was lost ({why})", now)
-        self.router.configure(run.name, RouteConfig(None, None, 0))
+        self._route(run.name, RouteConfig(None, None, 0))
         run.conditions.append(Condition(ConditionType.READY, False, Reason.NODE_LOST, why))
         self.book.free(run.name, ReleaseKind.STABLE, now)
         allocation = self._place(run, model, ReleaseKind.STABLE, now)
@@ -267,7 +271,7 @@ class Moves:
         assert run.stable is not None
         release = self.runtime.releases.get(run.stable.name)
         if release is not None and release.state is State.READY:
-            self.router.configure(run.name, RouteConfig(release.address, None, 0))
+            self._route(run.name, RouteConfig(release.address, None, 0))
             run.event = ("Deployed", f"{run.stable.version} serves all traffic")
             if run.replacing is not None:
                 run.event = ("Recovered", f"{run.stable.name} serves all traffic again")
@@ -324,6 +328,7 @@ class Moves:
             prometheus=self.parts.prometheus,
             clock=self.clock,
             tick_runtime=False,  # the pass ticks the runtime once for all models
+            route=self._route,
         )
 
     def _adopt_driver(self, run: Run, model: Model) -> None:
@@ -375,7 +380,7 @@ class Moves:
         if driver is None:
             return
         stable = driver.address(driver.stable)
-        self.router.configure(run.name, RouteConfig(stable, None, 0))
+        self._route(run.name, RouteConfig(stable, None, 0))
         if driver.canary is not None:
             self.runtime.stop(driver.canary.name, drain=2.0)
         self.book.free(run.name, ReleaseKind.CANARY, now)
@@ -385,7 +390,7 @@ class Moves:
     def _steady(self, run: Run, move: Move, now: float) -> None:
         release = self.runtime.releases.get(run.stable.name) if run.stable else None
         address = release.address if release is not None and release.state is State.READY else None
-        self.router.configure(run.name, RouteConfig(address, None, 0))
+        self._route(run.name, RouteConfig(address, None, 0))
         if address is not None and run.replacing is not None:
             again = run.stable.name if run.stable is not None else run.name
             run.event = ("Recovered", f"{again} serves all traffic again")
@@ -417,7 +422,7 @@ class Moves:
         self._abort(run, "removed from git", now)
         self._stop_stable(run, now)
         if run.name in self.routes:
-            self.router.configure(run.name, RouteConfig(None, None, 0))
+            self._route(run.name, RouteConfig(None, None, 0))
         self.pins.unpin(run.name)
         self.monitoring.forget(run.name)
         run.event = ("Pruned", "removed from git: releases stopped, GPUs freed")

@@ -11,7 +11,8 @@ moves all traffic to the canary, which becomes the stable release, and stops
 the old one. Traffic never reaches a canary that is not ready: until it is,
 and whenever it stops being so, the router has no canary backend.
 
-The driver starts nothing and books nothing: the reconciler starts releases
+The driver starts nothing and books nothing, and sets routes through the
+``route`` it is given (the reconciler's one place for routes): the reconciler starts releases
 (one place) and books and frees GPUs through the pool book
 (:mod:`controller.app.pool_book`) after reading the actions a tick returns. A
 manual command (:mod:`controller.app.manual`) is handed to :meth:`tick` by the
@@ -83,6 +84,7 @@ class RolloutDriver:
         clock: Callable[[], float] = time.time,
         record: Callable[[CanaryState, tuple[Action, ...]], None] | None = None,
         tick_runtime: bool = True,
+        route: Callable[[str, RouteConfig], None] | None = None,
     ) -> None:
         self.model = model
         self.policy = policy
@@ -94,6 +96,8 @@ class RolloutDriver:
         self.clock = clock
         self.record = record
         self.tick_runtime = tick_runtime  # False: the caller ticks the runtime once a pass
+        #: how a route is set: the reconciler's one place for routes, else the router
+        self.route = route or router.configure
         self.stable: ReleaseSpec | None = None
         self.canary: ReleaseSpec | None = None
         self.state: CanaryState | None = None
@@ -130,7 +134,7 @@ class RolloutDriver:
         if self.state.phase is not CanaryPhase.WARMING and not self.state.phase.done:
             canary = self.address(self.canary)
         weight = self.state.weight if canary is not None else 0
-        self.router.configure(self.model, RouteConfig(self.address(self.stable), canary, weight))
+        self.route(self.model, RouteConfig(self.address(self.stable), canary, weight))
 
     def tick(
         self, command: Command | None = None, who: str = "", manual: ManualAction | None = None
@@ -190,15 +194,15 @@ class RolloutDriver:
         if action.kind is ActionKind.SET_WEIGHT:
             stable = self.address(self.stable)
             canary = self.address(self.canary) if action.weight > 0 else None
-            self.router.configure(self.model, RouteConfig(stable, canary, action.weight))
+            self.route(self.model, RouteConfig(stable, canary, action.weight))
         elif action.kind is ActionKind.ROLLBACK:
-            self.router.configure(self.model, RouteConfig(self.address(self.stable), None, 0))
+            self.route(self.model, RouteConfig(self.address(self.stable), None, 0))
             self.runtime.stop(self.canary.name, drain=5.0)
             if self.pins is not None:
                 self.pins.pin(self.model, self.state.spec_hash, action.reason, now)
         elif action.kind is ActionKind.PROMOTE:
             old = self.stable
-            self.router.configure(self.model, RouteConfig(self.address(self.canary), None, 0))
+            self.route(self.model, RouteConfig(self.address(self.canary), None, 0))
             self.stable = replace(self.canary)
             if old is not None:
                 self.runtime.stop(old.name, drain=5.0)

@@ -1,12 +1,15 @@
 """What the end-to-end tests share: ``mdc run`` as a separate process, as an
-operator runs it (:class:`Controller`), a fixture that stops every controller a
-test started and whatever it left running, and :func:`wait_for`."""
+operator runs it (:class:`Controller`) with a configuration file
+(:func:`mdc_config`), a fixture that stops every controller a test started and
+whatever it left running, and :func:`wait_for`."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.demo import RANKER, Demo
 from tests.bentos import bentoml_processes
 
 
@@ -31,6 +35,30 @@ def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "") ->
             return value
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def mdc_config(tmp_path: Path, demo: Demo, **settings: object) -> tuple[Path, int]:
+    """An ``mdc.yaml`` for the demo's repository, as an operator writes one: the state
+    under ``tmp_path``, any free port to listen on, quick ticks, the demo's webhook
+    secret and a fixed router port for search-ranker (its URL outlives restarts);
+    ``settings`` add keys or override them. Returns the file and the router port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        router_port = int(s.getsockname()[1])
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(demo.secret)
+    config = tmp_path / "mdc.yaml"
+    values: dict[str, object] = {
+        "repo": demo.remote,
+        "stateDir": str(tmp_path / "state"),
+        "listen": "127.0.0.1:0",
+        "tick": 0.25,
+        "pollInterval": 30,
+        "routerPorts": {RANKER: router_port},
+        "webhookSecretFile": str(secret_file),
+    }
+    config.write_text(json.dumps(values | settings))
+    return config, router_port
 
 
 @pytest.fixture
@@ -92,5 +120,3 @@ class Controller:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
-
-

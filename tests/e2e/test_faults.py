@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from controller.core.status import Phase
 from controller.demo import RANKER, TEAM, Demo, Traffic, _bump, ranker_request, version_classifier
 from tests.bentos import bentoml_processes
-from tests.e2e.conftest import Controller
+from tests.e2e.conftest import Controller, mdc_config
 from tests.e2e.conftest import wait_for as _wait
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -76,26 +75,8 @@ def test_killed_mid_canary_resumes_at_the_same_step(
     with Demo(tmp_path / "demo") as demo:
         demo.setup(prepare=_approval_policy)
         assert demo.github is not None
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            router_port = s.getsockname()[1]
-        secret_file = tmp_path / "secret"
-        secret_file.write_bytes(demo.secret)
-        config = tmp_path / "mdc.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "repo": demo.remote,
-                    "stateDir": str(tmp_path / "state"),
-                    "listen": "127.0.0.1:0",
-                    "tick": 0.25,
-                    "pollInterval": 30,
-                    "routerPorts": {RANKER: router_port},
-                    "webhookSecretFile": str(secret_file),
-                    "githubRepository": "acme/models",
-                    "githubApiUrl": demo.github.url,
-                }
-            )
+        config, router_port = mdc_config(
+            tmp_path, demo, githubRepository="acme/models", githubApiUrl=demo.github.url
         )
         env = {**os.environ, "MDC_GITHUB_TOKEN": demo.github.token}
         controller = Controller(config, tmp_path / "controller.log", env)

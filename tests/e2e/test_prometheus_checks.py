@@ -6,10 +6,8 @@ Prometheus provider, every such canary was rolled back: "could not be read")."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import httpx
 import pytest
 
 from controller.demo import RANKER, Demo, Traffic, _bump, ranker_request, version_classifier
-from tests.e2e.conftest import Controller
+from tests.e2e.conftest import Controller, mdc_config
 from tests.e2e.conftest import wait_for as _wait
 from tests.gitservers import free_port
 
@@ -130,26 +128,7 @@ def test_mdc_run_judges_a_canary_on_a_promql_query(
     with Demo(tmp_path / "demo") as demo:
         demo.setup(prepare=_promql_policy)
         assert demo.github is not None
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            router_port = s.getsockname()[1]
-        secret_file = tmp_path / "secret"
-        secret_file.write_bytes(demo.secret)
-        config = tmp_path / "mdc.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "repo": demo.remote,
-                    "stateDir": str(tmp_path / "state"),
-                    "listen": "127.0.0.1:0",
-                    "tick": 0.25,
-                    "pollInterval": 30,
-                    "routerPorts": {RANKER: router_port},
-                    "webhookSecretFile": str(secret_file),
-                    "prometheus": base,
-                }
-            )
-        )
+        config, router_port = mdc_config(tmp_path, demo, prometheus=base)
         env = {k: v for k, v in os.environ.items() if k != "MDC_PROMETHEUS_URL"}
         controller = Controller(config, tmp_path / "controller.log", env)
         cleanup.append(controller)
@@ -164,10 +143,12 @@ def test_mdc_run_judges_a_canary_on_a_promql_query(
             demo.open_pr("ranker-v2", "search-ranker 2026.11.2", _bump("2026.11.2", "v2.json"))
             demo.merge("ranker-v2")
             promoted = _wait(
-                lambda: (row := controller.status(RANKER))
-                and row["stable"] == "2026.11.2"
-                and row["phase"] == "Healthy"
-                and row,
+                lambda: (
+                    (row := controller.status(RANKER))
+                    and row["stable"] == "2026.11.2"
+                    and row["phase"] == "Healthy"
+                    and row
+                ),
                 180,
                 "promoted on the query's value",
             )
