@@ -3,8 +3,9 @@ plan (:func:`~controller.core.plan.make_plan`) has said what.
 
 Owns the side effects of each move, each in one place: releases are started in
 :meth:`Moves._launch` only; GPUs are booked and freed through the pool book
-(:mod:`controller.app.pool_book`) only; the canary is driven by the rollout
-driver (:mod:`controller.app.rollout`), which sets the split while it runs; the
+(:mod:`controller.app.pool_book`) only; routes are set in :meth:`Moves._route`
+only (the rollout driver, :mod:`controller.app.rollout`, is given it and sets the
+split through it while the canary runs); the
 manual command of a model is read once a pass by the reconciler and handed in
 on its :class:`~controller.app.recovery.Run`. A move that cannot go on raises an
 :class:`~controller.errors.MdcError`: :meth:`Moves.failed` turns it into the
