@@ -32,6 +32,7 @@ import posixpath
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ class Packager:
         retries: int = 3,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.home = Path(home)
+        self.home = Path(home).absolute()  # builds run elsewhere (cwd: their context)
         self.state = Path(state_dir)
         self.python = python
         self.http = http
@@ -270,8 +271,7 @@ class Packager:
         if self.bento_exists(tag):
             return BuildResult(model.name, model_tag, tag, built=False)
         version = tag.split(":", 1)[1]
-        context = self.state / "build" / version
-        shutil.rmtree(context, ignore_errors=True)
+        context = Path(tempfile.mkdtemp(prefix=f"{version}-", dir=self._build_root()))
         for rel, data in files.items():
             out = context / rel
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -327,6 +327,20 @@ class Packager:
                 f"{model.name}: bentoml build did not produce {tag}", reason=Reason.BUILD_FAILED
             )
         return BuildResult(model.name, model_tag, tag, built=True, log=log)
+
+    def _build_root(self) -> Path:
+        """Where build contexts go: ``STATE/build``, unless a directory on its path is
+        hidden (a state directory such as ``.mdc-state``) -- BentoML refuses a build
+        context under any hidden directory -- then the system's temporary directory."""
+        for root in (self.state / "build", Path(tempfile.gettempdir()) / "mdc-build"):
+            if not any(part.startswith(".") for part in root.resolve().parts):
+                root.mkdir(parents=True, exist_ok=True)
+                return root
+        raise PermanentError(
+            f"no directory to build in: {self.state} and {tempfile.gettempdir()} are under "
+            "a hidden directory, which BentoML refuses; set --state-dir or TMPDIR",
+            reason=Reason.BUILD_FAILED,
+        )
 
     def _run(
         self, argv: list[str], *, log: Path, failure: str, reason: str, cwd: Path | None = None

@@ -197,3 +197,27 @@ def test_service_that_fails_to_import_is_a_clear_build_failure(tmp_path: Path) -
         (tmp_path / "home" / "bentos" / "broken").iterdir()
     )
     assert list((tmp_path / "state" / "build").iterdir()) == []  # no build dir left behind
+
+
+def test_build_with_no_flags_in_a_fresh_copy_of_the_example_repo(tmp_path: Path) -> None:
+    """A user's first step: ``mdc build`` where the specs are, with the defaults. The
+    default state directory is hidden (``.mdc-state``) and BentoML refuses a build
+    context under any hidden directory, so the context must be built elsewhere."""
+    repo = example_copy(tmp_path / "repo")
+    done = subprocess.run(
+        [*offline_prefix(), str(MDC), "build", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=repo,
+        env={k: v for k, v in os.environ.items() if k != "BENTOML_HOME"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "hidden" not in done.stderr
+    builds = {b["model"]: b for b in json.loads(done.stdout)["builds"]}
+    assert set(builds) == {"fraud-scorer", "search-ranker"}
+    assert {b["built"] for b in builds.values()} == {True}
+    for build in builds.values():
+        name, version = build["bento"].split(":")
+        assert (repo / ".mdc-state" / "bentoml" / "bentos" / name / version).is_dir()
