@@ -223,20 +223,31 @@ class Moves:
             gpu_share=sum(s.units for s in replica) / 1000 if replica else 0.0,
         )
 
-    def _deploy(self, run: Run, model: Model, wanted: str, tree: Tree, now: float) -> None:
+    def _start(
+        self, run: Run, model: Model, wanted: str, tree: Tree, now: float, *, kind: ReleaseKind
+    ) -> tuple[ReleaseSpec, Release] | None:
+        """Build, book GPUs for and launch ``model``'s ``kind`` release; None while it
+        waits for GPUs (the condition says why)."""
         assert self.snapshot is not None
         bento = self._build(model, tree)
-        allocation = self._place(run, model, ReleaseKind.STABLE, now)
+        allocation = self._place(run, model, kind, now)
         if allocation is None:
-            return
+            return None
         spec = self._release_spec(model, wanted, bento, allocation)
         self._launch(spec)
-        run.stable, run.stable_hash = spec, wanted
         run.pull = self._pull()
-        run.stable_record = Release(
+        record = Release(
             model.version, bento, iso(now), spec.name, wanted, self.snapshot.revision, run.pull
         )
-        run.event = ("Deploying", f"starting {model.version} ({bento})")
+        return spec, record
+
+    def _deploy(self, run: Run, model: Model, wanted: str, tree: Tree, now: float) -> None:
+        started = self._start(run, model, wanted, tree, now, kind=ReleaseKind.STABLE)
+        if started is None:
+            return
+        run.stable, run.stable_record = started
+        run.stable_hash = wanted
+        run.event = ("Deploying", f"starting {model.version} ({run.stable_record.bento})")
 
     def _re_place(self, run: Run, model: Model, now: float) -> None:
         """The stable's node is gone: abort a canary (nothing to compare it with), and
@@ -301,22 +312,17 @@ class Moves:
         run.stable = run.stable_hash = run.stable_record = None
 
     def _start_canary(self, run: Run, model: Model, wanted: str, tree: Tree, now: float) -> None:
-        assert self.load is not None
-        assert self.snapshot is not None
-        bento = self._build(model, tree)
-        allocation = self._place(run, model, ReleaseKind.CANARY, now)
-        if allocation is None:
+        started = self._start(run, model, wanted, tree, now, kind=ReleaseKind.CANARY)
+        if started is None:
             return
-        spec = self._release_spec(model, wanted, bento, allocation)
-        self._launch(spec)
+        spec, run.canary_record = started
         driver = self._driver(model)
         driver.begin(run.stable, spec, wanted)
         run.driver, run.finished = driver, None
-        run.pull = self._pull()
-        run.canary_record = Release(
-            model.version, bento, iso(now), spec.name, wanted, self.snapshot.revision, run.pull
+        run.event = (
+            "CanaryStarted",
+            f"canary {model.version} ({run.canary_record.bento}) beside stable",
         )
-        run.event = ("CanaryStarted", f"canary {model.version} ({bento}) beside stable")
 
     def _driver(self, model: Model) -> RolloutDriver:
         assert self.load is not None

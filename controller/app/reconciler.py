@@ -98,7 +98,6 @@ class Reconciler:
 
     def __init__(self, parts: Parts, settings: Settings) -> None:
         self.parts = parts
-        self.settings = settings
         self.state_dir = settings.state_dir
         self.clock = parts.clock
         self.source = parts.source

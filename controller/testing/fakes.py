@@ -54,7 +54,7 @@ class FakeRuntime:
         self.started: list[str] = []  # release names, in order
         self.stopped: list[str] = []
         self.never_ready: dict[str, str] = {}  # model -> why its releases fail
-        self._port = 20000 + len(self._releases)
+        self._port = max((r.port for r in self._releases.values()), default=20000)
         self._events: list[Event] = [
             Event(name, "Adopted", "from the fake's table") for name in self._releases
         ]

@@ -7,8 +7,6 @@ Prometheus provider, every such canary was rolled back: "could not be read")."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +18,7 @@ import pytest
 from controller.demo import RANKER, Demo, Traffic, _bump, ranker_request, version_classifier
 from tests.e2e.conftest import Controller, mdc_config
 from tests.e2e.conftest import wait_for as _wait
-from tests.gitservers import free_port
+from tests.prometheus_server import prometheus_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -77,35 +75,11 @@ class Quality:
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, Quality]]:
-    if shutil.which("prometheus") is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("CI lacks prometheus (Debian package prometheus)")
-        pytest.skip("prometheus is not installed (Debian package prometheus)")
     quality = Quality()
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: quality\n    static_configs:\n"
-        f"      - targets: ['{quality.address}']\n"
-    )
-    proc = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: httpx.get(f"{base}/-/ready", timeout=1).status_code == 200, 20, "up")
-        yield base, quality
+        with prometheus_server(tmp_path, {"quality": quality.address}) as base:
+            yield base, quality
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
         quality.close()
 
 

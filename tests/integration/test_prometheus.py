@@ -3,9 +3,6 @@ embedded router; a provider that cannot answer fails, never passes."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,51 +19,22 @@ from controller.errors import TransientError
 from controller.spec.kinds import Check, Metric
 from tests.gitservers import free_port
 from tests.integration.test_router import Backend
+from tests.prometheus_server import prometheus_server
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, EmbeddedRouter, str, Backend, Backend]]:
-    if shutil.which("prometheus") is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("CI lacks prometheus (Debian package prometheus)")
-        pytest.skip("prometheus is not installed (Debian package prometheus)")
     stable, canary = Backend("stable"), Backend("canary", status=500)
     router = EmbeddedRouter()
     url = router.add_model("m")
     router.configure("m", RouteConfig(stable.address, canary.address, 25))
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
     admin = router.admin_url.removeprefix("http://")
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: mdc-router\n    static_configs:\n"
-        f"      - targets: ['{admin}']\n"
-    )
-    proc = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield base, router, url, stable, canary
+        with prometheus_server(tmp_path, {"mdc-router": admin}) as base:
+            yield base, router, url, stable, canary
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
         router.close()
         stable.close()
         canary.close()

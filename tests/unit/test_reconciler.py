@@ -19,7 +19,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.adapters.git.source import Credentials, GitSource, SourcePoller
-from controller.adapters.runtime.base import State
 from controller.app.daemon import _PassStats, metrics_text
 from controller.app.manual import Pins
 from controller.app.parts import Parts, Settings
@@ -445,9 +444,3 @@ def test_gpu_hours_given_back_are_kept(world: World) -> None:
     again = world.restart()
     again.passes(1)
     assert again.model.gpu_hours.get("stable", 0) == pytest.approx(hours["stable"], abs=1e-3)
-
-
-def test_the_released_stable_state_is_ready_in_the_runtime(world: World) -> None:
-    deployed(world)
-    name = world.runtime.started[0]
-    assert world.runtime.releases[name].state is State.READY
