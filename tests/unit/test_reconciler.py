@@ -425,7 +425,9 @@ def test_a_failing_status_push_is_retried_visible_and_never_dropped(world: World
     # the reporter heard of every change at once, pushed or not
     assert world.reporter.statuses[-1][1].phase is Phase.PROGRESSING
     attempts = world.status.attempts
-    world.passes(1, step=0.1)  # backing off: not every pass hammers the remote
+    backing_off = world.reconciler.writes.retry_at - world.now
+    assert backing_off > 0
+    world.passes(1, step=backing_off / 2)  # not every pass hammers the remote
     assert world.status.attempts == attempts
     world.status.broken = None
     world.passes(2, step=120)
