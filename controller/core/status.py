@@ -127,6 +127,8 @@ class ModelStatus:
     #: after promotion: the breached objectives and the drift of the running version
     #: (:meth:`controller.core.monitor.ModelMonitor.record`); None while all is well
     monitor: Mapping[str, Any] | None = None
+    #: the model's stable URL: its route on the router ("http://127.0.0.1:8100")
+    endpoint: str | None = None
 
     def with_event(self, entry: HistoryEntry) -> ModelStatus:
         """This status with ``entry`` first in its history, trimmed to the limit."""
@@ -165,6 +167,7 @@ def _model_dict(status: ModelStatus) -> dict[str, Any]:
             "phase": str(status.phase),
             "phaseSince": status.phase_since,
             "team": status.team,
+            "endpoint": status.endpoint,
             "pullRequest": status.pull_request,
             "revisions": _drop_empty(
                 {"attempted": status.attempted_revision, "applied": status.applied_revision}
@@ -296,6 +299,7 @@ def parse_model_status(file: str, raw: bytes) -> ModelStatus:
             pull_request=None if data.get("pullRequest") is None else int(data["pullRequest"]),
             phase_since=data.get("phaseSince"),
             monitor=_mapping_or_none(data.get("monitor")),
+            endpoint=None if data.get("endpoint") is None else str(data["endpoint"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PermanentError(
