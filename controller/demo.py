@@ -53,7 +53,16 @@ from controller.testing import FakeGitHub
 
 __all__ = ["Demo", "Traffic", "git", "run_demo"]
 
-EXAMPLE_REPO = Path(__file__).resolve().parent.parent / "example-repo"
+
+def _example_repo() -> Path:
+    """The example spec repository: inside the package when installed from a wheel
+    (``controller/example-repo``), else at the root of the source checkout."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "example-repo"
+    return shipped if shipped.is_dir() else package.parent / "example-repo"
+
+
+EXAMPLE_REPO = _example_repo()
 RANKER = "search-ranker"
 GITHUB_REPO = "acme/models"
 TEAM = ("dana", "sam")  # a data scientist who opens PRs, a reviewer with write access
