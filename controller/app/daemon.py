@@ -31,8 +31,8 @@ from controller.adapters.github.webhook import Event, PushEvent, Route, Trigger,
 from controller.app.reconciler import PassResult, Reconciler
 from controller.errors import PermanentError, Reason
 from controller.spec.documents import parse_yaml
-from controller.ui.dashboard import status_rows
 from controller.ui.exposition import controller_metrics
+from controller.ui.status_table import status_document
 
 __all__ = ["Config", "Daemon", "StateLock", "load_config", "metrics_text"]
 
@@ -321,9 +321,11 @@ class Daemon:
         return 200, "text/plain; version=0.0.4", text.encode()
 
     def _api_status(self) -> tuple[int, str, bytes]:
+        """Every model's status: :func:`status_document`, what ``mdc status --format
+        json`` prints for the same statuses."""
         with self._lock:
-            rows = status_rows(list(self.reconciler.statuses.values()), self.clock())
-        return 200, "application/json", json.dumps(rows, indent=1, default=str).encode()
+            document = status_document(list(self.reconciler.statuses.values()), self.clock())
+        return 200, "application/json", json.dumps(document, indent=2, default=str).encode()
 
     def _api_monitor(self) -> tuple[int, str, bytes]:
         """Every monitored model, live: objective states and values, drift, rollups."""

@@ -28,8 +28,9 @@ from controller.core.monitor import default_objectives
 from controller.core.status import parse_model_status
 from controller.errors import MdcError, TransientError
 from controller.spec.loader import load_desired
-from controller.ui.dashboard import render_status_table, status_rows
+from controller.ui.dashboard import render_status_table
 from controller.ui.monitor_view import view_from_record, view_text
+from controller.ui.status_table import status_document
 from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style
 
 __all__ = ["history", "monitor", "status"]
@@ -116,9 +117,11 @@ def status(args: argparse.Namespace) -> int:
     """``mdc status``: a table of every model (from the status branch, or a controller)."""
     now = time.time()
     if args.controller:
-        rows = _ask_controller(args, "/api/status")
-        if rows is None:
+        document = _ask_controller(args, "/api/status")
+        if document is None:
             return EXIT_INVALID
+        if isinstance(document, list):  # a controller from before the one shape
+            document = {"models": document}
     else:
         opened = _open_or_exit(args)
         if isinstance(opened, int):
@@ -133,9 +136,10 @@ def status(args: argparse.Namespace) -> int:
                         statuses.append(parse_model_status(path, tree.read(path)))
                     except MdcError as exc:
                         print(f"mdc status: {exc}", file=sys.stderr)
-        rows = status_rows(statuses, now)
+        document = status_document(statuses, now)
+    rows = document.get("models") or []
     if args.format == "json":
-        print(json.dumps({"models": rows}, indent=2, default=str))
+        print(json.dumps(document, indent=2, default=str))
     elif not rows:
         print("no model has a status yet (is the controller running?)")
     else:

@@ -1,8 +1,11 @@
 """Every model's state at a glance as rows and as text: what ``mdc status``
 prints, and the first table of the dashboard.
 
-Owns :func:`status_rows` (one JSON-ready row per model: versions, phase, step,
-weight, last verdict, GPUs held, age, failing conditions), :func:`render_status_table`
+Owns :func:`status_document` (the one JSON shape of every model's status:
+``{"models": [ROW, ...]}``, what both ``mdc status --format json`` and the
+controller's ``/api/status`` answer), :func:`status_rows` (one JSON-ready row
+per model: versions, phase, step, weight, last verdict, GPUs held, age,
+failing conditions, endpoint), :func:`render_status_table`
 (those rows as aligned text, the phase coloured only when the
 :class:`~controller.ui.terminal.Style` is on), :data:`COLUMNS`,
 :data:`PHASE_TONES` and :func:`canary_state` (a status's canary state, or None
@@ -26,10 +29,29 @@ from controller.core.status import ModelStatus, Phase
 from controller.ui.terminal import Style
 from controller.ui.values import as_int, as_number, as_text, epoch_of, format_age
 
-__all__ = ["COLUMNS", "PHASE_TONES", "canary_state", "render_status_table", "status_rows"]
+__all__ = [
+    "COLUMNS",
+    "PHASE_TONES",
+    "canary_state",
+    "render_status_table",
+    "status_document",
+    "status_rows",
+]
 
 #: The columns of ``mdc status``, in order.
-COLUMNS = ("MODEL", "TEAM", "STABLE", "CANARY", "PHASE", "STEP", "WEIGHT", "VERDICT", "GPUS", "AGE")
+COLUMNS = (
+    "MODEL",
+    "TEAM",
+    "STABLE",
+    "CANARY",
+    "PHASE",
+    "STEP",
+    "WEIGHT",
+    "VERDICT",
+    "GPUS",
+    "AGE",
+    "ENDPOINT",
+)
 
 #: How each phase reads: ``ok`` (green), ``warn`` (yellow), ``bad`` (red), ``idle``.
 PHASE_TONES: Mapping[str, str] = {
@@ -94,8 +116,9 @@ def status_rows(statuses: Sequence[ModelStatus], now: float) -> list[dict[str, A
     ``phase``, ``step`` (``"2/5"`` or None), ``weight`` (percent on the canary),
     ``verdict`` (``pass``, ``fail: CHECK, ...``, ``no-data`` or None), ``gpus``
     (shares held by stable and canary together), ``age`` (whole seconds since
-    the phase began, else since the stable release started; None if unknown)
-    and ``conditions`` (the reasons of the conditions that are false).
+    the phase began, else since the stable release started; None if unknown),
+    ``conditions`` (the reasons of the conditions that are false) and
+    ``endpoint`` (the model's route URL, None while unknown).
     """
     rows = []
     for status in sorted(statuses, key=lambda s: s.name):
@@ -113,9 +136,17 @@ def status_rows(statuses: Sequence[ModelStatus], now: float) -> list[dict[str, A
                 "gpus": _gpus(status),
                 "age": _age(status, now),
                 "conditions": [str(c.reason) for c in status.conditions if not c.status],
+                "endpoint": as_text(status.endpoint),
             }
         )
     return rows
+
+
+def status_document(statuses: Sequence[ModelStatus], now: float) -> dict[str, Any]:
+    """Every model's status as one JSON object, ``{"models": [ROW, ...]}`` (rows as
+    :func:`status_rows` makes them): the only shape ``mdc status --format json``
+    prints and the controller's ``/api/status`` answers."""
+    return {"models": status_rows(statuses, now)}
 
 
 def _printable(value: object) -> str:
@@ -141,6 +172,7 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
         text(row.get("verdict")),
         "-" if gpus is None else f"{gpus:g}",
         format_age(as_number(row.get("age"))),
+        text(row.get("endpoint")),
     ]
 
 

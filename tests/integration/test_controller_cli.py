@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +237,7 @@ def test_api_status_gives_one_row_per_model(serve: Callable[[Daemon], httpx.Clie
     answer = client.get("/api/status")
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/json"
-    rows = answer.json()
+    rows = answer.json()["models"]
     assert [row["model"] for row in rows] == ["fraud-scorer", "search-ranker"]
     ranker = rows[1]
     assert (ranker["phase"], ranker["weight"], ranker["step"]) == ("Progressing", 25, "2/5")
@@ -248,7 +248,7 @@ def test_api_status_gives_one_row_per_model(serve: Callable[[Daemon], httpx.Clie
 def test_api_status_without_models_is_an_empty_list(
     serve: Callable[[Daemon], httpx.Client],
 ) -> None:
-    assert serve(make_daemon(FakeReconciler())).get("/api/status").json() == []
+    assert serve(make_daemon(FakeReconciler())).get("/api/status").json() == {"models": []}
 
 
 @pytest.mark.parametrize(
@@ -679,6 +679,34 @@ def test_status_reads_the_status_branch(bare_specs: Path, tmp_path: Path) -> Non
     assert rows[2].split()[:5] == ["search-ranker", "search", "v2", "v3", "Progressing"]
     assert "25%" in rows[2]
     assert "2/5" in rows[2]
+
+
+def test_status_json_is_what_the_api_answers(
+    bare_specs: Path, tmp_path: Path, serve: Callable[[Daemon], httpx.Client]
+) -> None:
+    """One JSON shape: ``mdc status --format json`` from the status branch, the
+    controller's ``/api/status`` and ``mdc status --controller`` say the same."""
+    statuses = two_statuses()
+    statuses["fraud-scorer"] = replace(statuses["fraud-scorer"], endpoint="http://127.0.0.1:8100")
+    push_status_branch(bare_specs, tmp_path / "status-work", list(statuses.values()))
+    from_git = mdc(tmp_path, "status", "--repo", str(bare_specs), "--format", "json")
+    assert from_git.returncode == 0, from_git.stderr
+    client = serve(make_daemon(FakeReconciler(statuses=statuses)))
+    from_api = client.get("/api/status").json()
+    assert json.loads(from_git.stdout) == from_api
+    rows = {row["model"]: row for row in from_api["models"]}
+    assert rows["fraud-scorer"]["endpoint"] == "http://127.0.0.1:8100"
+    assert rows["search-ranker"]["endpoint"] is None
+    via_controller = mdc(
+        tmp_path, "status", "--controller", str(client.base_url), "--format", "json"
+    )
+    assert via_controller.returncode == 0, via_controller.stderr
+    assert json.loads(via_controller.stdout) == from_api
+    text = mdc(tmp_path, "status", "--controller", str(client.base_url))
+    header, fraud, ranker = text.stdout.splitlines()
+    assert header.split()[-1] == "ENDPOINT"
+    assert fraud.split()[-1] == "http://127.0.0.1:8100"
+    assert ranker.split()[-1] == "-"
 
 
 def test_status_of_a_path_that_is_not_a_repository(tmp_path: Path) -> None:
