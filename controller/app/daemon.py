@@ -30,7 +30,7 @@ from typing import IO, Any
 from controller.adapters.github.webhook import Event, PushEvent, Route, Trigger, WebhookServer
 from controller.app.reconciler import PassResult, Reconciler
 from controller.errors import PermanentError, Reason
-from controller.spec.documents import parse_yaml
+from controller.spec.documents import Document, parse_yaml
 from controller.ui.exposition import controller_metrics
 from controller.ui.status_table import status_document
 
@@ -105,19 +105,34 @@ _TYPES: dict[str, type] = {
 
 _CHOICES = {"router": ("embedded", "haproxy"), "runtime": ("local", "ray")}
 
+#: What each kind of value is called in an error.
+_KIND_NAMES = {
+    Path: "a path (text)",
+    dict: "a mapping of model name to port",
+    bool: "true or false",
+    float: "a number",
+    str: "text",
+}
+
+
+def _port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+
 
 def _convert(name: str, value: Any) -> Any:
+    """``value`` of the field ``name`` as :class:`Config` holds it. Raises
+    :class:`TypeError` when it is of the wrong kind, :class:`ValueError` (its
+    text says what is wanted) when the kind is right but the value is not."""
     kind = _TYPES.get(name, str)
     if kind is Path:
         if not isinstance(value, str):
             raise TypeError
         return Path(value)
     if kind is dict:
-        if not isinstance(value, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535
-            for v in value.values()
-        ):
+        if not isinstance(value, dict):
             raise TypeError
+        if not all(_port(v) for v in value.values()):
+            raise ValueError("a port (0-65535) for each model")
         return {str(k): v for k, v in value.items()}
     if kind is bool:
         if not isinstance(value, bool):
@@ -130,14 +145,42 @@ def _convert(name: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise TypeError
     if name == "listen":
-        listen_port(value)
+        try:
+            listen_port(value)
+        except PermanentError:
+            raise ValueError("HOST:PORT (e.g. 127.0.0.1:8080; port 0 picks one)") from None
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ValueError(f"one of {', '.join(_CHOICES[name])}")
     return value
 
 
+def _field_problems(document: Document, key: str, name: str, value: Any) -> list[str]:
+    """What is wrong with ``key: value`` (empty when nothing), each naming file:line:column."""
+
+    def at(*path: Any) -> str:
+        spot = document.locate((key, *path))
+        return f"{document.file}:{spot.line}:{spot.column}"
+
+    try:
+        _convert(name, value)
+    except TypeError:
+        kind = _KIND_NAMES[_TYPES.get(name, str)]
+        return [f"{at()}: {key} must be {kind}, not {value!r}"]
+    except ValueError as exc:
+        if name != "router_ports":
+            return [f"{at()}: {key} must be {exc}, not {value!r}"]
+        return [  # one error per model, each with its own line
+            f"{at()}: {key} must be {exc}: {model} (at {at(model)}) is {port!r}"
+            for model, port in value.items()
+            if not _port(port)
+        ]
+    return []
+
+
 def load_config(path: Path) -> Config:
-    """``mdc.yaml``: refuses unknown keys and wrong types, naming file and line."""
+    """``mdc.yaml``, checked whole: an unknown key, a wrong type or a value out of
+    range is an error, and every error of the file is reported at once, one line
+    each naming file:line:column and the key (:class:`PermanentError`, BadConfig)."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -146,27 +189,25 @@ def load_config(path: Path) -> Config:
         ) from None
     documents, problems = parse_yaml(str(path), raw)
     if problems:
-        raise PermanentError(problems[0].render(), reason=Reason.BAD_CONFIG)
+        raise PermanentError("\n".join(p.render() for p in problems), reason=Reason.BAD_CONFIG)
     if len(documents) != 1 or not isinstance(documents[0].data, dict):
         raise PermanentError(f"{path}: expected one YAML mapping", reason=Reason.BAD_CONFIG)
     document = documents[0]
     values: dict[str, Any] = {}
+    errors: list[str] = []
     for key, value in document.data.items():
-        spot = document.locate((key,))
-        where = f"{path}:{spot.line}:{spot.column}"
         name = _KEYS.get(key)
         if name is None:
+            spot = document.locate((key,))
             known = ", ".join(sorted(_KEYS))
-            raise PermanentError(
-                f"{where}: unknown key {key!r} (known: {known})", reason=Reason.BAD_CONFIG
-            )
-        try:
+            errors.append(f"{path}:{spot.line}:{spot.column}: unknown key {key!r} (known: {known})")
+            continue
+        wrong = _field_problems(document, key, name, value)
+        errors += wrong
+        if not wrong:
             values[name] = _convert(name, value)
-        except (TypeError, ValueError):
-            kind = _TYPES.get(name, str).__name__
-            raise PermanentError(
-                f"{where}: {key} must be {kind}, not {value!r}", reason=Reason.BAD_CONFIG
-            ) from None
+    if errors:
+        raise PermanentError("\n".join(errors), reason=Reason.BAD_CONFIG)
     return replace(Config(), **values)
 
 
