@@ -1,10 +1,14 @@
 # The two commands a new user runs: `make demo` and `make test`.
-# Each creates .venv when it is missing and installs the project into it.
+# Each creates .venv when it is missing and installs the project into it:
+# `make demo` mdc alone, `make test` with the dev tools and Ray as well.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# installed: mdc, the dev tools and Ray (it implies DEMO)
 STAMP  := $(VENV)/.installed
+# installed: mdc alone
+DEMO   := $(VENV)/.installed-demo
 
 export BENTOML_DO_NOT_TRACK := true
 
@@ -14,9 +18,15 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
-	touch $(STAMP)
+	touch $(DEMO) $(STAMP)
 
-demo: $(STAMP)
+$(DEMO): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(DEMO)
+
+demo: $(DEMO)
 	$(BIN)/mdc validate example-repo
 	$(BIN)/mdc demo
 
