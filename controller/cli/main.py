@@ -8,8 +8,18 @@ stderr.
 Exit codes scripts can trust:
 
 * 0 -- success (the specs are valid)
-* 1 -- the command ran and found a problem (invalid specs)
-* 2 -- usage error (unknown flag, a path that is not a directory)
+* 1 -- the command ran and found a problem (invalid specs, an unknown model,
+  no controller on the state directory)
+* 2 -- usage error: an unknown verb or flag (the verb's own usage goes to
+  stderr), no verb at all, a ``--repo`` or path that is no directory or no git
+  repository
+* 130 -- interrupted with Ctrl-C (``mdc logs -f`` and ``mdc watch`` end with 0:
+  Ctrl-C is how they are meant to end)
+* 141 -- stdout was closed by its reader (``mdc status | head -1``), as git
+  does (128 + SIGPIPE): nothing more is written and no traceback is shown
+
+``mdc`` alone prints the help on stdout (for a person to read, or page) and
+exits 2: for a script, a command without a verb is a usage error.
 
 Verbs: ``validate``, ``plan``, ``pool``, ``build``, ``logs``, ``history``,
 ``watch``, ``run``, ``status``, ``monitor``, ``demo``,
@@ -25,7 +35,9 @@ live by subject in :mod:`controller.cli.records` (history, status, monitor),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -37,6 +49,8 @@ from controller.spec.loader import LoadResult, load_desired
 from controller.spec.tree import DirTree
 from controller.spec.units import format_bytes
 from controller.ui.terminal import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
     EXIT_USAGE,
@@ -216,10 +230,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def verbs() -> tuple[str, ...]:
     """The verbs ``mdc`` knows, for scripts and tests that call it."""
-    for action in _parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return tuple(action.choices)
-    return ()  # pragma: no cover - the parser always has verbs
+    return tuple(_subparsers(_parser()))
 
 
 #: The verbs another module of this package carries out, by name.
@@ -237,10 +248,52 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The parsed arguments; a flag the verb does not know is reported with that
+    verb's usage (argparse alone would show the top-level one)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        sub = _subparsers(parser).get(args.verb, parser)
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}  # pragma: no cover - the parser always has verbs
+
+
+def _stdout_gone() -> None:
+    """After a broken pipe: send what is still buffered (and anything the
+    interpreter flushes at exit) to /dev/null, so no second error is printed."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    """Run ``mdc`` with ``argv`` (default: the command line); the exit code."""
     try:
-        args = parser.parse_args(argv)
+        code = _main(sys.argv[1:] if argv is None else list(argv))
+        sys.stdout.flush()  # a closed pipe is found here, not at the interpreter's exit
+    except BrokenPipeError:
+        _stdout_gone()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    parser = _parser()
+    if not argv:
+        print(parser.format_help(), end="")
+        return EXIT_USAGE
+    try:
+        args = _parse(parser, argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     if args.verb == "version":

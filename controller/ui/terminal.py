@@ -15,6 +15,8 @@ from controller.spec.documents import Diagnostic
 from controller.spec.loader import LoadResult
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
+    "EXIT_INTERRUPTED",
     "EXIT_INVALID",
     "EXIT_OK",
     "EXIT_USAGE",
@@ -28,6 +30,10 @@ __all__ = [
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+#: Ctrl-C (128 + SIGINT), as a shell reports a command it interrupted.
+EXIT_INTERRUPTED = 130
+#: The reader of stdout went away (128 + SIGPIPE), as git exits under ``| head``.
+EXIT_BROKEN_PIPE = 141
 
 
 class Style:

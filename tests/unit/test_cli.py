@@ -59,7 +59,6 @@ def test_validate_json(make_repo: Callable[..., Path], capsys: pytest.CaptureFix
         ["validate", "--format", "yaml", "."],
         ["validate", "--bogus"],
         ["frobnicate"],
-        [],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,12 +4,19 @@ prints on a pipe."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from controller.app.daemon import load_config
+from controller.cli.main import main
 from controller.errors import PermanentError
+from controller.ui.terminal import EXIT_BROKEN_PIPE, EXIT_USAGE
+from tests.conftest import EXAMPLE_REPO, ROOT
+
+MDC = Path(sys.executable).with_name("mdc")
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -72,3 +79,85 @@ def test_config_reports_every_yaml_problem(tmp_path: Path) -> None:
 def test_a_good_config_still_loads(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "repo: x\nrouterPorts: {a: 9001}\nlisten: :9000\n"))
     assert (config.repo, dict(config.router_ports), config.port) == ("x", {"a": 9001}, 9000)
+
+
+# -- help and usage ------------------------------------------------------------------
+
+
+def test_bare_mdc_prints_the_help_on_stdout_and_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([]) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: mdc ")
+    assert "GitOps controller for model delivery." in out
+    for verb in ("status", "logs", "promote", "build", "pool"):
+        assert f"    {verb}" in out  # each verb listed with its help
+    assert err == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--bogus"],
+        ["pool", "x", "--bogus"],
+        ["logs", "fraud-scorer", "--bogus"],
+        ["promote", "fraud-scorer", "--bogus"],
+        ["validate", ".", "extra"],
+        ["run", "--bogus"],
+        ["demo", "--bogus"],
+    ],
+)
+def test_a_verbs_unknown_flag_prints_that_verbs_usage(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"usage: mdc {argv[0]} ")
+    assert f"mdc {argv[0]}: error: unrecognized arguments: {' '.join(argv[2:])}" in err
+
+
+def test_an_unknown_verb_prints_the_top_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: mdc [-h]")
+    assert "invalid choice: 'frobnicate'" in err
+
+
+# -- pipes -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan", str(EXAMPLE_REPO), "--format", "json"],
+        ["validate", str(EXAMPLE_REPO), "--format", "json"],
+        [],  # the help
+    ],
+)
+def test_a_closed_pipe_ends_quietly_with_141(argv: list[str]) -> None:
+    """``mdc ... | head -1`` after head has gone: no traceback, git's exit code 141."""
+    with subprocess.Popen(
+        [str(MDC), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdout.close()  # the reader goes before mdc writes a byte
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == EXIT_BROKEN_PIPE
+    assert err == ""
+
+
+def test_a_reader_that_stops_after_one_line(tmp_path: Path) -> None:
+    """A real ``| head -1``: the reader takes a line of a long output and closes."""
+    script = tmp_path / "pipe.sh"
+    script.write_text(
+        f'"{MDC}" plan "{EXAMPLE_REPO}" --format json | head -1\n'
+        'echo "status ${PIPESTATUS[0]}" >&2\n'
+    )
+    done = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout == "{\n"
+    assert done.stderr.strip() in ("status 0", f"status {EXIT_BROKEN_PIPE}")
