@@ -5,6 +5,7 @@ a controller restarted over running and dead releases. Nothing outlives a test."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from controller.adapters.metrics import bentoml_window
@@ -155,6 +157,40 @@ def test_two_versions_side_by_side_with_their_own_metrics(
     state = runtime.dir.parent
     assert main(["logs", "fraud-scorer", "--release", "canary", "--state-dir", str(state)]) == 0
     assert f"starting {bentos.v2}" in capsys.readouterr().out
+
+
+def test_the_server_picks_its_port_and_the_runtime_records_it(
+    tmp_path: Path, runtime: LocalRuntime, bentos: Bentos
+) -> None:
+    runtime.start(spec("fraud-scorer/stable", bentos.v1))
+    starting = runtime.releases["fraud-scorer/stable"]
+    assert starting.pid is not None
+    assert psutil.Process(starting.pid).cmdline()[-2:] == ["--port", "0"]  # the kernel picks
+    ready = runtime.wait_ready("fraud-scorer/stable", 60)
+    assert ready.state is State.READY
+    assert ready.port > 0
+    # the port recorded is the one the release's workers listen on
+    workers = [
+        p
+        for p in bentoml_processes(runtime.home("fraud-scorer/stable"))
+        if b"_bentoml_impl.worker" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    assert workers
+    for pid in workers:
+        listening = {
+            c.laddr.port
+            for c in psutil.Process(pid).net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert ready.port in listening
+    assert score(ready.url) > 0
+    rows = json.loads(runtime.table.read_text())
+    assert [row["port"] for row in rows] == [ready.port]
+    assert f"listening on port {ready.port}" in runtime.log_path("fraud-scorer/stable").read_text()
+    # a controller restarted over it adopts it with its port
+    again = LocalRuntime(tmp_path / "state", bentos.home, rng=random.Random(0))
+    assert again.releases["fraud-scorer/stable"].port == ready.port
+    assert again.releases["fraud-scorer/stable"].state is State.READY
 
 
 def test_port_taken_by_another_process(runtime: LocalRuntime, bentos: Bentos) -> None:

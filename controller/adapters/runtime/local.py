@@ -13,7 +13,11 @@ run and cleans up those that do not.
 
 Every process of a release carries that release's ``BENTOML_HOME`` in its
 environment, which is how all of them -- workers orphaned by a killed server
-too -- are found again. Time is a parameter of :meth:`LocalRuntime.tick`.
+too -- are found again, and how its port is learnt: unless the spec names one,
+the server starts with ``--port 0``, binds a port the kernel picks (no port is
+ever chosen by binding and releasing it, which races other processes for it),
+and the runtime reads that port from ``/proc`` (:func:`listening_port`) while
+the release is starting. Time is a parameter of :meth:`LocalRuntime.tick`.
 
 Called by the reconciler, ``mdc logs`` and the tests.
 """
@@ -22,13 +26,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import random
 import re
 import signal
-import socket
+import struct
 import subprocess
 import sys
 import time
@@ -46,6 +51,7 @@ from controller.spec.kinds import Probe
 
 __all__ = [
     "LocalRuntime",
+    "listening_port",
     "release_home",
     "release_log",
 ]
@@ -54,13 +60,8 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+_TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
 
 def _proc_start(pid: int) -> int | None:
@@ -88,6 +89,75 @@ def _processes_with_home(home: Path) -> list[int]:
         if wanted in environ.split(b"\0") and _proc_start(int(entry.name)) is not None:
             found.append(int(entry.name))
     return sorted(found)
+
+
+def _loopback_listeners(pid: int) -> dict[int, int]:
+    """Socket inode -> port of every TCP socket listening on 127.0.0.1 (or its
+    IPv4-mapped IPv6 form) in the network namespace of ``pid``."""
+    found = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) < 10 or fields[3] != _TCP_LISTEN:
+                continue
+            address, port = fields[1].split(":")
+            # the kernel prints each 32-bit word of the address in host byte order
+            raw = b"".join(
+                struct.pack("=I", int(address[i : i + 8], 16)) for i in range(0, len(address), 8)
+            )
+            ip = ipaddress.ip_address(raw)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if ip == _LOOPBACK:
+                found[int(fields[9])] = int(port, 16)
+    return found
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets ``pid`` has open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    inodes = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def listening_port(home: Path) -> int | None:
+    """The loopback port the release with ``BENTOML_HOME=home`` serves on; None
+    while none is found.
+
+    ``bentoml serve --port 0`` has its arbiter (circus) bind the socket, so the
+    kernel picks a free port atomically, and hands it to its workers. The
+    arbiter also listens on loopback ports of its own (its ZMQ endpoints), which
+    no worker holds, so the port served is a listening socket held by more than
+    one process of the release (found by their ``BENTOML_HOME``, mapped from
+    ``/proc/PID/fd`` to ``/proc/PID/net/tcp`` and ``tcp6``); with several such
+    sockets, the one the most processes hold (the lowest port on a tie).
+    """
+    processes = _processes_with_home(home)
+    if not processes:
+        return None
+    listeners = _loopback_listeners(processes[0])
+    holders: dict[int, int] = {}
+    for pid in processes:
+        for inode in _socket_inodes(pid) & listeners.keys():
+            holders[inode] = holders.get(inode, 0) + 1
+    shared = [(count, -listeners[inode]) for inode, count in holders.items() if count > 1]
+    if not shared:
+        return None
+    return -max(shared)[1]
 
 
 class LocalRuntime:
@@ -206,7 +276,8 @@ class LocalRuntime:
         if current is not None and current.state not in (State.STOPPED, State.FAILED):
             return current
         release = self._spawn(spec, crashes=0)
-        self.events.append(Event(spec.name, "Started", f"{spec.bento} on port {release.port}"))
+        where = f"port {release.port}" if release.port else "a port the kernel picks"
+        self.events.append(Event(spec.name, "Started", f"{spec.bento} on {where}"))
         return release
 
     def _spawn(self, spec: ReleaseSpec, crashes: int) -> Release:
@@ -216,10 +287,11 @@ class LocalRuntime:
             link = home / sub
             if not link.is_symlink():
                 link.symlink_to(self.bento_home / sub)
-        port = spec.port or free_port()
+        port = spec.port or 0  # 0: the server binds a port the kernel picks
+        where = f"port {port}" if port else "a port the kernel picks"
         now = self.clock()
         logfile = self.log_path(spec.name).open("ab")
-        logfile.write(f"--- mdc: starting {spec.bento} on port {port} ---\n".encode())
+        logfile.write(f"--- mdc: starting {spec.bento} on {where} ---\n".encode())
         logfile.flush()
         env = bentoml_env(home, spec.env)
         proc = subprocess.Popen(
@@ -354,7 +426,9 @@ class LocalRuntime:
             return r
         if not self._alive(r):
             why = self._exit_reason(r)
-            if "address already in use" in why.lower():
+            # only a port the spec named can be taken; with port 0 the kernel picks
+            # (an "in use" then is BentoML's own race for its ZMQ ports: a crash)
+            if r.spec.port and "address already in use" in why.lower():
                 self._cleanup(r)
                 return replace(
                     self._set(r, State.FAILED, now, f"port {r.port} is taken: {why}", "Failed"),
@@ -372,7 +446,9 @@ class LocalRuntime:
             )
             return replace(crashed, pid=None, crashes=crashes, restart_at=now + delay)
         if r.state is State.STARTING:
-            if self._ready(r) and self._probe(r):
+            if not r.port:
+                r = self._learn_port(r)
+            if r.port and self._ready(r) and self._probe(r):
                 return replace(
                     self._set(r, State.READY, now, f"ready on port {r.port}", "Ready"),
                     next_probe=now + self._interval(r),
@@ -405,6 +481,17 @@ class LocalRuntime:
                 r, State.UNHEALTHY, now, f"{failures} probes failed in a row", "Unhealthy"
             )
         return r
+
+    def _learn_port(self, r: Release) -> Release:
+        """``r`` with the port its server listens on, once it does (recorded in the
+        process table at the end of the tick, so an adopted release keeps it)."""
+        port = listening_port(self.home(r.spec.name))
+        if port is None:
+            return r
+        log.info("%s: listening on port %d", r.spec.name, port)
+        with contextlib.suppress(OSError), self.log_path(r.spec.name).open("ab") as f:
+            f.write(f"--- mdc: listening on port {port} ---\n".encode())
+        return replace(r, port=port)
 
     def _interval(self, r: Release) -> float:
         return r.spec.probe.interval if r.spec.probe else 10.0

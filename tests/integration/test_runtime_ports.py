@@ -1,0 +1,119 @@
+"""How the local runtime learns a release's port: the server binds port 0 itself
+and the runtime reads the port from /proc (never bind-and-release, which races
+another process for the port). Plain Python processes stand in for a release
+here; tests/integration/test_runtime.py checks the same with real bentos."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from controller.adapters.runtime import local
+from controller.adapters.runtime.local import listening_port
+from tests.bentos import bentoml_processes
+
+pytestmark = pytest.mark.integration
+
+# A stand-in for `bentoml serve`: an arbiter with a socket of its own (like
+# circus's ZMQ endpoints) and a listening socket a forked worker inherits.
+SERVER = """
+import os, socket, sys, time
+own = socket.socket()
+own.bind(("127.0.0.1", 0))
+own.listen()
+api = socket.socket(socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET)
+api.bind(("::ffff:127.0.0.1" if sys.argv[1] == "6" else "127.0.0.1", 0))
+api.listen()
+if sys.argv[2] == "fork" and os.fork() == 0:
+    own.close()
+    time.sleep(600)
+    os._exit(0)
+print(own.getsockname()[1], api.getsockname()[1], flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "home"
+    home.mkdir()
+    yield home
+    for pid in bentoml_processes(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def serve(home: Path, family: str, fork: bool = True) -> tuple[subprocess.Popen[str], int, int]:
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, family, "fork" if fork else "alone"],
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert server.stdout is not None
+    own, api = map(int, server.stdout.readline().split())
+    return server, own, api
+
+
+@pytest.mark.parametrize("family", ["4", "6"])
+def test_the_port_is_the_one_the_workers_inherited(home: Path, family: str) -> None:
+    server, own, api = serve(home, family)
+    try:
+        deadline = time.monotonic() + 10
+        while len(psutil.Process(server.pid).children()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listening_port(home) == api
+        assert own != api
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.communicate()
+    assert listening_port(home) is None  # nothing of the release runs
+
+
+def test_no_port_before_a_worker_holds_the_socket(home: Path) -> None:
+    """The arbiter alone: its own sockets are never taken for the release's."""
+    server, _, _ = serve(home, "4", fork=False)
+    try:
+        assert listening_port(home) is None
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.communicate()
+
+
+def test_no_port_while_nothing_listens(home: Path) -> None:
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        env={**os.environ, "BENTOML_HOME": str(home)},
+    )
+    try:
+        with socket.socket() as unrelated:  # a listener of this process, not the release's
+            unrelated.bind(("127.0.0.1", 0))
+            unrelated.listen()
+            assert listening_port(home) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_no_port_is_chosen_by_bind_and_release() -> None:
+    """The race this module had: bind port 0, close, hand the number to the server."""
+    assert not hasattr(local, "free_port")
+    tree = ast.parse(Path(local.__file__).read_text())
+    binds = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in ("bind", "getsockname")
+    ]
+    assert binds == []
