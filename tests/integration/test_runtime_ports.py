@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,7 +21,8 @@ import psutil
 import pytest
 
 from controller.adapters.runtime import local
-from controller.adapters.runtime.local import listening_port
+from controller.adapters.runtime.base import ReleaseSpec, State
+from controller.adapters.runtime.local import LocalRuntime, listening_port
 from tests.bentos import bentoml_processes
 
 pytestmark = pytest.mark.integration
@@ -117,3 +119,21 @@ def test_no_port_is_chosen_by_bind_and_release() -> None:
         if isinstance(node, ast.Attribute) and node.attr in ("bind", "getsockname")
     ]
     assert binds == []
+
+
+@pytest.mark.parametrize(("port", "state"), [(None, State.CRASHED), (4099, State.FAILED)])
+def test_address_in_use_fails_a_release_only_on_the_port_its_spec_named(
+    tmp_path: Path, port: int | None, state: State
+) -> None:
+    """With port 0 the kernel picks the server's port, so an "in use" is a crash
+    (BentoML's own ZMQ ports are picked by bind-and-release) and is restarted."""
+    server = tmp_path / "server"
+    server.write_text("#!/bin/sh\necho 'OSError: [Errno 98] Address already in use'\nexit 1\n")
+    server.chmod(0o755)
+    runtime = LocalRuntime(
+        tmp_path / "state", tmp_path / "bentos", python=str(server), rng=random.Random(0)
+    )
+    runtime.start(ReleaseSpec("m/stable", "m", "1", "m:1", port=port))
+    release = runtime.wait_ready("m/stable", 10)
+    assert release.state is state
+    assert ("port 4099 is taken" in release.reason) is (port is not None)
