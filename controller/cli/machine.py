@@ -3,7 +3,9 @@
 ``pause``, ``resume``, ``retry``).
 
 ``mdc pool`` pictures the GPU pools of a spec repository (NVML for this node,
-holdings from the status branch when there is one, else planned); ``mdc build``
+holdings from the status branch when there is one, else planned; ``--repo``
+takes every form ``mdc status`` takes, through
+:func:`~controller.cli.records.open_repo`); ``mdc build``
 builds the models' bentos; ``mdc logs`` shows a release's output; the manual
 commands leave a command in the state directory for the controller's next pass.
 Each verb takes the parsed arguments and returns the exit code. Called by
@@ -27,47 +29,48 @@ from controller.adapters.packaging import Packager, Source
 from controller.adapters.runtime.local import release_log
 from controller.app.manual import Pins, send_command
 from controller.app.wiring import bento_home
+from controller.cli.records import RepoError, local_path, open_repo, recorded_statuses
 from controller.core.inventory import Inventory, build_inventory
-from controller.core.status import parse_model_status
 from controller.errors import MdcError
 from controller.spec.kinds import Discovery
 from controller.spec.loader import load_desired
-from controller.spec.tree import DirTree
+from controller.spec.tree import DirTree, Tree
 from controller.ui.pool_view import planned_holdings, pool_report, recorded_holdings, render
 from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style, report
 
 __all__ = ["build", "logs", "manual", "pool"]
 
 
-def _recorded_statuses(path: str) -> tuple[list[Any], list[str]]:
-    """Model statuses from the status branch of the git repository at ``path``, if any."""
-    repo = LocalRepository.discover(path)
-    if repo is None:
-        return [], []
-    tip = repo.first_ref(["refs/heads/mdc/status", "refs/remotes/origin/mdc/status"])
-    if tip is None:
-        return [], []
-    try:
-        _, tree = repo.tree(tip)
-    except MdcError:
-        return [], [f"mdc/status points at {tip}, not a commit"]
-    statuses, problems = [], []
-    for file in tree.walk():
-        if file.startswith("models/") and file.endswith(".yaml"):
-            try:
-                statuses.append(parse_model_status(file, tree.read(file)))
-            except MdcError as exc:
-                problems.append(str(exc))
-    return statuses, problems
+def _pool_specs(args: argparse.Namespace) -> tuple[Tree, list[Any], list[str]]:
+    """The specs ``mdc pool`` pictures, the statuses recorded for them and what
+    could not be read. A local directory that is not a bare repository is read
+    as files (a working copy, or specs not in git yet), its status branch from
+    its git repository if it has one; a bare repository or a remote URL is read
+    at its release branch, as ``mdc status`` reads it. Raises
+    :class:`~controller.cli.records.RepoError` and
+    :class:`~controller.errors.MdcError`."""
+    path = local_path(args.repo)
+    local = LocalRepository.discover(path) if path is not None else None
+    if path is not None and (local is None or not local.bare):
+        if local is None:
+            return DirTree(path), [], []
+        branch = args.status_branch
+        tip = local.first_ref([f"refs/heads/{branch}", f"refs/remotes/origin/{branch}"])
+        return DirTree(path), *recorded_statuses(local, tip)
+    repo, tip, status_tip = open_repo(args.repo, args.branch, args.status_branch)
+    return repo.tree(tip)[1], *recorded_statuses(repo, status_tip)
 
 
 def pool(args: argparse.Namespace) -> int:
     """``mdc pool [NAME]``: inventory, holdings, free and stranded GPUs, quotas."""
     try:
-        tree = DirTree(args.repo)
-    except NotADirectoryError:
-        print(f"mdc pool: {args.repo}: not a directory", file=sys.stderr)
+        tree, statuses, problems = _pool_specs(args)
+    except RepoError as exc:
+        print(f"mdc pool: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except MdcError as exc:
+        print(f"mdc pool: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     result = load_desired(tree)
     pools = sorted(result.desired.pools.values(), key=lambda p: p.name)
     if args.name is not None:
@@ -75,7 +78,6 @@ def pool(args: argparse.Namespace) -> int:
         if not pools:
             print(f"mdc pool: no valid GPUPool named {args.name!r}", file=sys.stderr)
             return EXIT_INVALID
-    statuses, problems = _recorded_statuses(args.repo)
     local = os.environ.get("MDC_NODE_NAME") or socket.gethostname()
     reports = []
     for pool in pools:
@@ -128,11 +130,15 @@ def _revision(path: str) -> str:
 
 
 def build(args: argparse.Namespace) -> int:
-    """``mdc build [MODEL...]``: build the bentos that are not built yet."""
+    """``mdc build [MODEL...]``: build the bentos that are not built yet (from the
+    files of a local directory: a build packs a working copy)."""
     try:
-        tree = DirTree(args.repo)
-    except NotADirectoryError:
-        print(f"mdc build: {args.repo}: not a directory", file=sys.stderr)
+        path = local_path(args.repo)
+        if path is None:
+            raise RepoError(f"{args.repo}: a remote URL; mdc build reads a local directory")
+        tree = DirTree(path)
+    except RepoError as exc:
+        print(f"mdc build: {exc}", file=sys.stderr)
         return EXIT_USAGE
     result = load_desired(tree)
     models = result.desired.models

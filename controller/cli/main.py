@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         "pool", "The GPU pools: inventory, who holds what, free and stranded capacity, quotas."
     )
     pool.add_argument("name", nargs="?", help="one pool (default: all)")
-    pool.add_argument("--repo", default=".", help="spec repository (default: .)")
+    pool.add_argument("--repo", default=".", help="a local repository or a remote URL (default: .)")
+    pool.add_argument("--branch", help="the release branch (default: the repo's HEAD, or main)")
+    pool.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
     build = read_command(
         "build", "Build the bentos of a spec repository's models (only what changed)."
     )

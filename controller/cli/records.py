@@ -3,9 +3,14 @@
 Each reads the spec repository's release branch and its status branch -- a
 local repository, or a remote one fetched into a mirror under
 ``$XDG_CACHE_HOME/mdc`` -- or, with ``--controller URL``, asks a running
-controller's JSON API. Owns opening that repository (shared with nothing else)
-and the three verbs; each takes the parsed arguments and returns the exit code.
-Called by :func:`controller.cli.main.main`.
+controller's JSON API. Owns the three verbs (each takes the parsed arguments
+and returns the exit code) and what every verb that reads git through
+``--repo`` shares (``mdc pool`` too): :func:`open_repo`, which takes the same
+forms everywhere (a path, ``file://``, ``git://``, ``http(s)://``, ``ssh://``,
+``user@host:path``) and names the real problem of one it cannot read
+(:class:`RepoError`: ``PATH: no such directory``, ``not a git repository``, a
+refused URL; a usage error, exit 2), :func:`local_path` and
+:func:`recorded_statuses`. Called by :func:`controller.cli.main.main`.
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from controller.adapters.controller_api import ControllerAPI
 from controller.adapters.git.history import model_history
 from controller.adapters.git.local import LocalRepository
-from controller.adapters.git.source import GitSource
+from controller.adapters.git.source import GitSource, parse_remote
 from controller.core.monitor import default_objectives
-from controller.core.status import parse_model_status
+from controller.core.status import ModelStatus, parse_model_status
 from controller.errors import MdcError, TransientError
 from controller.spec.loader import load_desired
 from controller.ui.dashboard import render_status_table
@@ -33,11 +39,19 @@ from controller.ui.monitor_view import view_from_record, view_text
 from controller.ui.status_table import status_document
 from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style
 
-__all__ = ["history", "monitor", "status"]
+__all__ = [
+    "RepoError",
+    "history",
+    "local_path",
+    "monitor",
+    "open_repo",
+    "recorded_statuses",
+    "status",
+]
 
 
-class _UsageError(Exception):
-    pass
+class RepoError(Exception):
+    """``--repo`` names nothing mdc can read as a repository (a usage error)."""
 
 
 def _cache_dir() -> Path:
@@ -45,33 +59,79 @@ def _cache_dir() -> Path:
     return Path(base) / "mdc"
 
 
-def _open_history_repo(args: argparse.Namespace) -> tuple[LocalRepository, str, str | None]:
-    """The repository to read, the release branch tip and the status branch tip."""
-    if Path(args.repo).exists():
-        repo = LocalRepository.discover(args.repo)
-        if repo is None:
-            raise _UsageError(f"{args.repo}: not a git repository")
-        branch = args.branch or repo.head_branch() or "main"
+def local_path(repo: str) -> Path | None:
+    """The directory ``repo`` names (a path or a ``file://`` URL), or None for a
+    remote URL; :class:`RepoError` when it is refused or is not a directory."""
+    try:
+        remote = parse_remote(repo)
+    except MdcError as exc:
+        raise RepoError(str(exc)) from None
+    if remote.scheme != "file":
+        return None
+    path = Path(urlsplit(remote.url).path) if "://" in remote.url else Path(remote.url)
+    if not path.exists():
+        raise RepoError(f"{repo}: no such directory")
+    if not path.is_dir():
+        raise RepoError(f"{repo}: not a directory")
+    return path
+
+
+def open_repo(
+    repo: str, branch: str | None, status_branch: str
+) -> tuple[LocalRepository, str, str | None]:
+    """The repository ``repo`` names (local, or a remote fetched into a mirror in
+    the cache), its release branch tip and its status branch tip (None if absent).
+
+    The release branch is ``branch``, else a local repository's HEAD, else
+    ``main``. Raises :class:`RepoError` (say it, exit 2) when ``repo`` cannot be
+    read as a repository, :class:`~controller.errors.MdcError` when a fetch fails.
+    """
+    path = local_path(repo)
+    if path is not None:
+        local = LocalRepository.discover(path)
+        if local is None:
+            raise RepoError(f"{repo}: not a git repository")
+        branch = branch or local.head_branch() or "main"
         tips = {
-            b: repo.first_ref([f"refs/heads/{b}", f"refs/remotes/origin/{b}"])
-            for b in (branch, args.status_branch)
+            b: local.first_ref([f"refs/heads/{b}", f"refs/remotes/origin/{b}"])
+            for b in (branch, status_branch)
         }
     else:
-        source = GitSource(args.repo, args.branch or "main", _cache_dir())
-        repo = LocalRepository(source.repo)
+        source = GitSource(repo, branch or "main", _cache_dir())
+        local = LocalRepository(source.repo)
         branch = source.branch
-        tips = source.fetch_refs([branch, args.status_branch])
+        tips = source.fetch_refs([branch, status_branch])
     tip = tips[branch]
     if tip is None:
-        raise _UsageError(f"{args.repo}: no branch {branch!r}")
-    return repo, tip, tips[args.status_branch]
+        raise RepoError(f"{repo}: no branch {branch!r}")
+    return local, tip, tips[status_branch]
+
+
+def recorded_statuses(
+    repo: LocalRepository, status_tip: str | None
+) -> tuple[list[ModelStatus], list[str]]:
+    """The model statuses at ``status_tip``, and what could not be read (each a sentence)."""
+    if status_tip is None:
+        return [], []
+    try:
+        _, tree = repo.tree(status_tip)
+    except MdcError:
+        return [], [f"the status branch points at {status_tip}, not a commit"]
+    statuses, problems = [], []
+    for path in sorted(tree.walk()):
+        if path.startswith("models/") and path.endswith(".yaml"):
+            try:
+                statuses.append(parse_model_status(path, tree.read(path)))
+            except MdcError as exc:
+                problems.append(str(exc))
+    return statuses, problems
 
 
 def _open_or_exit(args: argparse.Namespace) -> tuple[LocalRepository, str, str | None] | int:
-    """:func:`_open_history_repo`, or the exit code after saying why on stderr."""
+    """:func:`open_repo` of ``--repo``, or the exit code after saying why on stderr."""
     try:
-        return _open_history_repo(args)
-    except _UsageError as exc:
+        return open_repo(args.repo, args.branch, args.status_branch)
+    except RepoError as exc:
         print(f"mdc {args.verb}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except MdcError as exc:
@@ -127,15 +187,9 @@ def status(args: argparse.Namespace) -> int:
         if isinstance(opened, int):
             return opened
         repo, _, status_tip = opened
-        statuses = []
-        if status_tip is not None:
-            _, tree = repo.tree(status_tip)
-            for path in sorted(tree.walk()):
-                if path.startswith("models/") and path.endswith(".yaml"):
-                    try:
-                        statuses.append(parse_model_status(path, tree.read(path)))
-                    except MdcError as exc:
-                        print(f"mdc status: {exc}", file=sys.stderr)
+        statuses, problems = recorded_statuses(repo, status_tip)
+        for problem in problems:
+            print(f"mdc status: {problem}", file=sys.stderr)
         document = status_document(statuses, now)
     rows = document.get("models") or []
     if args.format == "json":
