@@ -193,6 +193,53 @@ def test_the_server_picks_its_port_and_the_runtime_records_it(
     assert again.releases["fraud-scorer/stable"].state is State.READY
 
 
+def test_a_release_log_rotates_by_size(tmp_path: Path, bentos: Bentos) -> None:
+    rt = LocalRuntime(
+        tmp_path / "state", bentos.home, rng=random.Random(0), log_max_bytes=2048, log_keep=2
+    )
+    live = rt.log_path("fraud-scorer/stable")
+    old = [live.with_name(f"{live.name}.{n}") for n in (1, 2, 3)]
+    try:
+        rt.start(spec("fraud-scorer/stable", bentos.v1, probe=replace(PROBE, interval=3600)))
+        ready = rt.wait_ready("fraud-scorer/stable", 60)
+        assert ready.state is State.READY
+        assert not old[0].exists()
+        while live.stat().st_size <= 2048:  # the server writes a line a request
+            score(ready.url)
+        before = live.read_bytes()
+        rt.tick()
+        assert old[0].read_bytes().startswith(before)  # copied ...
+        assert live.stat().st_size < len(before)  # ... then truncated
+        for _ in range(3):
+            score(ready.url)
+        time.sleep(0.5)
+        after = live.read_bytes()
+        assert after.count(b"path=/score") >= 3  # the server writes on into the live file,
+        assert b"\0" not in after  # at its new end (O_APPEND), not past a hole
+        rotations = 1
+        while rotations < 4:
+            score(ready.url)
+            if live.stat().st_size > 2048:
+                rt.tick()
+                rotations += 1
+        assert old[1].exists()
+        assert not old[2].exists()  # only log_keep old files are kept
+        kept = b"".join(p.read_bytes() for p in (live, *old[:2]))
+        assert b"mdc: starting" not in kept  # the oldest content is gone
+    finally:
+        rt.stop_all(drain=2.0)
+    assert bentoml_processes(tmp_path) == []
+
+
+def test_tail_reaches_into_the_rotated_log(tmp_path: Path) -> None:
+    rt = LocalRuntime(tmp_path / "state", tmp_path / "bentos")
+    rt.old_log("m/stable", 1).write_text("a\nb\n")
+    rt.log_path("m/stable").write_text("c\n")
+    assert rt.tail("m/stable", 2) == ["b", "c"]
+    assert rt.tail("m/stable", 1) == ["c"]
+    assert rt.tail("m/stable") == ["a", "b", "c"]
+
+
 def test_port_taken_by_another_process(runtime: LocalRuntime, bentos: Bentos) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))

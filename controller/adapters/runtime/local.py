@@ -7,9 +7,10 @@ metrics -- telemetry off, and the GPU environment the ledger gave it),
 judging it (``/readyz`` within a deadline, then a real request to the
 service, because a hung worker leaves ``/readyz`` green), restarting a
 crashed release with exponential back-off, stopping one gracefully (SIGTERM,
-drain, SIGKILL) together with every process it started, and a process table
+drain, SIGKILL) together with every process it started, a process table
 in the state directory so a restarted controller adopts releases that still
-run and cleans up those that do not.
+run and cleans up those that do not, and each release's log
+(``STATE/runtime/logs``), rotated by size in :meth:`LocalRuntime.tick`.
 
 Every process of a release carries that release's ``BENTOML_HOME`` in its
 environment, which is how all of them -- workers orphaned by a killed server
@@ -26,12 +27,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import glob
 import ipaddress
 import json
 import logging
 import os
 import random
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -50,6 +53,8 @@ from controller.core.inventory import ClusterNode
 from controller.spec.kinds import Probe
 
 __all__ = [
+    "LOG_KEEP",
+    "LOG_MAX_BYTES",
     "LocalRuntime",
     "listening_port",
     "release_home",
@@ -59,6 +64,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
+LOG_MAX_BYTES = 10 * 1024 * 1024  # a release's log rotates past this size ...
+LOG_KEEP = 3  # ... keeping this many old files: NAME.log.1 (newest) to NAME.log.3
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
 _LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
@@ -171,7 +178,11 @@ class LocalRuntime:
         python: str = sys.executable,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_keep: int = LOG_KEEP,
     ) -> None:
+        if log_max_bytes < 1 or log_keep < 0:
+            raise ValueError(f"log_max_bytes {log_max_bytes} < 1 or log_keep {log_keep} < 0")
         self.dir = Path(state_dir) / "runtime"
         for sub in ("homes", "logs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
@@ -179,6 +190,8 @@ class LocalRuntime:
         self.python = python
         self.clock = clock
         self.rng = rng or random.Random()
+        self.log_max_bytes = log_max_bytes
+        self.log_keep = log_keep
         self.table = self.dir / "releases.json"
         self.releases: dict[str, Release] = {}
         self.children: dict[str, subprocess.Popen[bytes]] = {}
@@ -403,6 +416,8 @@ class LocalRuntime:
             updated = self._tick_one(release, now)
             if updated != release:
                 self.releases[name] = updated
+        for name in self.releases:  # after the ticks, which read crashed releases' logs
+            self._rotate_log(name)
         self._save()
         events, self.events = self.events, []  # with those since the last tick (Adopted...)
         return events
@@ -542,13 +557,52 @@ class LocalRuntime:
                 return release
             time.sleep(step)
 
-    def tail(self, name: str, lines: int = 50) -> builtins.list[str]:
+    # -- logs --------------------------------------------------------------------
+
+    def old_log(self, name: str, n: int) -> Path:
+        """The ``n``-th newest rotated log of ``name`` (``NAME.log.1`` is the newest)."""
         path = self.log_path(name)
-        if not path.exists():
-            return []
-        with path.open("rb") as f:
-            f.seek(max(0, path.stat().st_size - 64 * 1024))
-            return f.read().decode(errors="replace").splitlines()[-lines:]
+        return path.with_name(f"{path.name}.{n}")
+
+    def _rotate_log(self, name: str) -> bool:
+        """Rotate the log of ``name`` once it passes ``log_max_bytes``: shift the old
+        files (``.1`` to ``.2`` ..., dropping those past ``log_keep``), copy the live
+        log to ``.1`` and truncate it. Copy-then-truncate, because the server writes
+        through a file descriptor it inherited and cannot be told to reopen; that
+        descriptor is ``O_APPEND``, so its next write lands at the new end of the
+        file. Lines written between the copy and the truncation are lost. The log
+        can pass the limit by what the server writes between two ticks."""
+        path = self.log_path(name)
+        try:
+            if path.stat().st_size <= self.log_max_bytes:
+                return False
+            for n in range(self.log_keep, 0, -1):
+                older = self.old_log(name, n)
+                if older.exists():
+                    older.replace(self.old_log(name, n + 1))
+            if self.log_keep:
+                shutil.copyfile(path, self.old_log(name, 1))
+            os.truncate(path, 0)
+            for extra in path.parent.glob(f"{glob.escape(path.name)}.*"):
+                suffix = extra.name.rsplit(".", 1)[1]
+                if suffix.isdigit() and int(suffix) > self.log_keep:
+                    extra.unlink()
+        except OSError as exc:
+            log.warning("%s: log %s not rotated: %s", name, path, exc)
+            return False
+        return True
+
+    def tail(self, name: str, lines: int = 50) -> builtins.list[str]:
+        """The last ``lines`` lines the release wrote (reaching into ``NAME.log.1``
+        when the live log was just rotated)."""
+        found: builtins.list[str] = []
+        for path in (self.log_path(name), self.old_log(name, 1)):
+            if len(found) >= lines or not path.exists():
+                break
+            with path.open("rb") as f:
+                f.seek(max(0, path.stat().st_size - 64 * 1024))
+                found = f.read().decode(errors="replace").splitlines() + found
+        return found[-lines:]
 
 
 def release_home(state_dir: Path, name: str) -> Path:
