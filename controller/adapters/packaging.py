@@ -10,16 +10,19 @@ Owns:
   tag. The model tag's version is the artifact's content hash, so the same
   bytes never make two models. A single file is stored in the model as
   ``artifact<suffix>`` (``artifact.json``); a directory as it is.
-* **Bentos.** The service module's directory (its ``.py`` files) and a
-  generated ``bentofile.yaml`` are laid out in a build directory; ``bentoml
-  build`` runs offline (``lock_packages: false``, no index, no proxies) with
-  the exact model tag as the ``model_tag`` build argument, so the bento pins
-  it. The bento tag's version is a hash of everything that goes in (service
-  files, model tag, service class, BentoML version), so an unchanged model
-  costs no ``bentoml build``. Labels name the source repo, revision and spec
-  file. Each build's output goes to a log file; a failed build is a
-  :class:`~controller.errors.PermanentError` (``BuildFailed``) carrying the
-  log's last lines, and nothing half-written is left in the store.
+* **Bentos.** The service module and the repository modules it imports
+  (found by parsing them, never running them:
+  :mod:`controller.spec.service_sources`) and a generated ``bentofile.yaml``
+  are laid out in a build directory; ``bentoml build`` runs offline
+  (``lock_packages: false``, no index, no proxies) with the exact model tag as
+  the ``model_tag`` build argument, so the bento pins it. The bento tag's
+  version is a hash of everything that goes in (those files, model tag,
+  service class, BentoML version), so an unchanged model costs no ``bentoml
+  build``, and neither does a change to another model's code. Labels name the
+  source repo, revision and spec file. Each build's output goes to a log file;
+  a failed build is a :class:`~controller.errors.PermanentError`
+  (``BuildFailed``) carrying the log's last lines, and nothing half-written is
+  left in the store.
 
 BentoML runs in subprocesses (with ``BENTOML_HOME`` set and telemetry off), so
 mdc itself never imports it. Called by ``mdc build`` and the reconciler.

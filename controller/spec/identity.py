@@ -8,12 +8,12 @@ Pure; called by the packager, the plan of a pull request and ``mdc history``.
 from __future__ import annotations
 
 import hashlib
-import posixpath
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
 from controller.spec.kinds import Model
+from controller.spec.service_sources import service_sources
 from controller.spec.tree import EntryKind, Tree, clean_reference, resolve
 
 __all__ = [
@@ -25,8 +25,6 @@ __all__ = [
     "service_files",
 ]
 
-
-MAX_SERVICE_FILE_BYTES = 1 << 20
 
 #: Bumped when the layout of build directories or bentofiles changes.
 LAYOUT = "mdc-bento-1"
@@ -70,17 +68,9 @@ def model_tag_for(model: Model, tree: Tree) -> str:
 
 
 def service_files(model: Model, tree: Tree) -> dict[str, bytes]:
-    """The ``.py`` files of the service module's directory, by path inside it."""
-    module = clean_reference(model.service_module)
-    directory = posixpath.dirname(module)
-    prefix = directory + "/" if directory else ""
-    files = {}
-    for path in tree.walk():
-        if path.startswith(prefix) and path.endswith(".py"):
-            target, kind = resolve(tree, path)
-            if kind is EntryKind.FILE and tree.size(target) <= MAX_SERVICE_FILE_BYTES:
-                files[path[len(prefix) :]] = tree.read(target)
-    return files
+    """The model's service module and the repository modules it imports, by path
+    in the build context (see :mod:`controller.spec.service_sources`)."""
+    return service_sources(tree, model.service_module)
 
 
 def bento_tag(model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:

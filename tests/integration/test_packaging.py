@@ -1,5 +1,6 @@
-"""Real `bentoml build`: offline, content-addressed, once; artifacts from the
-repo and from a URL (sha256-checked); a broken service fails cleanly."""
+"""Real `bentoml build`: offline, content-addressed, once; a bento holds its own
+service's code only; artifacts from the repo and from a URL (sha256-checked); a
+broken service fails cleanly."""
 
 from __future__ import annotations
 
@@ -100,6 +101,54 @@ def test_build_offline_then_nothing_to_do_then_only_what_changed(tmp_path: Path)
     assert manifest["labels"]["mdc.dev/spec"] == "models/fraud-scorer.yaml"
     assert manifest["labels"]["mdc.dev/repo"] == str(repo.resolve())
     assert manifest["services"][0]["models"][0]["tag"] == third["fraud-scorer"]["modelTag"]
+
+
+def bento_sources(state: Path, tag: str) -> set[str]:
+    name, version = tag.split(":")
+    src = state / "bentoml" / "bentos" / name / version / "src"
+    return {p.relative_to(src).as_posix() for p in src.rglob("*.py")}
+
+
+def test_a_bento_holds_its_service_and_the_modules_it_imports(tmp_path: Path) -> None:
+    """fraud-scorer's service imports a helper beside it, which imports a package at
+    the repository's root: both go into its bento (and the build, which imports the
+    service, finds them); search-ranker's bento holds its own module only, and a
+    change to the helpers rebuilds fraud-scorer alone."""
+    repo = example_copy(tmp_path / "repo")
+    (repo / "common").mkdir()
+    (repo / "common" / "__init__.py").write_text("")
+    (repo / "common" / "numbers.py").write_text("def clip(x):\n    return min(1.0, x)\n")
+    (repo / "services" / "fraud_features.py").write_text("from common.numbers import clip\n")
+    service = repo / "services" / "fraud_scorer.py"
+    service.write_text(
+        service.read_text().replace(
+            "import bentoml\n", "import bentoml\nimport fraud_features  # noqa: F401\n", 1
+        )
+    )
+    state = tmp_path / "state"
+    first = mdc_build(repo, state, *offline_prefix())
+    assert first.returncode == 0, first.stderr
+    builds = {b["model"]: b for b in json.loads(first.stdout)["builds"]}
+    assert bento_sources(state, builds["fraud-scorer"]["bento"]) == {
+        "fraud_scorer.py",
+        "fraud_features.py",
+        "common/__init__.py",
+        "common/numbers.py",
+    }
+    assert bento_sources(state, builds["search-ranker"]["bento"]) == {"search_ranker.py"}
+    tree = DirTree(repo)
+    for name, model in load_desired(tree).desired.models.items():
+        assert planned_bento_tag(model, tree) == builds[name]["bento"]
+
+    with (repo / "common" / "numbers.py").open("a") as f:
+        f.write("# a comment\n")
+    again = mdc_build(repo, state, *offline_prefix())
+    assert again.returncode == 0, again.stderr
+    second = {b["model"]: b for b in json.loads(again.stdout)["builds"]}
+    assert second["fraud-scorer"]["built"] is True
+    assert second["fraud-scorer"]["bento"] != builds["fraud-scorer"]["bento"]
+    assert second["search-ranker"]["built"] is False
+    assert second["search-ranker"]["bento"] == builds["search-ranker"]["bento"]
 
 
 def test_same_bytes_make_one_model(tmp_path: Path) -> None:
