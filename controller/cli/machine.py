@@ -15,11 +15,13 @@ Each verb takes the parsed arguments and returns the exit code. Called by
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from controller.adapters.git.local import LocalRepository
 from controller.adapters.nvml import read_nvml
 from controller.adapters.packaging import Packager, Source
 from controller.adapters.runtime.local import release_log
-from controller.app.manual import Pins, send_command
+from controller.app.daemon import StateLock
+from controller.app.manual import Pins, StateRecords, lock_holder, read_records, send_command
 from controller.app.wiring import bento_home
 from controller.cli.records import RepoError, local_path, open_repo, recorded_statuses
 from controller.core.inventory import Inventory, build_inventory
@@ -36,9 +39,19 @@ from controller.spec.kinds import Discovery
 from controller.spec.loader import load_desired
 from controller.spec.tree import DirTree, Tree
 from controller.ui.pool_view import planned_holdings, pool_report, recorded_holdings, render
-from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style, report
+from controller.ui.terminal import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    Style,
+    report,
+    silence_stdout,
+)
 
-__all__ = ["build", "logs", "manual", "pool"]
+__all__ = ["FOLLOW_INTERVAL", "build", "logs", "manual", "pool"]
+
+#: Seconds between looks at a followed log (``mdc logs -f``).
+FOLLOW_INTERVAL = 0.2
 
 
 def _pool_specs(args: argparse.Namespace) -> tuple[Tree, list[Any], list[str]]:
@@ -185,23 +198,102 @@ def build(args: argparse.Namespace) -> int:
     return EXIT_INVALID if failed else EXIT_OK
 
 
+def _known(args: argparse.Namespace, records: StateRecords) -> bool:
+    """Whether the controller on ``--state-dir`` has recorded ``args.model`` (if
+    not, say so on stderr, with the models it knows)."""
+    if args.model in records.models:
+        return True
+    known = ", ".join(records.models) or "none recorded yet"
+    print(
+        f"mdc {args.verb}: the controller on {args.state_dir} knows no model {args.model!r} "
+        f"(known: {known})",
+        file=sys.stderr,
+    )
+    return False
+
+
+def _tail(path: Path, lines: int) -> tuple[bytes, int]:
+    """The last ``lines`` lines of ``path`` and the size they end at (read from
+    the end, a block at a time: a log can be large)."""
+    with path.open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        data, at = b"", end
+        while at > 0 and data.count(b"\n") <= lines:
+            step = min(at, 64 * 1024)
+            at -= step
+            f.seek(at)
+            data = f.read(step) + data
+    kept = data.splitlines(keepends=True)[-lines:] if lines > 0 else []
+    return b"".join(kept), end
+
+
+def _follow(path: Path, at: int, write: Callable[[str], object]) -> None:
+    """Print what is added to ``path`` after ``at``, as ``tail -f`` does, until
+    interrupted; a file cut short is read again from its start."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = at
+        if size < at:
+            at = 0
+        if size > at:
+            with path.open("rb") as f:
+                f.seek(at)
+                chunk = f.read(size - at)
+            at += len(chunk)
+            write(decoder.decode(chunk))
+            sys.stdout.flush()
+        time.sleep(FOLLOW_INTERVAL)
+
+
 def logs(args: argparse.Namespace) -> int:
-    """``mdc logs MODEL``: the last lines a release wrote."""
-    path = release_log(Path(args.state_dir), f"{args.model}/{args.release}")
-    if not path.exists():
-        print(
-            f"mdc logs: no logs for {args.model}/{args.release} in {args.state_dir}",
-            file=sys.stderr,
-        )
+    """``mdc logs MODEL``: the last lines the model's stable (or canary) release
+    wrote; with ``--follow``, what it writes next, until Ctrl-C or until the
+    reader of stdout goes (both end with 0)."""
+    state = Path(args.state_dir)
+    records = read_records(state, args.status_branch)
+    if not _known(args, records):
         return EXIT_INVALID
-    lines = path.read_text(errors="replace").splitlines()[-args.lines :]
-    print("\n".join(lines))
-    return EXIT_OK
+    name = records.release(args.model, args.release)
+    if name is None:
+        print(f"mdc logs: {args.model} has no {args.release} release", file=sys.stderr)
+        return EXIT_INVALID
+    path = release_log(state, name)
+    if not path.exists():
+        print(f"mdc logs: release {name} has written no log yet ({path})", file=sys.stderr)
+        return EXIT_INVALID
+    text, end = _tail(path, max(0, args.lines))
+    sys.stdout.write(text.decode(errors="replace"))
+    if not args.follow:
+        return EXIT_OK
+    try:
+        sys.stdout.flush()
+        _follow(path, end, sys.stdout.write)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_OK
+    return EXIT_OK  # pragma: no cover - a follow ends only by an interrupt
 
 
 def manual(args: argparse.Namespace) -> int:
-    """``mdc promote|abort|pause|resume|retry MODEL``: a command for the next pass."""
+    """``mdc promote|abort|pause|resume|retry MODEL``: a command for the next pass
+    of the controller on ``--state-dir``; refused (exit 1, nothing written) when
+    no controller runs there or it knows no such model."""
     state = Path(args.state_dir)
+    if lock_holder(StateLock(state).path) is None:
+        print(
+            f"mdc {args.verb}: no controller runs on the state directory {args.state_dir} "
+            f"(nothing holds {StateLock(state).path}); start one with mdc run, or give the "
+            "--state-dir of the one that runs",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    if not _known(args, read_records(state, args.status_branch)):
+        return EXIT_INVALID
     if args.verb == "retry":
         pins = Pins(state)
         pinned = pins.get(args.model)

@@ -35,9 +35,7 @@ live by subject in :mod:`controller.cli.records` (history, status, monitor),
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -58,6 +56,7 @@ from controller.ui.terminal import (
     counts,
     json_result,
     report,
+    silence_stdout,
 )
 
 __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "main", "verbs"]
@@ -144,11 +143,22 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--bento-home", help="BentoML store (default: $BENTOML_HOME, else STATE_DIR/bentoml)"
     )
-    logs = verbs.add_parser("logs", help="Show a release's output.")
-    logs.add_argument("model")
+    logs = verbs.add_parser(
+        "logs",
+        help="Show a release's output.",
+        description="Show the output of the release the controller runs as the model's "
+        "stable (or canary), found through the state directory.",
+    )
+    logs.add_argument("model", help="the model's name")
     logs.add_argument("--release", choices=("stable", "canary"), default="stable")
-    logs.add_argument("--state-dir", default=".mdc-state")
-    logs.add_argument("--lines", type=int, default=100)
+    logs.add_argument(
+        "--state-dir", default=".mdc-state", help="the controller's (default: .mdc-state)"
+    )
+    logs.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
+    logs.add_argument("--lines", type=int, default=100, help="last lines shown (default: 100)")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="then print what it writes, until Ctrl-C"
+    )
     for verb, text in (
         (
             "promote",
@@ -163,8 +173,11 @@ def _parser() -> argparse.ArgumentParser:
         ("retry", "Allow a rolled-back spec to be tried again (removes its pin)."),
     ):
         manual = verbs.add_parser(verb, help=text, description=text)
-        manual.add_argument("model")
-        manual.add_argument("--state-dir", default=".mdc-state")
+        manual.add_argument("model", help="the model's name")
+        manual.add_argument(
+            "--state-dir", default=".mdc-state", help="the controller's (default: .mdc-state)"
+        )
+        manual.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
         manual.add_argument("--as", dest="who", help="who asks (default: $MDC_USER or $USER)")
     run = verbs.add_parser(
         "run",
@@ -267,22 +280,13 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}  # pragma: no cover - the parser always has verbs
 
 
-def _stdout_gone() -> None:
-    """After a broken pipe: send what is still buffered (and anything the
-    interpreter flushes at exit) to /dev/null, so no second error is printed."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mdc`` with ``argv`` (default: the command line); the exit code."""
     try:
         code = _main(sys.argv[1:] if argv is None else list(argv))
         sys.stdout.flush()  # a closed pipe is found here, not at the interpreter's exit
     except BrokenPipeError:
-        _stdout_gone()
+        silence_stdout()
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -7,7 +7,9 @@ result. Shared by :mod:`controller.cli.main` and :mod:`controller.cli.verbs`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -25,6 +27,7 @@ __all__ = [
     "json_result",
     "plural",
     "report",
+    "silence_stdout",
 ]
 
 EXIT_OK = 0
@@ -58,6 +61,15 @@ class Style:
 
     def yellow(self, text: str) -> str:
         return self(text, "33")
+
+
+def silence_stdout() -> None:
+    """After a broken pipe: send what stdout still buffers (and whatever the
+    interpreter flushes at exit) to /dev/null, so no second error is printed."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def counts(result: LoadResult) -> str:
