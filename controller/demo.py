@@ -505,7 +505,9 @@ def split_line(counts: dict[str, int]) -> str:
 
 def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = False) -> int:
     """The whole story; 0 when every step happened as told. A workspace it made
-    itself is removed at the end (also on an error or Ctrl-C); ``base`` is kept."""
+    itself is removed at the end (also on an error or Ctrl-C); ``base`` is kept.
+    With ``keep`` it runs until interrupted (KeyboardInterrupt, raised again after
+    everything is stopped)."""
     started = time.monotonic()
     temporary = base is None
     base = base or Path(tempfile.mkdtemp(prefix="mdc-demo-"))
@@ -582,13 +584,12 @@ def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = Fa
                 for model, url in sorted(demo.reconciler.routes.items()):
                     demo.say(f"{model}: {url}")
             demo.say(f"the demo took {time.monotonic() - started:.0f}s")
-            if keep:
+            if keep:  # until Ctrl-C or SIGTERM (KeyboardInterrupt): everything stops
                 demo.say("running until Ctrl-C")
-                with contextlib.suppress(KeyboardInterrupt):
-                    while True:
-                        time.sleep(1)
+                while True:
+                    time.sleep(1)
             demo.say("stopping everything the demo started")
     finally:
-        if temporary and not keep:
+        if temporary:
             shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +28,25 @@ def make_repo(tmp_path: Path) -> Callable[..., Path]:
         return repo
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_router_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used ``tmp_path``: stop any router process whose state
+    directory is in it (``mdc run`` leaves the router serving for the next
+    controller, by design; a test must not leave it running for the next test)."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    marker = str(request.getfixturevalue("tmp_path")).encode()
+    yield
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"controller.adapters.router.control" in cmdline and marker in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)

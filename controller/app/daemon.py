@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from controller.adapters.github.webhook import Event, PushEvent, Route, Trigger, WebhookServer
 from controller.app.reconciler import PassResult, Reconciler
+from controller.core.status import Phase
 from controller.errors import PermanentError, Reason
 from controller.spec.documents import Document, parse_yaml
 from controller.ui.exposition import controller_metrics
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds before a pass that raised (a bug) fetches again.
 CRASH_RETRY = 5.0
+#: The phases of a model that is still on its way (``mdc run --once`` waits them out).
+MOVING = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.DEGRADED})
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,36 @@ class Daemon:
                     next_fetch = 0.0  # a push: fetch now
                 if self.stopping.is_set():
                     return 0 if result.ok else 1
+        finally:
+            self.server.stop()
+            self._serving = False
+
+    def settle(
+        self, timeout: float, on_pass: Callable[[PassResult], None] | None = None
+    ) -> tuple[bool, list[str]]:
+        """``mdc run --once``: one pass that reads git, then passes without a fetch
+        until every model has settled (no phase in :data:`MOVING`) or ``timeout``
+        seconds have passed, or :meth:`stop` is called. Whether all of them are
+        Healthy (and no pass failed), and the models still moving at the end."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        fetch = True
+        try:
+            while True:
+                result = self.one_pass(fetch)
+                fetch = False
+                ok = result.ok  # the last pass: an early transient failure may have passed
+                if on_pass is not None:
+                    on_pass(result)
+                with self._lock:
+                    statuses = list(self.reconciler.statuses.values())
+                moving = sorted(s.name for s in statuses if s.phase in MOVING)
+                if result.revision is None and result.poll is None:
+                    return False, moving  # git was never read: nothing can settle
+                if not moving or self.stopping.is_set() or time.monotonic() >= deadline:
+                    healthy = all(s.phase is Phase.HEALTHY for s in statuses)
+                    return ok and healthy and not moving, moving
+                self.trigger.wait(min(self.config.tick, max(0.0, deadline - time.monotonic())))
         finally:
             self.server.stop()
             self._serving = False

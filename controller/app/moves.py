@@ -28,7 +28,7 @@ from controller.app.monitoring import Monitoring
 from controller.app.parts import Parts, Settings
 from controller.app.pool_book import PoolBook
 from controller.app.recovery import Run
-from controller.app.rollout import RolloutDriver
+from controller.app.rollout import RolloutDriver, drain
 from controller.core.allocation import Allocation, ReleaseKind, launch_env
 from controller.core.canary import Action, CanaryPhase, CanaryState
 from controller.core.plan import ModelPlan, Move
@@ -387,8 +387,10 @@ class Moves:
         if driver is None:
             return
         stable = driver.address(driver.stable)
+        canary = driver.address(driver.canary)
         self._route(run.name, RouteConfig(stable, None, 0))
         if driver.canary is not None:
+            drain(self.router, run.name, canary)
             self.runtime.stop(driver.canary.name, drain=2.0)
         self.book.free(run.name, ReleaseKind.CANARY, now)
         run.driver, run.canary_record, run.finished = None, None, None
@@ -427,9 +429,11 @@ class Moves:
 
     def _prune(self, run: Run, now: float) -> None:
         self._abort(run, "removed from git", now)
-        self._stop_stable(run, now)
         if run.name in self.routes:
             self._route(run.name, RouteConfig(None, None, 0))
+            release = self.runtime.releases.get(run.stable.name) if run.stable else None
+            drain(self.router, run.name, release.address if release else None)
+        self._stop_stable(run, now)
         self.pins.unpin(run.name)
         self.monitoring.forget(run.name)
         run.event = ("Pruned", "removed from git: releases stopped, GPUs freed")

@@ -374,13 +374,17 @@ class Reconciler:
             pull_request=run.pull,
             monitor=self.monitoring.record(run.name, run.stable.name) if run.stable else None,
             monitor_events=run.monitor_events,
+            endpoint=self.moves.routes.get(run.name),
         )
 
     # -- shutting down -------------------------------------------------------------
 
     def close(self, stop_releases: bool = False) -> None:
-        """Stop the router; with ``stop_releases``, every release too (else they keep
-        serving, and the next controller adopts them)."""
+        """Let go of the router and the releases, which keep serving (the next
+        controller adopts them); with ``stop_releases``, stop the router (after the
+        requests in flight) and then every release."""
         if stop_releases:
+            self.router.shutdown()
             self.runtime.stop_all(drain=2.0)
-        self.router.close()
+        else:
+            self.router.close()

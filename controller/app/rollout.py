@@ -8,8 +8,10 @@ interval, from router snapshots), asking :func:`~controller.core.canary.advance`
 and carrying out its actions in order -- a weight goes to the router at once;
 a rollback sets weight 0 and stops the canary in the same tick; a promotion
 moves all traffic to the canary, which becomes the stable release, and stops
-the old one. Traffic never reaches a canary that is not ready: until it is,
-and whenever it stops being so, the router has no canary backend.
+the old one. A release that loses its traffic is stopped only once the router
+has answered every request it was sent (:func:`drain`), so no request fails.
+Traffic never reaches a canary that is not ready: until it is, and whenever it
+stops being so, the router has no canary backend.
 
 The driver starts nothing and books nothing, and sets routes through the
 ``route`` it is given (the reconciler's one place for routes): the reconciler starts releases
@@ -49,7 +51,29 @@ from controller.core.traffic import BackendStats, RouteConfig, router_window
 from controller.errors import TransientError
 from controller.spec.kinds import Check, RolloutPolicy
 
-__all__ = ["RolloutDriver", "query_values"]
+__all__ = ["DRAIN_SECONDS", "RolloutDriver", "drain", "query_values"]
+
+#: The longest a release that lost its traffic is given to answer what it holds.
+DRAIN_SECONDS = 10.0
+
+
+def drain(
+    router: Router, model: str, address: str | None, timeout: float = DRAIN_SECONDS
+) -> int:
+    """Wait until the router has no request of ``model`` in flight to ``address``
+    (the route no longer sends it any), at most ``timeout`` seconds; how many were
+    still in flight when it gave up (0: drained)."""
+    if address is None:
+        return 0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            busy = router.in_flight(model).get(address, 0)
+        except (KeyError, TransientError):
+            return 0  # no route, or no router to ask: nothing to wait for
+        if busy == 0 or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.02)
 
 
 def query_values(
@@ -196,15 +220,19 @@ class RolloutDriver:
             canary = self.address(self.canary) if action.weight > 0 else None
             self.route(self.model, RouteConfig(stable, canary, action.weight))
         elif action.kind is ActionKind.ROLLBACK:
+            canary = self.address(self.canary)
             self.route(self.model, RouteConfig(self.address(self.stable), None, 0))
+            drain(self.router, self.model, canary)
             self.runtime.stop(self.canary.name, drain=5.0)
             if self.pins is not None:
                 self.pins.pin(self.model, self.state.spec_hash, action.reason, now)
         elif action.kind is ActionKind.PROMOTE:
             old = self.stable
+            old_address = self.address(old)
             self.route(self.model, RouteConfig(self.address(self.canary), None, 0))
             self.stable = replace(self.canary)
             if old is not None:
+                drain(self.router, self.model, old_address)
                 self.runtime.stop(old.name, drain=5.0)
 
     def run(self, timeout: float, step: float = 0.1) -> CanaryState:

@@ -10,8 +10,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
+    "SECRET_PREFIXES",
     "bentoml_env",
+    "without_secrets",
 ]
+
+#: Variables that carry the controller's credentials: never given to another process.
+SECRET_PREFIXES = ("MDC_GIT_", "MDC_WEBHOOK_", "MDC_GITHUB_", "GITHUB_TOKEN", "GH_TOKEN")
+
+
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` less the controller's credentials (:data:`SECRET_PREFIXES`)."""
+    return {k: v for k, v in env.items() if not k.upper().startswith(SECRET_PREFIXES)}
 
 
 def bentoml_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -202,11 +202,13 @@ def next_status(
     pull_request: int | None = None,
     monitor: Mapping[str, Any] | None = None,
     monitor_events: Sequence[tuple[str, str]] = (),
+    endpoint: str | None = None,
 ) -> ModelStatus:
     """The status after a pass. ``phase`` defaults to the canary's, else Healthy
     when a stable release runs; a history entry is added for ``event`` and
     whenever the phase, step or weight moved, and one for each of the monitor's
-    ``monitor_events`` (an objective breached or recovered, drift)."""
+    ``monitor_events`` (an objective breached or recovered, drift). ``endpoint``
+    is the model's route URL (kept from ``previous`` when not given)."""
     if phase is None:
         if state is not None:
             phase = _CANARY_PHASE[state.phase]
@@ -237,6 +239,7 @@ def next_status(
         pull_request=pull_request if pull_request is not None else base.pull_request,
         phase_since=base.phase_since if previous and previous.phase == phase else iso(now),
         monitor=monitor,
+        endpoint=endpoint or base.endpoint,
     )
     moved = previous is None or (previous.phase, previous.step, previous.weight) != (
         phase,

@@ -149,7 +149,13 @@ class FakeRouter:
     def samples(self, model: str) -> list[Sample]:
         return []
 
+    def in_flight(self, model: str) -> dict[str, int]:
+        return {}
+
     def close(self) -> None:
+        self.closed = True
+
+    def shutdown(self) -> None:
         self.closed = True
 
     def serve(

@@ -63,15 +63,17 @@ def mdc_config(tmp_path: Path, demo: Demo, **settings: object) -> tuple[Path, in
 
 @pytest.fixture
 def cleanup(tmp_path: Path) -> Iterator[list[Controller]]:
-    """Controllers a test started, then whatever still runs under tmp_path (releases
-    a killed controller left): the controllers go first, or they would restart them."""
+    """Controllers a test started, then whatever still runs under tmp_path (the
+    releases and the router a stopped or killed controller leaves for the next one):
+    the controllers go first, or they would restart them."""
     started: list[Controller] = []
     yield started
     for controller in started:
         if controller.proc is not None and controller.proc.poll() is None:
             controller.proc.kill()
             controller.proc.wait(timeout=10)
-    for pid in bentoml_processes(tmp_path):
+    # releases (their environment names tmp_path) and routers (their command line)
+    for pid in {*bentoml_processes(tmp_path), *bentoml_processes(tmp_path, "cmdline")}:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

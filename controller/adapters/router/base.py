@@ -44,6 +44,16 @@ class Router(Protocol):
         """The samples kept since the last call (each is returned once)."""
         ...
 
+    def in_flight(self, model: str) -> dict[str, int]:
+        """The requests of ``model`` being answered now, by backend address
+        (``"127.0.0.1:PORT"``): a release is stopped once its count is 0 (drained)."""
+        ...
+
     def close(self) -> None:
-        """Close every route."""
+        """Let go of the routes. A router in a process of its own keeps serving them
+        (the next controller adopts it); one in this process stops."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop serving every route, after the requests in flight are answered."""
         ...

@@ -242,6 +242,26 @@ class HAProxyRouter:
     def samples(self, model: str) -> list[Sample]:
         return []
 
+    def in_flight(self, model: str) -> dict[str, int]:
+        """Each server's current sessions (``scur`` of ``show stat``), by address."""
+        backend = self._backend(model)
+        config = self.configs.get(model, RouteConfig())
+        rows = [line.split(",") for line in self._command("show stat").splitlines()]
+        header = rows[0] if rows and rows[0] and rows[0][0].startswith("#") else []
+        if "scur" not in header:
+            return {}
+        scur = header.index("scur")
+        found: dict[str, int] = {}
+        for row in rows[1:]:
+            if len(row) > scur and row[0] == backend and row[1] in ("stable", "canary"):
+                address = getattr(config, row[1])
+                if address is not None:
+                    found[address] = found.get(address, 0) + int(row[scur] or 0)
+        return found
+
+    def shutdown(self) -> None:
+        self.close()
+
     def close(self) -> None:
         self._stop.set()
         if self.proc is not None and self.proc.poll() is None:
