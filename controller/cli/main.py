@@ -207,7 +207,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--bento-home", help="BentoML store (default: $BENTOML_HOME, else STATE_DIR/bentoml)"
     )
-    run.add_argument("--once", action="store_true", help="one pass; exit 1 if anything failed")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="one pass, then wait until its moves settle; print each model's phase and URL; "
+        "exit 0 only if every model is Healthy",
+    )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --once: the longest wait for the moves to settle (default: 600)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     status = read_command(
         "status", "Every model: versions, phase, canary step and weight, verdict, GPUs, age."
@@ -239,6 +250,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", help="workspace (default: a new temporary directory)")
     demo.add_argument("--keep", action="store_true", help="keep running until Ctrl-C")
     demo.add_argument("-v", "--verbose", action="store_true", help="the controller's log too")
+    down = verbs.add_parser(
+        "down",
+        help="Stop what a controller left serving: the router and the releases.",
+        description="Stop the router (after its requests in flight) and every local "
+        "release that mdc run left serving in a state directory for the next controller. "
+        "Refused while a controller runs on it.",
+    )
+    down.add_argument(
+        "--state-dir", default=".mdc-state", help="the controller's (default: .mdc-state)"
+    )
+    down.add_argument(
+        "--bento-home", help="BentoML store (default: $BENTOML_HOME, else STATE_DIR/bentoml)"
+    )
     read_command("version", "Print the version.")
     return parser
 
@@ -259,6 +283,7 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "logs": machine.logs,
     **dict.fromkeys(("promote", "abort", "pause", "resume", "retry"), machine.manual),
     "run": run.run_controller,
+    "down": run.down,
     "demo": run.demo,
 }
 

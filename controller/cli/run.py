@@ -84,7 +84,7 @@ def run_controller(args: argparse.Namespace) -> int:
         print(f"mdc run: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        return _serve(config, secret, args.once, getattr(args, "timeout", None) or ONCE_TIMEOUT)
+        return _serve(config, secret, args.once, args.timeout or ONCE_TIMEOUT)
     except MdcError as exc:
         print(f"mdc run: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
