@@ -35,7 +35,7 @@ from controller.app.wiring import bento_home
 from controller.cli.records import RepoError, local_path, open_repo, recorded_statuses
 from controller.core.inventory import Inventory, build_inventory
 from controller.errors import MdcError
-from controller.spec.kinds import Discovery
+from controller.spec.kinds import Discovery, Model
 from controller.spec.loader import load_desired
 from controller.spec.tree import DirTree, Tree
 from controller.ui.pool_view import planned_holdings, pool_report, recorded_holdings, render
@@ -44,6 +44,7 @@ from controller.ui.terminal import (
     EXIT_OK,
     EXIT_USAGE,
     Style,
+    progress,
     report,
     silence_stdout,
 )
@@ -142,6 +143,29 @@ def _revision(path: str) -> str:
     return "" if repo is None else repo.head_revision()
 
 
+def _build_one(
+    packager: Packager, model: Model, tree: Tree, source: Source, fmt: str
+) -> dict[str, Any]:
+    """Build one model's bento: its row (``error`` set when it failed, said on stderr)."""
+    started = time.perf_counter()
+    try:
+        built = packager.build(model, tree, source)
+    except MdcError as exc:
+        print(f"mdc build: {exc}", file=sys.stderr)
+        return {"model": model.name, "error": exc.reason, "message": str(exc)}
+    seconds = round(time.perf_counter() - started, 2)
+    if fmt == "text":
+        what = f"built in {seconds:g}s" if built.built else "present"
+        print(f"{model.name:<24} {built.bento_tag:<40} {what}", flush=True)
+    return {
+        "model": model.name,
+        "bento": built.bento_tag,
+        "modelTag": built.model_tag,
+        "built": built.built,
+        "seconds": seconds,
+    }
+
+
 def build(args: argparse.Namespace) -> int:
     """``mdc build [MODEL...]``: build the bentos that are not built yet (from the
     files of a local directory: a build packs a working copy)."""
@@ -169,30 +193,14 @@ def build(args: argparse.Namespace) -> int:
         bento_home(Path(args.bento_home) if args.bento_home else None, Path(args.state_dir)),
         Path(args.state_dir),
     )
-    source = Source(str(Path(args.repo).resolve()), _revision(args.repo))
+    source = Source(str(path.resolve()), _revision(str(path)))
     rows, failed = [], False
-    for name in names:
-        started = time.perf_counter()
-        try:
-            built = packager.build(models[name], tree, source)
-        except MdcError as exc:
-            failed = True
-            print(f"mdc build: {exc}", file=sys.stderr)
-            rows.append({"model": name, "error": exc.reason, "message": str(exc)})
-            continue
-        seconds = round(time.perf_counter() - started, 2)
-        rows.append(
-            {
-                "model": name,
-                "bento": built.bento_tag,
-                "modelTag": built.model_tag,
-                "built": built.built,
-                "seconds": seconds,
-            }
-        )
-        if args.format == "text":
-            what = f"built in {seconds:g}s" if built.built else "present"
-            print(f"{name:<24} {built.bento_tag:<40} {what}", flush=True)
+    with progress(sys.stderr) as note:
+        for number, name in enumerate(names, 1):
+            note(f"building {name} ({number}/{len(names)})")
+            row = _build_one(packager, models[name], tree, source, args.format)
+            failed |= "error" in row
+            rows.append(row)
     if args.format == "json":
         print(json.dumps({"builds": rows}, indent=2))
     return EXIT_INVALID if failed else EXIT_OK

@@ -1,8 +1,11 @@
 """What ``mdc`` prints, and the exit codes scripts can trust.
 
 Owns the exit codes, terminal styling (colour only on a terminal, never with
-``NO_COLOR``), compiler-style error listings and the JSON shape of a load
-result. Shared by :mod:`controller.cli.main` and :mod:`controller.cli.verbs`.
+``NO_COLOR``), the progress line of long work (:func:`progress`: a ``rich``
+spinner on a terminal, nothing at all on a pipe or with ``NO_COLOR``),
+compiler-style error listings, the JSON shape of a load result and what to do
+with stdout once its reader has gone (:func:`silence_stdout`). Shared by the
+modules of :mod:`controller.cli`.
 """
 
 from __future__ import annotations
@@ -10,8 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.spinner import Spinner
 
 from controller.spec.documents import Diagnostic
 from controller.spec.loader import LoadResult
@@ -26,6 +33,7 @@ __all__ = [
     "counts",
     "json_result",
     "plural",
+    "progress",
     "report",
     "silence_stdout",
 ]
@@ -61,6 +69,31 @@ class Style:
 
     def yellow(self, text: str) -> str:
         return self(text, "33")
+
+
+@contextlib.contextmanager
+def progress(stream: TextIO) -> Iterator[Callable[[str], None]]:
+    """A progress line on ``stream`` while the block runs: what it is doing now
+    (each call of the function given), beside a spinner, erased at the end.
+
+    Only for a person: on a terminal without ``NO_COLOR`` (or ``TERM=dumb``);
+    anywhere else the calls do nothing and nothing is written. Lines printed to
+    stderr meanwhile (and to stdout, when it is a terminal too) appear above it.
+    """
+    if not Style(stream).on:
+        yield lambda text: None
+        return
+    spinner = Spinner("dots", "")
+    console = Console(file=stream)
+    with Live(
+        spinner,
+        console=console,
+        transient=True,
+        refresh_per_second=10,
+        redirect_stdout=sys.stdout.isatty(),
+        redirect_stderr=True,
+    ):
+        yield lambda text: spinner.update(text=text)
 
 
 def silence_stdout() -> None:

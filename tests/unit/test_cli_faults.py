@@ -4,6 +4,9 @@ prints on a pipe."""
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +164,117 @@ def test_a_reader_that_stops_after_one_line(tmp_path: Path) -> None:
     )
     assert done.stdout == "{\n"
     assert done.stderr.strip() in ("status 0", f"status {EXIT_BROKEN_PIPE}")
+
+
+# -- progress on a terminal, never on a pipe -------------------------------------------
+
+#: ``mdc build`` with a packager that builds nothing (a short wait per model).
+FAKE_BUILD = """
+import sys, time, types
+from controller.cli import machine
+
+def build(self, model, tree, source):
+    time.sleep(0.4)
+    return types.SimpleNamespace(bento_tag=model.name + ":fake", model_tag=None, built=True)
+
+machine.Packager.build = build
+from controller.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def build_argv(tmp_path: Path) -> list[str]:
+    script = tmp_path / "fake_build.py"
+    script.write_text(FAKE_BUILD)
+    state = str(tmp_path / "state")
+    return [sys.executable, str(script), "build", "--repo", str(EXAMPLE_REPO), "--state-dir", state]
+
+
+def terminal_env(no_color: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env |= {"TERM": "xterm", "PYTHONPATH": str(ROOT)}
+    return env | ({"NO_COLOR": "1"} if no_color else {})
+
+
+def test_build_on_a_pipe_prints_no_control_characters(tmp_path: Path) -> None:
+    done = subprocess.run(
+        build_argv(tmp_path),
+        capture_output=True,
+        text=True,
+        env=terminal_env(no_color=False),
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["fraud-scorer", "fraud-scorer:fake"],
+        ["search-ranker", "search-ranker:fake"],
+    ]
+    assert all(c == "\n" or c.isprintable() for c in done.stdout)
+
+
+def _in_terminal(argv: list[str], env: dict[str, str]) -> str:
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=follower, stderr=follower, env=env, cwd=ROOT)
+    os.close(follower)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], 30)
+        if not ready:
+            break
+        try:
+            data = os.read(leader, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=30) == 0
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_build_on_a_terminal_shows_progress_unless_no_color(tmp_path: Path, no_color: bool) -> None:
+    output = _in_terminal(build_argv(tmp_path), terminal_env(no_color))
+    assert "fraud-scorer:fake" in output
+    assert "search-ranker:fake" in output
+    shown = "building search-ranker (2/2)" in output
+    assert shown is not no_color
+    assert ("\033[" in output) is not no_color
+
+
+def test_a_failed_build_on_a_terminal_prints_its_error_above_the_progress(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "fake_build.py"
+    argv = build_argv(tmp_path)
+    script.write_text(
+        FAKE_BUILD.replace(
+            "    time.sleep(0.4)\n",
+            "    time.sleep(0.4)\n"
+            "    from controller.errors import PermanentError\n"
+            "    raise PermanentError('no bento for ' + model.name)\n",
+        )
+    )
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=follower, stderr=follower, env=terminal_env(False))
+    os.close(follower)
+    chunks = []
+    while select.select([leader], [], [], 30)[0]:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=30) == 1
+    os.close(leader)
+    output = b"".join(chunks).decode(errors="replace")
+    # each error on a line of its own, the progress line cleared before it
+    assert "\x1b[2Kmdc build: no bento for fraud-scorer\r\n" in output
+    assert "\x1b[2Kmdc build: no bento for search-ranker\r\n" in output
