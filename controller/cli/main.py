@@ -38,6 +38,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from controller import __version__
 from controller.cli import changes, machine, records, run
@@ -348,7 +349,8 @@ def _main(argv: list[str]) -> int:
     try:
         tree = DirTree(args.path)
     except NotADirectoryError:
-        print(f"mdc {args.verb}: {args.path}: not a directory", file=sys.stderr)
+        problem = "not a directory" if Path(args.path).exists() else "no such directory"
+        print(f"mdc {args.verb}: {args.path}: {problem}", file=sys.stderr)
         return EXIT_USAGE
     result = load_desired(tree)
     if args.verb == "validate":

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from controller.app.daemon import load_config
+from controller.cli import main as cli_main
 from controller.cli.main import main
 from controller.errors import PermanentError
-from controller.ui.terminal import EXIT_BROKEN_PIPE, EXIT_USAGE
+from controller.ui.terminal import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 from tests.conftest import EXAMPLE_REPO, ROOT
 
 MDC = Path(sys.executable).with_name("mdc")
@@ -278,3 +279,28 @@ def test_a_failed_build_on_a_terminal_prints_its_error_above_the_progress(
     # each error on a line of its own, the progress line cleared before it
     assert "\x1b[2Kmdc build: no bento for fraud-scorer\r\n" in output
     assert "\x1b[2Kmdc build: no bento for search-ranker\r\n" in output
+
+
+# -- exit codes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["validate", "plan"])
+def test_a_path_that_is_not_there_is_named(
+    verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([verb, str(tmp_path / "nowhere")]) == EXIT_USAGE
+    assert capsys.readouterr().err == f"mdc {verb}: {tmp_path / 'nowhere'}: no such directory\n"
+    (tmp_path / "a-file").write_text("x")
+    assert main([verb, str(tmp_path / "a-file")]) == EXIT_USAGE
+    assert capsys.readouterr().err == f"mdc {verb}: {tmp_path / 'a-file'}: not a directory\n"
+
+
+def test_ctrl_c_ends_any_verb_with_130_and_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli_main._VERBS, "status", interrupted)
+    assert main(["status"]) == EXIT_INTERRUPTED
+    assert capsys.readouterr() == ("", "")
