@@ -261,6 +261,13 @@ def logs(args: argparse.Namespace) -> int:
     wrote; with ``--follow``, what it writes next, until Ctrl-C or until the
     reader of stdout goes (both end with 0)."""
     state = Path(args.state_dir)
+    if not state.is_dir():
+        print(
+            f"mdc logs: {args.state_dir}: no such state directory (give the controller's "
+            "--state-dir)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     records = read_records(state, args.status_branch)
     if not _known(args, records):
         return EXIT_INVALID

@@ -290,6 +290,11 @@ def test_logs_of_an_unknown_model_or_release(
     argv = ["logs", "fraud-scorer", "--release", "canary", "--state-dir", str(state)]
     assert main(argv) == EXIT_INVALID
     assert capsys.readouterr().err == "mdc logs: fraud-scorer has no canary release\n"
+    assert main(["logs", "fraud-scorer", "--state-dir", str(state.parent / "elsewhere")]) == 1
+    assert capsys.readouterr().err == (
+        f"mdc logs: {state.parent / 'elsewhere'}: no such state directory "
+        "(give the controller's --state-dir)\n"
+    )
 
 
 def test_logs_from_the_runtime_table_alone(
