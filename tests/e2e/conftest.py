@@ -110,7 +110,7 @@ class Controller:
         return ""
 
     def status(self, model: str) -> dict[str, Any] | None:
-        rows = httpx.get(self.url() + "/api/status", timeout=5).json()
+        rows = httpx.get(self.url() + "/api/status", timeout=5).json()["models"]
         return next((r for r in rows if r["model"] == model), None)
 
     def kill(self) -> None:

@@ -171,7 +171,7 @@ def test_the_week_of_a_team(tmp_path: Path) -> None:
         assert {h.release for h in recorded.gpus} == {"stable"}  # the canary's GPUs are free
         trailers = git("log", "-1", "--format=%(trailers)", "mdc/status", cwd=bare)
         assert f"Source-Revision: main@sha1:{bad_merge}" in trailers
-        rows = httpx.get(demo.daemon.url + "/api/status").json()
+        rows = httpx.get(demo.daemon.url + "/api/status").json()["models"]
         assert {r["model"]: r["phase"] for r in rows} == {
             "fraud-scorer": "Healthy",
             RANKER: "RolledBack",

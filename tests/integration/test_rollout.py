@@ -21,6 +21,7 @@ from controller.adapters.runtime.base import ReleaseSpec, State
 from controller.adapters.runtime.local import LocalRuntime
 from controller.app.manual import Pins
 from controller.app.rollout import RolloutDriver
+from controller.app.daemon import StateLock
 from controller.cli.main import main
 from controller.core.canary import CanaryPhase, Outcome
 from controller.core.plan import rollout_decision
@@ -278,10 +279,9 @@ def test_manual_gate_waits_for_mdc_resume(tmp_path: Path, built: Built) -> None:
             time.sleep(0.05)
         time.sleep(11)  # past the progress deadline: a gate waiting for a person is exempt
         assert driver.tick()[0].phase is CanaryPhase.WAITING_FOR_APPROVAL
-        assert (
-            main(["resume", "fraud-scorer", "--state-dir", str(tmp_path / "state"), "--as", "dana"])
-            == 0
-        )
+        resume = ["resume", "fraud-scorer", "--state-dir", str(tmp_path / "state"), "--as", "dana"]
+        with StateLock(tmp_path / "state"):  # as if a controller ran on it
+            assert main(resume) == 0
         state, actions = driver.tick()
         assert state.phase is CanaryPhase.PROMOTED  # 70% was the last step
         assert [(str(a.kind), a.weight) for a in actions] == [

@@ -211,3 +211,14 @@ def test_a_bad_config_is_refused_not_applied(
     assert httpx.get(url).text == "blue"
     table = json.loads((router.dir / "routes.json").read_text())
     assert table["m"]["config"]["stable"] == backends["blue"]
+
+
+def test_calls_on_one_kept_alive_connection_do_not_bleed_into_each_other(
+    router: SupervisedRouter, backends: dict[str, str]
+) -> None:
+    """A body the call does not use (draining samples) is read all the same."""
+    router.add_model("m")
+    router.configure("m", RouteConfig(backends["blue"], None, 0))
+    for _ in range(3):
+        assert router.samples("m") == []
+        assert router.snapshot("m")["stable"].codes == {}

@@ -388,6 +388,7 @@ def test_status_row(status: ModelStatus, expected: dict[str, Any]) -> None:
         "gpus",
         "age",
         "conditions",
+        "endpoint",
     ]
     json.dumps(row, allow_nan=False)  # what `mdc status --format json` prints
 
@@ -434,13 +435,13 @@ def test_table_without_colour() -> None:
     assert render_status_table(rows, style(False)) == "\n".join(
         [
             "MODEL          TEAM    STABLE  CANARY  PHASE        STEP  WEIGHT"
-            "  VERDICT        GPUS  AGE",
+            "  VERDICT        GPUS  AGE  ENDPOINT",
             "fraud-scorer   fraud   1.0.0   1.1.0   Progressing  3/8   25%   "
-            "  fail: latency  2     12m",
+            "  fail: latency  2     12m  -",
             "new            -       -       -       Pending      -     -     "
-            "  -              0     -",
+            "  -              0     -    -",
             "search-ranker  search  2.0.0   -       Healthy      -     -     "
-            "  -              0.25  3h",
+            "  -              0.25  3h   -",
         ]
     )
 

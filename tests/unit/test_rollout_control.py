@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.app.daemon import StateLock
 from controller.app.manual import Pins, read_command, send_command
 from controller.cli.main import EXIT_INVALID, EXIT_OK, main
 from controller.core.canary import CanaryPhase, CanaryState
@@ -37,12 +38,23 @@ def test_rollout_decision(
     assert rollout_decision(desired, stable, running, pinned) == decision
 
 
+def _known(state_dir: Path) -> None:
+    """A state directory whose controller runs a release of fraud-scorer."""
+    (state_dir / "runtime").mkdir(parents=True, exist_ok=True)
+    (state_dir / "runtime" / "releases.json").write_text(
+        '[{"spec": {"name": "fraud-scorer/abc", "model": "fraud-scorer"}}]'
+    )
+
+
 def test_commands_travel_through_the_state_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MDC_USER", "alice")
-    assert main(["promote", "fraud-scorer", "--state-dir", str(tmp_path)]) == EXIT_OK
-    assert main(["abort", "fraud-scorer", "--state-dir", str(tmp_path), "--as", "bob"]) == EXIT_OK
+    _known(tmp_path)
+    with StateLock(tmp_path):  # a controller runs on it
+        assert main(["promote", "fraud-scorer", "--state-dir", str(tmp_path)]) == EXIT_OK
+        abort = ["abort", "fraud-scorer", "--state-dir", str(tmp_path), "--as", "bob"]
+        assert main(abort) == EXIT_OK
     action = read_command(tmp_path, "fraud-scorer")
     assert action is not None
     assert (action.command, action.who) == ("abort", "bob")  # the newest wins
@@ -53,11 +65,14 @@ def test_commands_travel_through_the_state_dir(
 
 
 def test_retry_removes_the_pin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["retry", "fraud-scorer", "--state-dir", str(tmp_path)]) == EXIT_INVALID
-    assert "no failed spec pinned" in capsys.readouterr().err
-    Pins(tmp_path).pin("fraud-scorer", "hash-b", "errors", 1.0)
-    assert Pins(tmp_path).get("fraud-scorer") == "hash-b"
-    assert main(["retry", "fraud-scorer", "--state-dir", str(tmp_path), "--as", "carol"]) == EXIT_OK
+    _known(tmp_path)
+    with StateLock(tmp_path):
+        assert main(["retry", "fraud-scorer", "--state-dir", str(tmp_path)]) == EXIT_INVALID
+        assert "no failed spec pinned" in capsys.readouterr().err
+        Pins(tmp_path).pin("fraud-scorer", "hash-b", "errors", 1.0)
+        assert Pins(tmp_path).get("fraud-scorer") == "hash-b"
+        retry = ["retry", "fraud-scorer", "--state-dir", str(tmp_path), "--as", "carol"]
+        assert main(retry) == EXIT_OK
     assert Pins(tmp_path).get("fraud-scorer") is None
     action = read_command(tmp_path, "fraud-scorer")
     assert action is not None

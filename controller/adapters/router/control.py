@@ -275,6 +275,7 @@ class RouterService:
 class _Handler(BaseHTTPRequestHandler):
     service: RouterService
     token: bytes
+    raw: bytes = b""
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -292,11 +293,17 @@ class _Handler(BaseHTTPRequestHandler):
         given = self.headers.get("Authorization", "").removeprefix("Bearer ").encode()
         return hmac.compare_digest(given, self.token)
 
-    def _body(self) -> Any:
+    def _read(self) -> bytes:
+        """The request's body, read whole whether or not the call uses it (a body
+        left unread would be taken for the next request on the connection)."""
         length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_CONTROL_BODY:
-            raise ValueError("body too large")
-        return json.loads(self.rfile.read(length) or b"null")
+        if not 0 <= length <= MAX_CONTROL_BODY:
+            self.close_connection = True
+            raise ValueError("bad or too large Content-Length")
+        return self.rfile.read(length)
+
+    def _body(self) -> Any:
+        return json.loads(self.raw or b"null")
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -308,6 +315,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
+        try:
+            self.raw = self._read()
+        except ValueError as exc:
+            self._reply(413, {"error": str(exc)})
+            return
         parts = [p for p in self.path.split("?", 1)[0].split("/") if p]
         if parts == ["healthz"]:
             self._reply(200, {"pid": os.getpid()})
