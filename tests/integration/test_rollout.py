@@ -19,9 +19,9 @@ from controller.adapters.packaging import Packager, Source
 from controller.adapters.router.base import Router
 from controller.adapters.runtime.base import ReleaseSpec, State
 from controller.adapters.runtime.local import LocalRuntime
+from controller.app.daemon import StateLock
 from controller.app.manual import Pins
 from controller.app.rollout import RolloutDriver
-from controller.app.daemon import StateLock
 from controller.cli.main import main
 from controller.core.canary import CanaryPhase, Outcome
 from controller.core.plan import rollout_decision
