@@ -81,7 +81,7 @@ def new_router(kind: str, tmp_path: Path) -> Router:
     if kind == "haproxy":
         require_haproxy()
         return make_router("haproxy", state_dir=tmp_path)
-    return make_router("embedded")
+    return EmbeddedRouter()  # the engine itself, in this process
 
 
 def settled(router: Router, backend: str, count: int) -> BackendStats:

@@ -9,29 +9,31 @@ override (``X-MDC-Version: stable|canary``) for smoke tests; mirroring (a
 share of requests also copied to the canary, its answers discarded); and
 per-backend counters -- requests by status code and a latency histogram --
 read by the analysis (:meth:`EmbeddedRouter.snapshot`) and exposed as
-Prometheus metrics on an admin port; and opt-in sampling of a share of the
-requests and their JSON answers (:meth:`EmbeddedRouter.sample`), with the
-model's sensitive keys dropped before a sample is buffered, in a buffer
-bounded in count and bytes, drained by the monitor once a pass.
+Prometheus metrics on an admin port; the requests in flight to each backend
+(:meth:`EmbeddedRouter.in_flight`, to drain a release before stopping it); and
+opt-in sampling of a share of the requests and their JSON answers
+(:meth:`EmbeddedRouter.sample`), with the model's sensitive keys dropped before
+a sample is buffered, in a buffer bounded in count and bytes, drained by the
+monitor once a pass.
 
-HTTP/1.1 with keep-alive on both sides (pooled backend connections),
-``Content-Length`` and chunked request bodies, TCP_NODELAY everywhere. It runs
-an asyncio loop in a thread of its own, so callers stay synchronous. A
-backend that cannot be reached answers 502 and is counted as such.
+The HTTP/1.1 itself is :mod:`controller.adapters.router.http1` (the clients'
+side: parsing, keep-alive, timeouts, 400/408/413/431) and
+:mod:`controller.adapters.router.upstream` (the backends': pooled connections
+and their safe reuse, 502/504). It runs an asyncio loop in a thread of
+its own, so callers stay synchronous.
 
-Called by the rollout driver and the reconciler; :class:`Router` is the small
-protocol a real proxy (HAProxy) implements too.
+Called by the rollout driver and the reconciler (through the router process,
+:mod:`controller.adapters.router.control`), and the benches; :class:`Router`
+is the small protocol a real proxy (HAProxy) implements too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import json
 import random
-import socket
 import threading
 import time
 from collections import deque
@@ -43,37 +45,29 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from controller.adapters.router.http1 import (
+    MAX_BODY,
+    ClientConnection,
+    Handler,
+    Request,
+    Response,
+    Timeouts,
+    Watch,
+    plain,
+)
+from controller.adapters.router.upstream import Upstreams
 from controller.core.drift import redact
 from controller.core.traffic import BUCKETS, BackendStats, RouteConfig, Sample, SamplingConfig
 
 __all__ = [
     "BUCKETS",
+    "MAX_BODY",
     "BackendStats",
     "EmbeddedRouter",
 ]
 
 OVERRIDE_HEADER = b"x-mdc-version"
-MAX_HEAD = 64 * 1024
-MAX_BODY = 64 * 1024 * 1024
 T = TypeVar("T")
-_BACKEND_ERRORS = (
-    TimeoutError,
-    OSError,
-    asyncio.IncompleteReadError,
-    asyncio.LimitOverrunError,
-    ValueError,
-    IndexError,
-)
-_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"transfer-encoding",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"content-length",
-}
 
 
 class _Model:
@@ -81,6 +75,7 @@ class _Model:
         self.name = name
         self.config = RouteConfig()
         self.stats: dict[str, BackendStats] = {"stable": BackendStats(), "canary": BackendStats()}
+        self.in_flight: dict[str, int] = {}  # by backend address, every one ever used
         self.server: asyncio.base_events.Server | None = None
         self.url = ""
         self.sampling: SamplingConfig | None = None
@@ -94,15 +89,26 @@ SAMPLES_BUFFERED, SAMPLE_BYTES_BUFFERED = 5000, 8 * 2**20
 
 
 class EmbeddedRouter:
-    """The default router (see the module docstring)."""
+    """The default router (see the module docstring). ``header_timeout``: seconds
+    a client has to send a request's head once it began (then 408);
+    ``idle_timeout``: a kept-alive client connection with no request is closed
+    after it; ``response_timeout``: a backend's whole answer (then 504)."""
 
-    def __init__(self, host: str = "127.0.0.1", admin_port: int | None = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        admin_port: int | None = 0,
+        *,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+        response_timeout: float = 300.0,
+    ) -> None:
         self.host = host
         self.models: dict[str, _Model] = {}
-        self.pools: dict[str, deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
-        self.writers: set[asyncio.StreamWriter] = (
-            set()
-        )  # every open connection, to close at the end
+        self.timeouts = Timeouts(header_timeout, idle_timeout, response_timeout)
+        self.watch = Watch()  # every open connection, client or backend, and its deadline
+        self.upstreams = Upstreams(self.timeouts, self.watch)
+        self.tasks: set[asyncio.Task[None]] = set()  # mirrored requests under way
         self.lock = threading.Lock()
         self.rng = random.Random()
         self.loop = asyncio.new_event_loop()
@@ -111,11 +117,16 @@ class EmbeddedRouter:
         self.admin_url = ""
         self._admin: asyncio.base_events.Server | None = None
         if admin_port is not None:
-            self._admin = self._call(asyncio.start_server(self._serve_admin, host, admin_port))
+            self._admin = self._call(self._listen(self._serve_admin, admin_port))
             self.admin_url = f"http://{host}:{self._admin.sockets[0].getsockname()[1]}"
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    async def _listen(self, handle: Handler, port: int) -> asyncio.base_events.Server:
+        return await self.loop.create_server(
+            lambda: ClientConnection(handle, self.timeouts, self.watch), self.host, port
+        )
 
     # -- the Router protocol ------------------------------------------------------
 
@@ -124,11 +135,10 @@ class EmbeddedRouter:
             return self.models[model].url
         state = _Model(model)
 
-        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(asyncio.CancelledError):  # closing the router
-                await self._serve_client(state, r, w)
+        async def handle(request: Request) -> Response:
+            return await self._handle(state, request)
 
-        state.server = self._call(asyncio.start_server(handler, self.host, port))
+        state.server = self._call(self._listen(handle, port))
         state.url = f"http://{self.host}:{state.server.sockets[0].getsockname()[1]}"
         self.models[model] = state
         return state.url
@@ -163,6 +173,37 @@ class EmbeddedRouter:
         with self.lock:
             return {k: v.copy() for k, v in self.models[model].stats.items()}
 
+    def in_flight(self, model: str) -> dict[str, int]:
+        """The requests (mirrored ones included) being forwarded now to each of
+        ``model``'s backends, by address (``"127.0.0.1:PORT"``); the route's
+        current backends are always named. A release whose count is 0 and that
+        the route no longer names is drained."""
+        state = self.models[model]
+        counts = {a: n for a, n in state.in_flight.copy().items() if n}
+        config = state.config
+        for address in (config.stable, config.canary):
+            if address is not None:
+                counts.setdefault(address, 0)
+        return counts
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop taking connections, let the requests in flight be answered (at
+        most ``timeout`` seconds), then close."""
+
+        async def stop_listening() -> None:
+            for m in self.models.values():
+                if m.server is not None:
+                    m.server.close()
+
+        if self.loop.is_running():
+            self._call(stop_listening())
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and any(
+                sum(self.in_flight(m).values()) for m in list(self.models)
+            ):
+                time.sleep(0.02)
+        self.close()
+
     def close(self) -> None:
         async def shutdown() -> None:
             for m in self.models.values():
@@ -174,16 +215,17 @@ class EmbeddedRouter:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for writer in list(self.writers):
-                writer.close()
-            self.writers.clear()
-            self.pools.clear()
+            self.watch.close()
+            self.upstreams.close()
+            for _ in range(3):  # the transports' sockets close on the next turns
+                await asyncio.sleep(0)
 
         if self.loop.is_running():
             self._call(shutdown())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
-        self.loop.close()
+        if not self.loop.is_closed():
+            self.loop.close()
 
     # -- choosing ---------------------------------------------------------------
 
@@ -204,56 +246,60 @@ class EmbeddedRouter:
 
     # -- serving ----------------------------------------------------------------
 
-    async def _serve_client(
-        self, model: _Model, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        _nodelay(writer)
-        self.writers.add(writer)
+    async def _handle(self, model: _Model, request: Request) -> Response:
+        config = model.config
+        which = self._choose(config, request.fields)
+        address = config.canary if which == "canary" else config.stable
+        if address is None:
+            return plain(503, b"no release is serving this model")
+        outgoing = request.encode()
+        started = time.perf_counter()
+        response = await self._forward(model, address, outgoing, request.method)
+        elapsed = time.perf_counter() - started
+        with self.lock:
+            model.stats[which].observe(response.status, elapsed)
+        sampling = model.sampling  # after the answer: the client does not wait on it
+        if sampling is not None and self.rng.random() < sampling.share:
+            self.loop.call_soon(
+                self._keep,
+                model,
+                sampling,
+                which,
+                response.status,
+                elapsed,
+                request.body,
+                response.body,
+            )
+        if (
+            config.mirror
+            and which == "stable"
+            and config.canary is not None
+            and self.rng.randrange(100) < config.mirror
+        ):
+            task = self.loop.create_task(
+                self._mirror(model, config.canary, outgoing, request.method)
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return response
+
+    async def _forward(
+        self, model: _Model, address: str, outgoing: bytes, method: bytes
+    ) -> Response:
+        # only this loop writes the counts, and no key ever goes: another thread's
+        # copy (:meth:`in_flight`) needs no lock
+        counts = model.in_flight
+        counts[address] = counts.get(address, 0) + 1
         try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                except asyncio.LimitOverrunError:
-                    await _answer(writer, 431, b"request head too large")
-                    return
-                request_line, headers, raw_headers = _parse_head(head)
-                try:
-                    body = await _read_body(reader, headers)
-                except ValueError as exc:
-                    await _answer(writer, 400, str(exc).encode())
-                    return
-                config = model.config
-                which = self._choose(config, headers)
-                address = getattr(config, which)
-                if address is None:
-                    await _answer(writer, 503, b"no release is serving this model")
-                    continue
-                outgoing = _outgoing(request_line, raw_headers, body)
-                started = time.perf_counter()
-                status, response, answer = await self._forward(address, outgoing)
-                elapsed = time.perf_counter() - started
-                with self.lock:
-                    model.stats[which].observe(status, elapsed)
-                writer.write(response)
-                await writer.drain()
-                sampling = model.sampling  # after the answer: the client does not wait on it
-                if sampling is not None and self.rng.random() < sampling.share:
-                    self._keep(model, sampling, which, status, elapsed, body, answer)
-                if (
-                    config.mirror
-                    and which == "stable"
-                    and config.canary is not None
-                    and self.rng.randrange(100) < config.mirror
-                ):
-                    self.loop.create_task(self._mirror(model, config.canary, outgoing))
-                if headers.get(b"connection", b"").lower() == b"close":
-                    return
+            return await self.upstreams.send(address, outgoing, method)
         finally:
-            self.writers.discard(writer)
-            with contextlib.suppress(Exception):
-                writer.close()
+            counts[address] -= 1
+
+    async def _mirror(self, model: _Model, address: str, outgoing: bytes, method: bytes) -> None:
+        started = time.perf_counter()
+        response = await self._forward(model, address, outgoing, method)
+        with self.lock:
+            model.stats["canary"].observe(response.status, time.perf_counter() - started)
 
     def _keep(  # noqa: PLR0917
         self,
@@ -295,65 +341,10 @@ class EmbeddedRouter:
             model.samples.append(sample)
             model.sampled_bytes += sample.size
 
-    async def _mirror(self, model: _Model, address: str, outgoing: bytes) -> None:
-        started = time.perf_counter()
-        status, _, _ = await self._forward(address, outgoing)
-        with self.lock:
-            model.stats["canary"].observe(status, time.perf_counter() - started)
-
-    async def _forward(self, address: str, outgoing: bytes) -> tuple[int, bytes, bytes]:
-        """The backend's status, the answer to pass on, and the answer's body."""
-        pool = self.pools.setdefault(address, deque())
-        for attempt in (0, 1):
-            fresh = not pool
-            try:
-                if pool:
-                    reader, writer = pool.pop()
-                else:
-                    host, port = address.rsplit(":", 1)
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(host, int(port)), timeout=5
-                    )
-                    _nodelay(writer)
-                    self.writers.add(writer)
-            except _BACKEND_ERRORS:
-                return 502, _response(502, b"the release did not answer"), b""
-            try:
-                writer.write(outgoing)
-                await writer.drain()
-                head = await reader.readuntil(b"\r\n\r\n")
-                status_line, headers, raw_headers = _parse_head(head)
-                status = int(status_line.split(b" ", 2)[1])
-                body = await _read_body(reader, headers)
-            except _BACKEND_ERRORS:
-                writer.close()
-                self.writers.discard(writer)
-                if fresh or attempt == 1:
-                    return 502, _response(502, b"the release did not answer"), b""
-                continue  # a pooled connection the backend had closed: try a new one
-            if headers.get(b"connection", b"").lower() == b"close":
-                writer.close()
-                self.writers.discard(writer)
-            else:
-                pool.append((reader, writer))
-            return status, _rebuild(status_line, raw_headers, body), body
-        return 502, _response(502, b"the release did not answer"), b""  # pragma: no cover
-
-    async def _serve_admin(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            writer.close()
-            return
-        path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"/"
-        if path.startswith(b"/metrics"):
-            writer.write(_response(200, self.metrics_text().encode(), b"text/plain; version=0.0.4"))
-        else:
-            writer.write(_response(404, b"not found"))
-        await writer.drain()
-        writer.close()
+    async def _serve_admin(self, request: Request) -> Response:
+        if request.target.startswith(b"/metrics"):
+            return plain(200, self.metrics_text().encode(), b"text/plain; version=0.0.4")
+        return plain(404, b"not found")
 
     def metrics_text(self) -> str:
         """Each backend's counters in the Prometheus text format: requests by code
@@ -390,13 +381,6 @@ class _Families(Collector):
         return iter(self.families)
 
 
-def _nodelay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _sticky_key(sticky: str, headers: Mapping[bytes, bytes]) -> bytes | None:
     if sticky.lower().startswith("cookie:"):
         name = sticky.split(":", 1)[1].strip().encode()
@@ -406,88 +390,3 @@ def _sticky_key(sticky: str, headers: Mapping[bytes, bytes]) -> bytes | None:
                 return value
         return None
     return headers.get(sticky.lower().encode()) or None
-
-
-def _parse_head(head: bytes) -> tuple[bytes, dict[bytes, bytes], list[tuple[bytes, bytes]]]:
-    lines = head[:-4].split(b"\r\n")
-    raw: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        raw.append((name.strip(), value.strip()))
-    return lines[0], {n.lower(): v for n, v in raw}, raw
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: Mapping[bytes, bytes]) -> bytes:
-    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-        body = bytearray()
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass  # trailers
-                return bytes(body)
-            if len(body) + size > MAX_BODY:
-                raise ValueError("body too large")
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
-    length = headers.get(b"content-length")
-    if length is None:
-        return b""
-    size = int(length)
-    if size < 0 or size > MAX_BODY:
-        raise ValueError("bad content-length")
-    return await reader.readexactly(size)
-
-
-def _outgoing(request_line: bytes, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    kept = [(n, v) for n, v in raw_headers if n.lower() not in _HOP]
-    head = b"\r\n".join(
-        [
-            request_line,
-            *(n + b": " + v for n, v in kept),
-            b"Content-Length: " + str(len(body)).encode(),
-            b"Connection: keep-alive",
-        ]
-    )
-    return head + b"\r\n\r\n" + body
-
-
-def _rebuild(status_line: bytes, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    kept = [(n, v) for n, v in raw_headers if n.lower() not in _HOP]
-    head = b"\r\n".join(
-        [
-            status_line,
-            *(n + b": " + v for n, v in kept),
-            b"Content-Length: " + str(len(body)).encode(),
-        ]
-    )
-    return head + b"\r\n\r\n" + body
-
-
-def _response(status: int, body: bytes, content_type: bytes = b"text/plain") -> bytes:
-    reason = {
-        200: b"OK",
-        400: b"Bad Request",
-        404: b"Not Found",
-        431: b"Too Large",
-        502: b"Bad Gateway",
-        503: b"Service Unavailable",
-    }.get(status, b"Error")
-    return (
-        b"HTTP/1.1 "
-        + str(status).encode()
-        + b" "
-        + reason
-        + b"\r\nContent-Type: "
-        + content_type
-        + b"\r\nContent-Length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-        + body
-    )
-
-
-async def _answer(writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
-    writer.write(_response(status, body))
-    await writer.drain()
