@@ -83,6 +83,7 @@ class ModelRow:
     verdict_tone: str  # pass | fail | no-data | ""
     gpus: str
     age: str
+    endpoint: str  # the model's URL ("" while its route is not open)
 
 
 def _model_row(view: ModelView) -> ModelRow:
@@ -107,6 +108,7 @@ def _model_row(view: ModelView) -> ModelRow:
         verdict_tone="" if verdict is None else str(verdict).split(":", 1)[0],
         gpus=f"{row['gpus']:g}",
         age=format_age(row["age"]),
+        endpoint=_shown(row.get("endpoint") or ""),
     )
 
 

@@ -779,6 +779,16 @@ def test_empty_dashboard() -> None:
     assert page.one("title").text == "mdc dashboard"
 
 
+def test_each_model_links_its_endpoint() -> None:
+    routed = replace(SEARCH, endpoint="http://127.0.0.1:9002")
+    page = dom(render_dashboard([routed, FRAUD], None, {}, NOW))
+    rows = {r.attrs["data-model"]: r for r in page.find("tr", "model")}
+    links = rows["search-ranker"].find("a")
+    assert [a.attrs["href"] for a in links] == ["http://127.0.0.1:9002"]
+    assert rows["fraud-scorer"].find("a") == []  # no route yet: no link
+    assert rows["fraud-scorer"].find("td")[-1].text.strip() == "-"
+
+
 def test_several_pools(example: Desired) -> None:
     first = report(example, FRAUD)
     second: Mapping[str, Any] = {**first, "pool": "other", "gpus": first["gpus"][:1]}
