@@ -499,3 +499,66 @@ def test_in_flight_counts_the_requests_being_forwarded_by_backend() -> None:
         assert [a.result().status_code for a in answers] == [200] * 3
         assert router.in_flight("m") == {canary.address: 0}  # drained
     canary.close()
+
+
+def test_shutdown_answers_the_requests_in_flight_then_stops() -> None:
+    release = threading.Event()
+
+    def serve(conn: Conn) -> None:
+        while conn.read_request() is not None:
+            release.wait(10)
+            conn.send(answer(body=b"late"))
+
+    backend = Backend(serve)
+    router = EmbeddedRouter(admin_port=None)
+    url = router.add_model("m")
+    router.configure("m", RouteConfig(backend.address, None, 0))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            pending = pool.submit(httpx.post, f"{url}/", content=b"{}")
+            while router.in_flight("m")[backend.address] == 0:
+                time.sleep(0.01)
+            stopped = pool.submit(router.shutdown, 10)
+            time.sleep(0.2)
+            assert not stopped.done()  # waiting on the request in flight
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{url}/")  # no new connections
+            release.set()
+            assert pending.result().content == b"late"
+            stopped.result(timeout=10)
+    finally:
+        router.close()
+        backend.close()
+
+
+def test_a_backend_switching_protocols_is_502() -> None:
+    def serve(conn: Conn) -> None:
+        if conn.read_request() is not None:
+            conn.send(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+            )
+            conn.backend.stop.wait(5)
+
+    with routed(serve) as (router, url, backend):
+        answer_ = httpx.get(f"{url}/", headers={"Connection": "Upgrade", "Upgrade": "x"})
+        assert answer_.status_code == 502
+        assert b"upgrade" not in backend.requests[0][0].lower()  # hop-by-hop: not passed on
+    assert codes(router) == {502: 1}
+
+
+def test_http10_clients() -> None:
+    with routed(keep_alive(5)) as (_, url, _backend):
+        sock = raw(url)
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        got = read_all(sock)  # answered, then closed
+        sock.close()
+        assert got.startswith(b"HTTP/1.1 200")
+        assert b"Connection: close" in got
+        sock = raw(url)
+        sock.settimeout(3)
+        for _ in range(2):
+            sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            got = sock.recv(65536)
+            assert got.startswith(b"HTTP/1.1 200")
+            assert b"Connection: keep-alive" in got
+        sock.close()

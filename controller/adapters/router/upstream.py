@@ -124,6 +124,8 @@ class _Upstream(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(_Broken(f"the backend's answer is not HTTP/1.1: {exc}"))
+        except httptools.HttpParserUpgrade:  # 101: never asked for (Upgrade is not passed on)
+            self._fail(_Broken("the backend switched protocols"))
 
     def eof_received(self) -> bool | None:
         self.closed = True
