@@ -560,6 +560,16 @@ class Controller:
                 return line
         raise AssertionError(f"no {needle!r} from mdc run in {timeout}s: {''.join(self.seen)}")
 
+    def output(self) -> list[str]:
+        """Every line it wrote (call after :meth:`close`)."""
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return self.seen
+            if line is not None:
+                self.seen.append(line)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -584,16 +594,43 @@ def test_two_controllers_on_one_state_dir_and_sigterm(specs: str, tmp_path: Path
         second = mdc(tmp_path, "run", *args, "--once")
         assert second.returncode == 1
         assert f"another controller (pid {first.proc.pid})" in second.stderr
+        down = mdc(tmp_path, "down", "--state-dir", str(state))
+        assert down.returncode == 1  # not while a controller runs on it
+        assert f"another controller (pid {first.proc.pid})" in down.stderr
         started = time.monotonic()
         first.proc.send_signal(signal.SIGTERM)
         assert first.proc.wait(10) == 0
         assert time.monotonic() - started < 5
     finally:
         first.close()
-    assert "Traceback" not in "".join(first.seen)
+    assert "Traceback" not in "".join(first.output())
+    assert first.output()[-1].strip() == "mdc run: stopped; nothing left running"
     # the lock went with it
     with StateLock(state):
         pass
+
+
+def test_sigint_stops_the_controller_with_130(specs: str, tmp_path: Path) -> None:
+    args = ("--repo", specs, "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0")
+    controller = Controller(tmp_path, *args, "--poll-interval", "1")
+    try:
+        controller.wait_for(SERVING)
+        controller.proc.send_signal(signal.SIGINT)
+        assert controller.proc.wait(10) == 130
+    finally:
+        controller.close()
+    assert "Traceback" not in "".join(controller.output())
+    assert controller.output()[-1].strip() == "mdc run: stopped; nothing left running"
+
+
+def test_down_of_a_state_dir_with_nothing_running(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    done = mdc(tmp_path, "down", "--state-dir", str(tmp_path / "state"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"nothing runs for {tmp_path / 'state'}"
+    missing = mdc(tmp_path, "down", "--state-dir", str(tmp_path / "nope"))
+    assert missing.returncode == 1
+    assert "no such state directory" in missing.stderr
 
 
 def test_run_once_against_a_repo_without_models_succeeds(specs: str, tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ import httpx
 import pytest
 
 from controller.adapters.router import make_router
+from controller.adapters.router.embedded import EmbeddedRouter
 from controller.adapters.router.supervised import SupervisedRouter
+from controller.app.rollout import drain
 from controller.core.traffic import RouteConfig
 
 pytestmark = pytest.mark.integration
@@ -222,3 +224,54 @@ def test_calls_on_one_kept_alive_connection_do_not_bleed_into_each_other(
     for _ in range(3):
         assert router.samples("m") == []
         assert router.snapshot("m")["stable"].codes == {}
+
+
+class _Slow(_Named):
+    name = b"slow"
+
+    def do_GET(self) -> None:
+        time.sleep(float(self.path.rsplit("/", 1)[-1] or 0))
+        super().do_GET()
+
+
+@pytest.mark.parametrize("kind", ["in-process", "own process"])
+def test_drain_waits_for_what_the_old_backend_still_answers(
+    kind: str, backends: dict[str, str], tmp_path: Path
+) -> None:
+    """The rollout stops a release that lost its traffic only once the router has
+    answered every request it sent there (drain), so none fails at a promotion."""
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    slow.daemon_threads = True
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    old = f"127.0.0.1:{slow.server_address[1]}"
+    router: EmbeddedRouter | SupervisedRouter = (
+        EmbeddedRouter() if kind == "in-process" else SupervisedRouter(tmp_path)
+    )
+    answers: list[str] = []
+    try:
+        url = router.add_model("m")
+        router.configure("m", RouteConfig(old, None, 0))
+        asked = threading.Thread(target=lambda: answers.append(httpx.get(f"{url}/1.0").text))
+        asked.start()
+        deadline = time.monotonic() + 5
+        while router.in_flight("m").get(old, 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert router.in_flight("m")[old] == 1
+        router.configure("m", RouteConfig(backends["blue"], None, 0))  # "promoted"
+        assert httpx.get(url).text == "blue"
+        started = time.monotonic()
+        assert drain(router, "m", old, timeout=5) == 0
+        assert time.monotonic() - started > 0.3  # it did wait
+        asked.join(5)
+        assert answers == ["slow"]  # the request in flight was answered
+        router.configure("m", RouteConfig(old, None, 0))
+        threading.Thread(target=lambda: httpx.get(f"{url}/2.0"), daemon=True).start()
+        deadline = time.monotonic() + 5
+        while router.in_flight("m").get(old, 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        router.configure("m", RouteConfig(backends["blue"], None, 0))
+        assert drain(router, "m", old, timeout=0.2) == 1  # gave up: one still in flight
+    finally:
+        router.shutdown()
+        slow.shutdown()
+        slow.server_close()
