@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 import shutil
 import subprocess
 import sys
@@ -364,11 +365,28 @@ class Packager:
             except subprocess.TimeoutExpired:
                 code = -1
         if code != 0:
-            tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+            why = "timed out" if code == -1 else f"exit {code}"
+            cause = _cause(log.read_text(errors="replace"))
             raise PermanentError(
-                f"{failure} (exit {code}); last lines of {log}:\n" + "\n".join(tail),
+                f"{failure} ({why}): {cause}; log: {log}"
+                if cause
+                else f"{failure} ({why}); log: {log}",
                 reason=reason,
             )
+
+
+#: A line that names an error: ``ValueError: ...``, ``bentoml.exceptions.X: ...``, ``Error: ...``.
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)|Error|error)\b.*")
+
+
+def _cause(output: str, limit: int = 300) -> str:
+    """One line saying why a build failed: the last line of its output that names
+    an error (a traceback's last line), else its last line; at most ``limit`` chars."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _ERROR_LINE.match(line):
+            return line[:limit]
+    return lines[-1][:limit] if lines else ""
 
 
 def _suffix(name: str) -> str:

@@ -241,7 +241,12 @@ def test_service_that_fails_to_import_is_a_clear_build_failure(tmp_path: Path) -
     with pytest.raises(PermanentError) as caught:
         packager.build(model, DirTree(repo), Source("r", "c"))
     assert caught.value.reason == "BuildFailed"
-    assert "this service is broken on purpose" in str(caught.value)
+    message = caught.value.message
+    assert "\n" not in message  # one line, never a traceback
+    assert "Traceback" not in message
+    assert "RuntimeError: this service is broken on purpose" in message
+    log = Path(message.rsplit("log: ", 1)[1])
+    assert "Traceback" in log.read_text()  # the whole story stays in the log
     assert not (tmp_path / "home" / "bentos" / "broken").exists() or not any(
         (tmp_path / "home" / "bentos" / "broken").iterdir()
     )
