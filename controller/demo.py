@@ -68,7 +68,7 @@ GITHUB_REPO = "acme/models"
 TEAM = ("dana", "sam")  # a data scientist who opens PRs, a reviewer with write access
 
 
-def git(*args: str | Path, cwd: Path | None = None) -> str:
+def git(*args: str | Path, cwd: Path | None = None, timeout: float = 60) -> str:
     """Run git with a fixed identity and no user configuration; its stdout."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
@@ -87,12 +87,16 @@ def git(*args: str | Path, cwd: Path | None = None) -> str:
         capture_output=True,
         text=True,
         check=False,
-        timeout=60,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     if done.returncode != 0:
         raise RuntimeError(f"git {' '.join(map(str, args))} failed: {done.stderr.strip()}")
     return done.stdout
+
+
+class PortTaken(RuntimeError):
+    """A server could not listen on the port it was given."""
 
 
 def _free_port() -> int:
@@ -246,8 +250,14 @@ class Demo:
         git("commit", "-q", "-m", "Example models: fraud-scorer and search-ranker", cwd=self.work)
         self.served.mkdir()
         git("init", "-q", "--bare", "-b", "main", self.served / "models.git")
-        self.git_port = _free_port()
-        self.start_git()
+        for attempt in range(5):  # git daemon cannot take a bound socket: a port it
+            self.git_port = _free_port()  # fails to bind (taken meanwhile) is tried anew
+            try:
+                self.start_git()
+                break
+            except PortTaken:
+                if attempt == 4:
+                    raise
         self.remote = f"git://127.0.0.1:{self.git_port}/models.git"
         git("push", "-q", self.remote, "main", cwd=self.work)
         self.github = FakeGitHub(GITHUB_REPO, token=secrets.token_hex(12)).start()
@@ -277,9 +287,13 @@ class Demo:
         self.processes.append(self.git_process)
         url = f"git://127.0.0.1:{self.git_port}/models.git"
         for _ in range(200):
-            with contextlib.suppress(RuntimeError):
-                git("ls-remote", url)
-                return
+            if self.git_process.poll() is not None:  # it could not listen: the port is taken
+                self.processes.remove(self.git_process)
+                raise PortTaken(f"git daemon could not listen on port {self.git_port}")
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                git("ls-remote", url, timeout=2)  # a port someone else holds may never answer
+                if self.git_process.poll() is None:
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"git daemon did not start on port {self.git_port}")
 
