@@ -4,8 +4,11 @@ one run -- plus the time from a canary's failure limit to weight 0.
 
 Backend: nginx answering a fixed 200 (so the backend is not the bottleneck).
 Latency: ``wrk -c1`` (one kept-alive connection, sequential) p50/p99.
-Throughput: ``wrk -c32``. On 2 cores wrk and the proxy compete for CPU:
-compare the ratios within this run, never across runs.
+Throughput: ``wrk -c32``. Each figure is the median of a few rounds, the targets
+interleaved; also the CPU time the router's loop spends per request (under
+``-c32``), the figure least moved by what else runs on the machine. On 2 cores
+wrk and the proxy compete for CPU: compare the ratios within this run, never
+across runs.
 
 Needs nginx (Debian ``nginx-light``) and wrk. Run:
 ``.venv/bin/python bench/bench_router.py``. Prints figures; asserts nothing.
@@ -13,8 +16,10 @@ Needs nginx (Debian ``nginx-light``) and wrk. Run:
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +33,9 @@ from controller.core.canary import Observation, advance, start
 from controller.core.traffic import BackendWindow, RouteConfig
 from controller.spec.kinds import Analysis, Check, Metric, RolloutPolicy, Step, StepKind
 from tests.gitservers import free_port
+
+#: Rounds of every measurement, and seconds of each run (wrk).
+ROUNDS, SECONDS = 3, 3
 
 NGINX = """
 worker_processes 1;
@@ -62,6 +70,19 @@ def wrk(url: str, connections: int, seconds: int = 4) -> tuple[float, float, flo
 
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     return micro(" 50"), micro(" 99"), rps
+
+
+def thread_time(router: EmbeddedRouter) -> float:
+    """CPU seconds the router's loop thread has used."""
+    return asyncio.run_coroutine_threadsafe(_thread_time(), router.loop).result()
+
+
+async def _thread_time() -> float:
+    return time.thread_time()
+
+
+def requests(router: EmbeddedRouter) -> int:
+    return sum(s.requests for s in router.snapshot("m").values())
 
 
 def rollback_time() -> float:
@@ -110,18 +131,39 @@ def main() -> None:
                 "nginx proxy": f"http://127.0.0.1:{proxy}/",
                 "mdc router": url + "/",
             }
-            results = {name: (wrk(t, 1), wrk(t, 32)) for name, t in targets.items()}
+            runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in targets}
+            cpu: list[float] = []
+            for _ in range(ROUNDS):  # interleaved, so a busy moment hits every target
+                for name, target in targets.items():
+                    p50, p99, _ = wrk(target, 1, SECONDS)
+                    before = thread_time(router), requests(router)
+                    rps = wrk(target, 32, SECONDS)[2]
+                    if name == "mdc router":
+                        done = requests(router) - before[1]
+                        cpu.append((thread_time(router) - before[0]) / max(done, 1))
+                    runs[name].append((p50, p99, rps))
         finally:
             router.close()
             nginx.terminate()
             nginx.wait(timeout=10)
-    base = results["direct"]
-    print("same backend (nginx return 200), wrk -t1; latency with 1 connection, throughput with 32")
-    for name, ((p50, p99, _), (_, _, rps)) in results.items():
+    results = {
+        name: [statistics.median(r[i] for r in rs) for i in range(3)] for name, rs in runs.items()
+    }
+    base, ng, mdc = results["direct"], results["nginx proxy"], results["mdc router"]
+    print(
+        "same backend (nginx return 200), wrk -t1; latency with 1 connection, throughput with "
+        f"32; medians of {ROUNDS} interleaved rounds of {SECONDS} s"
+    )
+    for name, (p50, p99, rps) in results.items():
         print(
-            f"  {name:<12} p50 {p50:7.0f} us (+{p50 - base[0][0]:5.0f})  p99 {p99:7.0f} us "
-            f"(+{p99 - base[0][1]:6.0f})  {rps:8.0f} req/s ({rps / base[1][2]:.2f} of direct)"
+            f"  {name:<12} p50 {p50:7.0f} us (+{p50 - base[0]:5.0f})  p99 {p99:7.0f} us "
+            f"(+{p99 - base[1]:6.0f})  {rps:8.0f} req/s ({rps / base[2]:.2f} of direct)"
         )
+    print(
+        f"mdc router / nginx proxy: p50 x{mdc[0] / ng[0]:.2f}, p99 x{mdc[1] / ng[1]:.2f}, "
+        f"throughput x{mdc[2] / ng[2]:.2f}; the router's loop: "
+        f"{statistics.median(cpu) * 1e6:.0f} us CPU per request"
+    )
     print(
         f"failure limit reached -> weight 0 at the router: {rollback_time() * 1e6:.0f} us "
         "(same tick; the next request goes to stable)"
