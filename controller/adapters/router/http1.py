@@ -247,7 +247,7 @@ class ClientConnection(asyncio.Protocol):
         connection closes."""
         self.closing = True
         self._disarm()
-        if self.pending or not (self.worker is None or self.worker.done()):
+        if self._busy():
             return True  # keep the sending half open
         return None
 
@@ -299,9 +299,8 @@ class ClientConnection(asyncio.Protocol):
             self.fields.get(b"expect", b"").lower() == b"100-continue"
             and self.parser.get_http_version() == "1.1"
             and self.transport is not None
-            and not self.pending
-            and self.worker is None
-        ):
+            and not self._busy()
+        ):  # (else it would come before the answers under way; the client sends anyway)
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -361,6 +360,10 @@ class ClientConnection(asyncio.Protocol):
                 transport.resume_reading()
         if not self.parsing:
             self._wait(_REQUEST, self.timeouts.idle)
+
+    def _busy(self) -> bool:
+        """Whether requests are waiting or being answered."""
+        return bool(self.pending) or not (self.worker is None or self.worker.done())
 
     def _kick(self) -> None:
         if self.worker is None or self.worker.done():
