@@ -473,6 +473,18 @@ def test_a_malformed_request_is_400_and_closed(request_bytes: bytes) -> None:
         assert codes(router) == {200: 1}
 
 
+def test_a_request_head_past_the_bound_is_431() -> None:
+    with routed(keep_alive(5)) as (router, url, backend):
+        sock = raw(url)
+        sock.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n")
+        got = read_all(sock)
+        sock.close()
+        assert got.startswith(b"HTTP/1.1 431")
+        assert backend.requests == []
+        assert httpx.get(f"{url}/", headers={"X-Fine": "f" * 60_000}).status_code == 200
+        assert codes(router) == {200: 1}
+
+
 # -- draining -------------------------------------------------------------------------------
 
 
