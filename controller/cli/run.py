@@ -155,8 +155,12 @@ def _serve(config: Config, secret: bytes | None, once: bool, timeout: float) -> 
             if received and received[-1] == signal.SIGTERM:
                 code = 0
     finally:
+        try:
+            left = _left_running(reconciler, config)
+        except MdcError as exc:
+            left = f"stopped; what it left serving is unknown: {exc.message}"
         controller.close()
-        print(f"mdc run: {_left_running(reconciler, config)}", file=sys.stderr)
+        print(f"mdc run: {left}", file=sys.stderr)
     return 130 if received and received[-1] == signal.SIGINT else code
 
 

@@ -573,6 +573,8 @@ class LocalRuntime:
         file. Lines written between the copy and the truncation are lost. The log
         can pass the limit by what the server writes between two ticks."""
         path = self.log_path(name)
+        if not path.exists():  # nothing written yet, or removed by hand: nothing to rotate
+            return False
         try:
             if path.stat().st_size <= self.log_max_bytes:
                 return False
