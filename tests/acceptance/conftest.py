@@ -54,9 +54,16 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
+def wait_for(
+    check: Callable[[], Any],
+    timeout: float,
+    what: str,
+    every: float = 0.25,
+    detail: Callable[[], str] | None = None,
+) -> Any:
     """``check()``'s first truthy value within ``timeout`` seconds (an HTTP error or
-    a missing key counts as not yet), else an AssertionError naming ``what``."""
+    a missing key counts as not yet), else an AssertionError naming ``what`` (and
+    ``detail()``: a controller's log, say)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -68,7 +75,8 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
             if last:
                 return last
         time.sleep(every)
-    raise AssertionError(f"not within {timeout:.0f}s: {what} (last seen: {last!r})")
+    message = f"not within {timeout:.0f}s: {what} (last seen: {last!r})"
+    raise AssertionError(message + (f"\n{detail()}" if detail is not None else ""))
 
 
 def ask(model: str, endpoint: str, client: httpx.Client | None = None) -> Any:
@@ -139,6 +147,13 @@ class Controller:
 
     def lines(self) -> list[str]:
         return self.log().splitlines()
+
+    def excerpt(self, count: int = 30) -> str:
+        """The log's last ``count`` lines that matter to a user (``mdc run:``
+        lines, warnings, errors and tracebacks), for a failure's message."""
+        wanted = ("mdc run:", "Traceback", "Error", " WARNING ", " ERROR ")
+        kept = [line[:300] for line in self.lines() if any(w in line for w in wanted)]
+        return f"{self.err}:\n" + "\n".join(kept[-count:])
 
     @property
     def url(self) -> str:

@@ -68,7 +68,8 @@ class Deployed:
                 and rows
             ),
             timeout,
-            f"both models Healthy ({self.ctl.err})",
+            "both models Healthy",
+            detail=self.ctl.excerpt,
         )
 
     def status_json(self, *where: str) -> dict[str, dict[str, Any]]:
@@ -89,7 +90,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         url = daemon.url("specs")
         ctl = ws.controller("--repo", url, "--listen", "127.0.0.1:0", "--poll-interval", "1")
         d = Deployed(ws, url, ctl)
-        d.settled(180)
+        d.settled(120)
         yield d
 
 
@@ -180,6 +181,7 @@ def test_a_person_pauses_and_resumes_a_canary(deployed: Deployed) -> None:
         lambda: (r := d.rows()[RANKER])["phase"] == "Progressing" and r["canary"] == "2026.11.2",
         60,
         "the canary of 2026.11.2 Progressing",
+        detail=d.ctl.excerpt,
     )
     paused = d.ws.mdc("pause", RANKER)
     assert paused.returncode == 0, paused.stderr
@@ -188,6 +190,7 @@ def test_a_person_pauses_and_resumes_a_canary(deployed: Deployed) -> None:
         lambda: (r := d.rows()[RANKER])["phase"] == "Paused" and r,
         30,
         "search-ranker Paused after mdc pause",
+        detail=d.ctl.excerpt,
     )
     shown = d.ws.mdc("status", "--controller", d.ctl.url)
     assert shown.returncode == 0, shown.stderr
@@ -209,7 +212,12 @@ def test_a_person_pauses_and_resumes_a_canary(deployed: Deployed) -> None:
         ), held
         resumed = d.ws.mdc("resume", RANKER)
         assert resumed.returncode == 0, resumed.stderr
-        wait_for(lambda: d.rows()[RANKER]["phase"] != "Paused", 30, "not Paused after resume")
+        wait_for(
+            lambda: d.rows()[RANKER]["phase"] != "Paused",
+            30,
+            "not Paused after resume",
+            detail=d.ctl.excerpt,
+        )
         wait_for(
             lambda: (
                 (r := d.rows()[RANKER])["phase"] == "Healthy"
@@ -218,6 +226,7 @@ def test_a_person_pauses_and_resumes_a_canary(deployed: Deployed) -> None:
             ),
             150,
             "search-ranker promoted to 2026.11.2 after resume",
+            detail=d.ctl.excerpt,
         )
     print(f"pause/resume: {len(traffic.ok)} requests answered, {len(traffic.failures)} failed")
     assert traffic.failures == []
@@ -240,7 +249,7 @@ def test_a_canary_of_one_model_leaves_the_other_running(deployed: Deployed) -> N
 
     with Traffic(RANKER, endpoint) as traffic:
         d.ws.push("search-ranker 2026.11.3", bump_ranker("2026.11.3", "v1.json"))
-        wait_for(promoted, 150, "search-ranker promoted to 2026.11.3")
+        wait_for(promoted, 150, "search-ranker promoted to 2026.11.3", detail=d.ctl.excerpt)
     print(f"canary phases seen: {seen}")
     assert ("Progressing", "2026.11.3") in [(p, c) for p, c, _ in seen], seen
     assert any(p == "Progressing" and w > 0 for p, _, w in seen), seen  # it took traffic
@@ -281,6 +290,7 @@ def test_sigkill_mid_canary_under_traffic_fails_no_request(deployed: Deployed) -
             ),
             90,
             "the canary of 2026.11.4 taking traffic",
+            detail=d.ctl.excerpt,
         )
         canary = {n: p for n, p in d.ws.releases(RANKER).items() if n not in stable}
         assert len(canary) == 1, (canary, stable)
@@ -289,7 +299,12 @@ def test_sigkill_mid_canary_under_traffic_fails_no_request(deployed: Deployed) -
         time.sleep(2)
         d.start()
         restarted = time.monotonic()
-        wait_for(promoted, 150, "the canary of 2026.11.4 promoted after the restart")
+        wait_for(
+            promoted,
+            150,
+            "the canary of 2026.11.4 promoted after the restart",
+            detail=d.ctl.excerpt,
+        )
         promoted_at = time.monotonic()
         time.sleep(3)  # the old stable drains and stops while requests keep coming
     ok, failed = len(traffic.ok), len(traffic.failures)
@@ -348,7 +363,12 @@ def test_sigterm_leaves_serving_and_the_next_run_adopts(deployed: Deployed) -> N
     # the next controller on the same state directory adopts it all: same URLs, same
     # processes, nothing built again
     ctl = d.start()
-    wait_for(lambda: sorted(ctl.routed()) == sorted(MODELS), 60, "routes printed again")
+    wait_for(
+        lambda: sorted(ctl.routed()) == sorted(MODELS),
+        60,
+        "routes printed again",
+        detail=ctl.excerpt,
+    )
     assert ctl.routed() == endpoints
     d.settled(60)
     assert d.ws.releases() == releases
