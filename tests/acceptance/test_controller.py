@@ -266,6 +266,7 @@ def test_a_canary_of_one_model_leaves_the_other_running(deployed: Deployed) -> N
     ask(SCORER, after["endpoint"])
 
 
+@pytest.mark.timeout(420)
 def test_sigkill_mid_canary_under_traffic_fails_no_request(deployed: Deployed) -> None:
     d = deployed
     rows = d.settled()
