@@ -125,7 +125,7 @@ def build_parts(
 ) -> Parts:
     """Every adapter ``config`` names (see the module docstring)."""
     refuse_working_copy(config.repo)
-    state = Path(config.state_dir)
+    state = Path(config.state_dir).absolute()  # processes it starts run elsewhere
     source = GitSource(config.repo, config.branch, state, credentials or Credentials.from_env())
     home = bento_home(config.bentoml_home, state)
     nvml = read_nvml if config.node else None
@@ -143,7 +143,7 @@ def build_parts(
             namespace=config.ray_namespace,
             nvml=read_nvml,
         ),
-        router=router or make_router(config.router, state_dir=Path(config.state_dir)),
+        router=router or make_router(config.router, state_dir=state),
         reporter=reporter or NullReporter(),
         prometheus=make_provider("prometheus", url=prometheus) if prometheus else None,
         nvml=nvml,

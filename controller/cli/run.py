@@ -64,6 +64,8 @@ def run_controller(args: argparse.Namespace) -> int:
         "bentoml_home": Path(args.bento_home) if args.bento_home else None,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    # absolute: releases and the router run in other directories and outlive this one
+    config = replace(config, state_dir=Path(config.state_dir).absolute())
     if not config.repo:
         print("mdc run: --repo (or repo: in --config) is required", file=sys.stderr)
         return EXIT_USAGE
@@ -178,7 +180,7 @@ def _left_running(reconciler: Reconciler, config: Config) -> str:
     releases = [
         r
         for r in reconciler.runtime.releases.values()
-        if r.state not in (State.STOPPED, State.FAILED)
+        if r.state not in (State.STOPPED, State.FAILED) and r.pid is not None
     ]
     if not routes and not releases:
         return "stopped; nothing left running"
@@ -198,7 +200,7 @@ def down(args: argparse.Namespace) -> int:
     """``mdc down``: stop what a controller left serving in a state directory (the
     router, after its requests in flight, then every local release). Refused while
     a controller holds the directory."""
-    state = Path(args.state_dir)
+    state = Path(args.state_dir).absolute()
     if not state.is_dir():
         print(f"mdc down: {state}: no such state directory", file=sys.stderr)
         return EXIT_INVALID

@@ -183,10 +183,12 @@ class LocalRuntime:
     ) -> None:
         if log_max_bytes < 1 or log_keep < 0:
             raise ValueError(f"log_max_bytes {log_max_bytes} < 1 or log_keep {log_keep} < 0")
-        self.dir = Path(state_dir) / "runtime"
+        # absolute: a release's home is matched in /proc environments and linked to
+        # the stores, so a relative --state-dir (the default .mdc-state) must not leak
+        self.dir = Path(state_dir).absolute() / "runtime"
         for sub in ("homes", "logs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        self.bento_home = Path(bento_home)
+        self.bento_home = Path(bento_home).absolute()
         self.python = python
         self.clock = clock
         self.rng = rng or random.Random()
@@ -609,9 +611,9 @@ class LocalRuntime:
 
 def release_home(state_dir: Path, name: str) -> Path:
     """The ``BENTOML_HOME`` of release ``name``; every process it runs has it in its environment."""
-    return Path(state_dir) / "runtime" / "homes" / _UNSAFE.sub("_", name)
+    return Path(state_dir).absolute() / "runtime" / "homes" / _UNSAFE.sub("_", name)
 
 
 def release_log(state_dir: Path, name: str) -> Path:
     """Where the output of release ``name`` goes (readable without a runtime)."""
-    return Path(state_dir) / "runtime" / "logs" / (_UNSAFE.sub("_", name) + ".log")
+    return Path(state_dir).absolute() / "runtime" / "logs" / (_UNSAFE.sub("_", name) + ".log")
