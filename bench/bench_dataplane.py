@@ -232,45 +232,86 @@ def line(label: str, sent: int, failed: list[str]) -> str:
     return f"  {label:<50} {sent:>7} {len(failed):>7}{why}"
 
 
-def kill_phase(command: list[str], label: str, rounds: int) -> list[str]:
-    """Deploy, then kill -9 and restart the controller ``rounds`` times under load."""
-    base = Path(tempfile.mkdtemp(prefix="mdc-bench-dp-"))
-    ports = {"fraud-scorer": free_port(), RANKER: free_port()}
-    listen = free_port()
-    _, _, config = workspace(base, ports, listen)
-    controller = Controller(command, config, base / "controller.log")
-    controller.url = f"http://127.0.0.1:{listen}"
-    loads: list[Load] = []
-    out = []
-    try:
-        controller.start()
+class Deployment:
+    """The example repo deployed by ``command`` under traffic; torn down on exit."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="mdc-bench-dp-"))
+        self.ports = {"fraud-scorer": free_port(), RANKER: free_port()}
+        listen = free_port()
+        self.work, _, config = workspace(self.base, self.ports, listen)
+        self.controller = Controller(command, config, self.base / "controller.log")
+        self.controller.url = f"http://127.0.0.1:{listen}"
+        self.loads: list[Load] = []
+
+    def __enter__(self) -> Deployment:
+        self.controller.start()
         for model in REQUESTS:
-            controller.wait(model, "Healthy", None, 300)
-        loads = [
-            Load(f"http://127.0.0.1:{ports[m]}{path}", body) for m, (path, body) in REQUESTS.items()
+            self.controller.wait(model, "Healthy", None, 300)
+        self.loads = [
+            Load(f"http://127.0.0.1:{self.ports[m]}{path}", body)
+            for m, (path, body) in REQUESTS.items()
         ]
         time.sleep(3)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for load in self.loads:
+            load.stop()
+        self.controller.stop()
+        cleanup(self.base)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def window(self, since: float, until: float) -> tuple[int, list[str]]:
+        sent, failed = 0, []
+        for load in self.loads:
+            n, bad = load.window(since, until)
+            sent, failed = sent + n, failed + bad
+        return sent, failed
+
+    def kills(self, label: str, rounds: int) -> None:
+        """Kill -9 and restart the controller ``rounds`` times; a row each."""
         for i in range(rounds):
             since = time.time()
-            controller.kill()
+            self.controller.kill()
             time.sleep(DOWN_SECONDS)
-            controller.start()
+            self.controller.start()
             time.sleep(AFTER_SECONDS)
             until = time.time()
-            sent = failed = 0
-            examples: list[str] = []
-            for load in loads:
-                n, bad = load.window(since, until)
-                sent, failed = sent + n, failed + len(bad)
-                examples += bad
-            out.append(line(f"{label}, kill -9 #{i + 1} ({until - since:.0f}s)", sent, examples))
-    finally:
-        for load in loads:
-            load.stop()
-        controller.stop()
-        cleanup(base)
-        shutil.rmtree(base, ignore_errors=True)
-    return out
+            print(
+                line(
+                    f"{label}, kill -9 #{i + 1} ({until - since:.0f}s)", *self.window(since, until)
+                ),
+                flush=True,
+            )
+
+    def promotions(self, rounds: int) -> None:
+        for i in range(rounds):
+            version = f"2026.12.{i + 2}"
+            since = time.time()
+            bump(self.work, version, "v2.json" if i % 2 == 0 else "v1.json")
+            done = self.controller.wait(RANKER, "Healthy", version, 300)
+            time.sleep(AFTER_SECONDS)
+            label = f"promotion #{i + 1} ({done - since:.0f}s to Healthy)"
+            print(line(label, *self.window(since, time.time())), flush=True)
+
+    def steady(self, seconds: float) -> None:
+        """``seconds`` of nothing changing; beside it, the ranker's release called directly."""
+        table = self.base / "state" / "runtime" / "releases.json"
+        running = [
+            r
+            for r in json.loads(table.read_text())
+            if r["spec"]["name"].startswith(f"{RANKER}/") and r["state"] == "ready"
+        ]
+        path, body = REQUESTS[RANKER]
+        direct = Load(f"http://127.0.0.1:{running[-1]['port']}{path}", body) if running else None
+        since = time.time()
+        time.sleep(seconds)
+        until = time.time()
+        print(line(f"steady {seconds:.0f}s through the router", *self.window(since, until)))
+        if direct is not None:
+            print(line(f"baseline: steady, {RANKER} release direct", *direct.window(since, until)))
+            direct.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,78 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     print(f"traffic: {RATE:.0f} requests/s to each of {len(REQUESTS)} models, keep-alive")
     print(f"  {'phase':<50} {'sent':>7} {'failed':>7}")
-    rows = kill_phase(IN_PROCESS, "baseline: router in the controller", args.kills)
-    print("\n".join(rows), flush=True)
-
-    base = Path(tempfile.mkdtemp(prefix="mdc-bench-dp-"))
-    ports = {"fraud-scorer": free_port(), RANKER: free_port()}
-    listen = free_port()
-    work, _, config = workspace(base, ports, listen)
-    controller = Controller(SUPERVISED, config, base / "controller.log")
-    controller.url = f"http://127.0.0.1:{listen}"
-    loads: list[Load] = []
-    try:
-        controller.start()
-        for model in REQUESTS:
-            controller.wait(model, "Healthy", None, 300)
-        loads = [
-            Load(f"http://127.0.0.1:{ports[m]}{path}", body) for m, (path, body) in REQUESTS.items()
-        ]
-        time.sleep(3)
-        for i in range(args.kills):
-            since = time.time()
-            controller.kill()
-            time.sleep(DOWN_SECONDS)
-            controller.start()
-            time.sleep(AFTER_SECONDS)
-            until = time.time()
-            sent, failed = 0, []
-            for load in loads:
-                n, bad = load.window(since, until)
-                sent, failed = sent + n, failed + bad
-            print(line(f"router process, kill -9 #{i + 1} ({until - since:.0f}s)", sent, failed))
-        for i in range(args.promotions):
-            version = f"2026.12.{i + 2}"
-            since = time.time()
-            bump(work, version, "v2.json" if i % 2 == 0 else "v1.json")
-            done = controller.wait(RANKER, "Healthy", version, 300)
-            time.sleep(AFTER_SECONDS)
-            until = time.time()
-            sent, failed = 0, []
-            for load in loads:
-                n, bad = load.window(since, until)
-                sent, failed = sent + n, failed + bad
-            label = f"promotion #{i + 1} ({done - since:.0f}s to Healthy)"
-            print(line(label, sent, failed), flush=True)
-        stable = controller.models()[RANKER].get("endpoint")
-        releases = json.loads((base / "state" / "runtime" / "releases.json").read_text())
-        running = [
-            r
-            for r in releases
-            if r["spec"]["name"].startswith(f"{RANKER}/") and r["state"] == "ready"
-        ]
-        direct = running[-1]["port"] if running else None
-        path, body = REQUESTS[RANKER]
-        backend = Load(f"http://127.0.0.1:{direct}{path}", body) if direct else None
-        since = time.time()
-        time.sleep(args.steady)
-        until = time.time()
-        sent, failed = 0, []
-        for load in loads:
-            n, bad = load.window(since, until)
-            sent, failed = sent + n, failed + bad
-        print(line(f"steady {args.steady:.0f}s through the router", sent, failed))
-        if backend is not None:
-            n, bad = backend.window(since, until)
-            print(line(f"baseline: steady, {RANKER} release direct", n, bad))
-            backend.stop()
-        print(f"  (endpoint {stable}; log {controller.log})")
-    finally:
-        for load in loads:
-            load.stop()
-        controller.stop()
-        cleanup(base)
-        shutil.rmtree(base, ignore_errors=True)
+    with Deployment(IN_PROCESS) as baseline:
+        baseline.kills("baseline: router in the controller", args.kills)
+    with Deployment(SUPERVISED) as deployed:
+        deployed.kills("router process", args.kills)
+        deployed.promotions(args.promotions)
+        deployed.steady(args.steady)
     return 0
 
 
