@@ -32,9 +32,10 @@ def make_repo(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(autouse=True)
 def _no_router_left(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test that used ``tmp_path``: stop any router process whose state
-    directory is in it (``mdc run`` leaves the router serving for the next
-    controller, by design; a test must not leave it running for the next test)."""
+    """After each test that used ``tmp_path``: stop any router process (the embedded
+    router's or HAProxy) whose state directory is in it (``mdc run`` leaves the
+    router serving for the next controller, by design; a test must not leave it
+    running for the next test)."""
     if "tmp_path" not in request.fixturenames:
         yield
         return
@@ -47,6 +48,7 @@ def _no_router_left(request: pytest.FixtureRequest) -> Iterator[None]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"controller.adapters.router.control" in cmdline and marker in cmdline:
+        router = b"controller.adapters.router.control" in cmdline or b"haproxy" in cmdline
+        if router and marker in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)

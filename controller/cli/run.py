@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.adapters.github.webhook import load_secret
+from controller.adapters.router.haproxy import HAProxyRouter
 from controller.adapters.router.supervised import SupervisedRouter
 from controller.adapters.runtime.base import State
 from controller.adapters.runtime.local import LocalRuntime
@@ -218,6 +219,13 @@ def down(args: argparse.Namespace) -> int:
             print(f"stopped the router (pid {router.pid}; {count} routes)")
         else:
             router.close()
+        if (state / "haproxy" / "haproxy.pid").exists():  # a controller run with --router haproxy
+            proxy = HAProxyRouter(state)
+            if proxy.adopted:
+                proxy.shutdown()
+                print(f"stopped HAProxy (pid {proxy.pid})")
+            else:
+                proxy.close()
         home = bento_home(Path(args.bento_home) if args.bento_home else None, state)
         runtime = LocalRuntime(state, home)
         running = [r for r in runtime.list() if r.state not in (State.STOPPED, State.FAILED)]

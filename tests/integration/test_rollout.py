@@ -150,7 +150,7 @@ def world(
     try:
         yield runtime, router, url
     finally:
-        router.close()
+        router.shutdown()
         runtime.stop_all(drain=2.0)
         assert bentoml_processes(tmp_path) == [], "a process outlived its test"
 

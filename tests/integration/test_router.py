@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.adapters.router import make_router
 from controller.adapters.router.base import Router
 from controller.adapters.router.embedded import EmbeddedRouter
+from controller.adapters.router.haproxy import HAProxyRouter
 from controller.core.traffic import BUCKETS, BackendStats, RouteConfig, SamplingConfig
 from controller.errors import PermanentError
 
@@ -103,7 +106,7 @@ def routed(router: Router) -> Iterator[tuple[Router, str, Backend, Backend]]:
     try:
         yield router, url, stable, canary
     finally:
-        router.close()
+        router.shutdown()
         stable.close()
         canary.close()
 
@@ -242,7 +245,7 @@ def test_haproxy_refuses_what_it_cannot_do(tmp_path: Path) -> None:
                 router.configure("m", config)
             assert caught.value.reason == "RouterFeatureUnsupported"
     finally:
-        router.close()
+        router.shutdown()
 
 
 def test_unknown_router_kind_is_an_error() -> None:
@@ -298,4 +301,73 @@ def test_haproxy_cannot_sample(tmp_path: Path) -> None:
         assert caught.value.reason == "SamplingUnsupported"
         assert router.samples("m") == []
     finally:
-        router.close()
+        router.shutdown()
+
+
+def test_a_restarted_controller_adopts_the_running_haproxy(tmp_path: Path) -> None:
+    """The data plane outlives the controller with HAProxy too: the next controller
+    adopts the running master (no second HAProxy), keeps the port and the split,
+    counts the requests again, and only shutdown() stops it."""
+    require_haproxy()
+    stable, canary = Backend("stable"), Backend("canary")
+    first = HAProxyRouter(tmp_path)
+    second: HAProxyRouter | None = None
+    try:
+        url = first.add_model("m")
+        first.configure("m", RouteConfig(stable.address, canary.address, 100))
+        master = first.pid
+        first.close()  # the controller stops: HAProxy keeps serving
+        assert master is not None
+        assert _running(master)
+        assert httpx.post(url, timeout=5).json() == {"backend": "canary"}
+        second = HAProxyRouter(tmp_path)
+        assert second.adopted
+        assert second.pid == master
+        assert second.add_model("m") == url  # the same port
+        answers = Counter(httpx.post(url, timeout=5).json()["backend"] for _ in range(20))
+        assert answers == {"canary": 20}  # the split survived the reload
+        deadline = time.monotonic() + 5
+        # counted by this controller's log listener (a request or two may still go
+        # to the worker the reload replaced, which logs to the first one's)
+        while sum(second.snapshot("m")["canary"].codes.values()) < 15:
+            assert time.monotonic() < deadline, second.snapshot("m")
+            time.sleep(0.05)
+        second.shutdown()
+        assert not _running(master)
+        with pytest.raises(httpx.TransportError):
+            httpx.post(url, timeout=2)
+    finally:
+        if second is not None:
+            second.shutdown()
+        first.shutdown()
+        stable.close()
+        canary.close()
+
+
+def test_mdc_down_stops_the_haproxy_a_controller_left(tmp_path: Path) -> None:
+    require_haproxy()
+    state = tmp_path / "state"
+    left = HAProxyRouter(state)
+    left.add_model("m")
+    master = left.pid
+    left.close()  # as `mdc run --router haproxy` does when it stops
+    assert master is not None
+    assert _running(master)
+    done = subprocess.run(
+        [sys.executable, "-m", "controller", "down", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"stopped HAProxy (pid {master})" in done.stdout
+    assert not _running(master)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -19,12 +19,23 @@ The ``X-MDC-Version`` override header works as with the embedded router;
 mirroring and sticky users are not offered by this router and are refused
 with an error rather than ignored.
 
+The data plane outlives the controller here too: the master's pid is kept in
+``STATE/haproxy/haproxy.pid`` and each model's frontend port and last split in
+``STATE/haproxy/routes.json``; the split is written into the config itself, so a
+reload serves what was set before it. A restarted controller adopts a master
+that still runs on this state directory's config (it reloads it, with its own
+log listener, rather than start a second HAProxy beside it), keeps every
+model's port, and :meth:`HAProxyRouter.close` leaves HAProxy serving;
+:meth:`HAProxyRouter.shutdown` stops it.
+
 Called through :func:`controller.adapters.router.make_router` (``"haproxy"``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import shutil
 import signal
@@ -69,7 +80,12 @@ class HAProxyRouter:
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read_logs, name="mdc-haproxy-log", daemon=True)
         self._reader.start()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid_path = self.dir / "haproxy.pid"
+        self.table = self.dir / "routes.json"
+        self.pid = self._running_master()
+        self.adopted = self.pid is not None
+        if self.adopted:
+            self._restore()
 
     # -- config and process -------------------------------------------------------
 
@@ -105,8 +121,7 @@ class HAProxyRouter:
                 "  balance roundrobin",
                 "  use-server canary if { req.hdr(x-mdc-version) -i canary }",
                 "  use-server stable if { req.hdr(x-mdc-version) -i stable }",
-                "  server stable 127.0.0.1:9 weight 100 disabled",
-                "  server canary 127.0.0.1:9 weight 0 disabled",
+                *_servers(self.configs.get(model, RouteConfig())),
             ]
         return "\n".join(lines) + "\n"
 
@@ -129,18 +144,33 @@ class HAProxyRouter:
                 reason=Reason.PROXY_CONFIG_INVALID,
             )
         candidate.replace(self.config_path)
-        if self.proc is None or self.proc.poll() is not None:
-            log = (self.dir / "haproxy.log").open("ab")
-            self.proc = subprocess.Popen(
-                [self.binary, "-W", "-db", "-f", str(self.config_path)],
+        self._save()
+        if self.pid is None or not _alive(self.pid):
+            with contextlib.suppress(FileNotFoundError):
+                self.pid_path.unlink()
+            # master-worker, daemonized: the master is nobody's child and outlives
+            # this controller; its pid is in the pid file once the launcher returns
+            started = subprocess.run(
+                [self.binary, "-W", "-D", "-f", str(self.config_path), "-p", str(self.pid_path)],
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                capture_output=True,
+                text=True,
                 start_new_session=True,
+                timeout=30,
+                check=False,
             )
-            log.close()
+            deadline = time.monotonic() + 5  # the pid file may come just after the launcher
+            self.pid = self._running_master()
+            while started.returncode == 0 and self.pid is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                self.pid = self._running_master()
+            if started.returncode != 0 or self.pid is None:
+                raise TransientError(
+                    f"HAProxy did not start: {started.stderr.strip()[-500:]}",
+                    reason=Reason.PROXY_UNAVAILABLE,
+                )
         else:
-            self.proc.send_signal(signal.SIGUSR2)  # the master reloads its workers
+            os.kill(self.pid, signal.SIGUSR2)  # the master reloads its workers
         wanted = set(self.backends)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -202,7 +232,9 @@ class HAProxyRouter:
         if not 0 <= config.weight <= 100:
             raise ValueError(f"weight is a percentage: {config.weight}")
         self._push(model, config)
-        self.configs[model] = config
+        if self.configs.get(model) != config:
+            self.configs[model] = config
+            self._save()
 
     def _push(self, model: str, config: RouteConfig) -> None:
         backend = self._backend(model)
@@ -260,19 +292,79 @@ class HAProxyRouter:
         return found
 
     def shutdown(self) -> None:
+        """Stop HAProxy (its workers finish the requests in flight), then let go."""
+        if self.pid is not None and _alive(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGUSR1)  # soft stop: finish, then exit
+            deadline = time.monotonic() + 10
+            while _alive(self.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(self.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
         self.close()
 
     def close(self) -> None:
+        """Let go: HAProxy keeps serving, and the next controller adopts it."""
         self._stop.set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
         self.logs.close()
+
+    # -- adoption -------------------------------------------------------------------
+
+    def _running_master(self) -> int | None:
+        """The pid of a master still running on this state directory's config."""
+        try:
+            pid = int(self.pid_path.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return None
+        if not _alive(pid) or str(self.config_path).encode() not in cmdline:
+            return None
+        return pid
+
+    def _restore(self) -> None:
+        """Each model's port and split from the table: the adopted HAProxy keeps its
+        frontends, and reloading it (with this controller's log listener) changes
+        nothing a client sees."""
+        try:
+            rows = json.loads(self.table.read_text())
+            for model, row in rows.items():
+                self.models[model] = int(row["port"])
+                config = row.get("config") or {}
+                self.configs[model] = RouteConfig(
+                    config.get("stable"), config.get("canary"), int(config.get("weight", 0))
+                )
+                with self.lock:
+                    self.stats[model] = {"stable": BackendStats(), "canary": BackendStats()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.models.clear()
+            self.configs.clear()
+            raise TransientError(
+                f"HAProxy runs (pid {self.pid}) but its route table {self.table} is unreadable:"
+                f" {exc}; stop it (mdc down) to start afresh",
+                reason=Reason.PROXY_UNAVAILABLE,
+            ) from None
+        if self.models:
+            self._start_or_reload()  # its log lines come to this controller from now on
+
+    def _save(self) -> None:
+        rows = {
+            model: {
+                "port": port,
+                "config": {
+                    "stable": self.configs.get(model, RouteConfig()).stable,
+                    "canary": self.configs.get(model, RouteConfig()).canary,
+                    "weight": self.configs.get(model, RouteConfig()).weight,
+                },
+            }
+            for model, port in sorted(self.models.items())
+        }
+        tmp = self.table.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows, indent=2))
+        tmp.replace(self.table)
 
     # -- counters from the request log ---------------------------------------------
 
@@ -293,6 +385,30 @@ class HAProxyRouter:
             seconds = (max(int(active), 0) + 0.5) / 1000  # HAProxy counts whole milliseconds
             with self.lock:
                 self.stats[model][server].observe(code, seconds)
+
+
+def _servers(config: RouteConfig) -> list[str]:
+    """The two server lines of a backend, set as ``config`` splits the traffic (a
+    reload then keeps serving what was set at run time)."""
+    canary_weight = config.weight if config.canary else 0
+    lines = []
+    for name, address, weight in (
+        ("stable", config.stable, 100 - canary_weight if config.stable else 0),
+        ("canary", config.canary, canary_weight),
+    ):
+        if address is None:
+            lines.append(f"  server {name} 127.0.0.1:9 weight 0 disabled")
+        else:
+            lines.append(f"  server {name} {address} weight {weight}")
+    return lines
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _free_port(host: str) -> int:
