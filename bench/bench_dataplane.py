@@ -50,6 +50,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from controller.demo import _bump  # noqa: E402
 from tests.gitservers import free_port  # noqa: E402
 
 RATE = 50.0
@@ -205,12 +206,7 @@ def workspace(base: Path, ports: dict[str, int], listen: int) -> tuple[Path, Pat
 
 
 def bump(work: Path, version: str, artifact: str) -> None:
-    spec = work / "models" / f"{RANKER}.yaml"
-    text = spec.read_text()
-    old_version = text.split('version: "', 1)[1].split('"', 1)[0]
-    old_artifact = text.split("path: artifacts/search-ranker/", 1)[1].split("\n", 1)[0]
-    text = text.replace(f'version: "{old_version}"', f'version: "{version}"')
-    spec.write_text(text.replace(f"search-ranker/{old_artifact}", f"search-ranker/{artifact}"))
+    _bump(version, artifact)(work)  # the demo's edit: search-ranker's version and artifact
     git("-c", "user.name=bench", "-c", "user.email=b@x", "commit", "-qam", version, cwd=work)
     git("push", "-q", "origin", "main", cwd=work)
 

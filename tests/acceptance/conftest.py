@@ -29,6 +29,7 @@ from typing import Any, Self
 
 import httpx
 
+from controller.demo import _bump
 from tests.bentos import bentoml_processes
 from tests.conftest import EXAMPLE_REPO
 from tests.gitservers import git_env, run_git
@@ -314,18 +315,8 @@ class Workspace:
 
 def bump_ranker(version: str, artifact: str) -> Callable[[Path], None]:
     """An edit of search-ranker's spec only: a new ``version`` and artifact file, as
-    the example repository's README says a new version is released."""
-
-    def edit(repo: Path) -> None:
-        spec = repo / "models" / f"{RANKER}.yaml"
-        text = spec.read_text()
-        old_version = text.split('version: "', 1)[1].split('"', 1)[0]
-        old_artifact = text.split("path: artifacts/search-ranker/", 1)[1].split("\n", 1)[0]
-        text = text.replace(f'version: "{old_version}"', f'version: "{version}"')
-        text = text.replace(f"search-ranker/{old_artifact}", f"search-ranker/{artifact}")
-        spec.write_text(text)
-
-    return edit
+    the example repository's README says a new version is released (the demo's)."""
+    return _bump(version, artifact)
 
 
 @dataclass

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +14,7 @@ import pytest
 from controller import __version__
 from controller.cli.main import EXIT_INVALID, EXIT_OK, EXIT_USAGE, main
 from tests.conftest import EXAMPLE_REPO, ROOT
+from tests.terminal import run_in_terminal
 
 MDC = Path(sys.executable).with_name("mdc")
 
@@ -136,27 +135,6 @@ def test_entry_point_on_every_invalid_case_has_no_traceback(make_repo: Callable[
     assert "models/model.yaml:1:1: file is not UTF-8 text" in done.stderr
 
 
-def _run_in_terminal(args: list[str], env: dict[str, str]) -> str:
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(args, stdout=follower, stderr=follower, env=env, cwd=ROOT)
-    os.close(follower)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([leader], [], [], 30)
-        if not ready:
-            break
-        try:
-            data = os.read(leader, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=30)
-    os.close(leader)
-    return b"".join(chunks).decode()
-
-
 @pytest.mark.parametrize(("no_color", "coloured"), [(False, True), (True, False)])
 def test_colour_only_on_a_terminal_without_no_color(
     make_repo: Callable[..., Path], no_color: bool, coloured: bool
@@ -164,6 +142,6 @@ def test_colour_only_on_a_terminal_without_no_color(
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"} | {"TERM": "xterm"}
     if no_color:
         env["NO_COLOR"] = "1"
-    output = _run_in_terminal([str(MDC), "validate", str(make_repo("ref-team"))], env)
+    _, output = run_in_terminal([str(MDC), "validate", str(make_repo("ref-team"))], env)
     assert "ref.team" in output
     assert ("\033[" in output) is coloured

@@ -5,8 +5,6 @@ prints on a pipe."""
 from __future__ import annotations
 
 import os
-import pty
-import select
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +17,7 @@ from controller.cli.main import main
 from controller.errors import PermanentError
 from controller.ui.terminal import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 from tests.conftest import EXAMPLE_REPO, ROOT
+from tests.terminal import run_in_terminal
 
 MDC = Path(sys.executable).with_name("mdc")
 
@@ -217,30 +216,10 @@ def test_build_on_a_pipe_prints_no_control_characters(tmp_path: Path) -> None:
     assert all(c == "\n" or c.isprintable() for c in done.stdout)
 
 
-def _in_terminal(argv: list[str], env: dict[str, str]) -> str:
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(argv, stdout=follower, stderr=follower, env=env, cwd=ROOT)
-    os.close(follower)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([leader], [], [], 30)
-        if not ready:
-            break
-        try:
-            data = os.read(leader, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert proc.wait(timeout=30) == 0
-    os.close(leader)
-    return b"".join(chunks).decode(errors="replace")
-
-
 @pytest.mark.parametrize("no_color", [False, True])
 def test_build_on_a_terminal_shows_progress_unless_no_color(tmp_path: Path, no_color: bool) -> None:
-    output = _in_terminal(build_argv(tmp_path), terminal_env(no_color))
+    code, output = run_in_terminal(build_argv(tmp_path), terminal_env(no_color))
+    assert code == 0
     assert "fraud-scorer:fake" in output
     assert "search-ranker:fake" in output
     shown = "building search-ranker (2/2)" in output
@@ -261,21 +240,8 @@ def test_a_failed_build_on_a_terminal_prints_its_error_above_the_progress(
             "    raise PermanentError('no bento for ' + model.name)\n",
         )
     )
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(argv, stdout=follower, stderr=follower, env=terminal_env(False))
-    os.close(follower)
-    chunks = []
-    while select.select([leader], [], [], 30)[0]:
-        try:
-            data = os.read(leader, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert proc.wait(timeout=30) == 1
-    os.close(leader)
-    output = b"".join(chunks).decode(errors="replace")
+    code, output = run_in_terminal(argv, terminal_env(False))
+    assert code == 1
     # each error on a line of its own, the progress line cleared before it
     assert "\x1b[2Kmdc build: no bento for fraud-scorer\r\n" in output
     assert "\x1b[2Kmdc build: no bento for search-ranker\r\n" in output

@@ -45,6 +45,7 @@ import threading
 import time
 from pathlib import Path
 
+from controller.adapters.router.supervised import process_alive
 from controller.core.traffic import BackendStats, RouteConfig, Sample, SamplingConfig
 from controller.errors import PermanentError, Reason, TransientError
 
@@ -145,7 +146,7 @@ class HAProxyRouter:
             )
         candidate.replace(self.config_path)
         self._save()
-        if self.pid is None or not _alive(self.pid):
+        if self.pid is None or not process_alive(self.pid):
             with contextlib.suppress(FileNotFoundError):
                 self.pid_path.unlink()
             # master-worker, daemonized: the master is nobody's child and outlives
@@ -293,13 +294,13 @@ class HAProxyRouter:
 
     def shutdown(self) -> None:
         """Stop HAProxy (its workers finish the requests in flight), then let go."""
-        if self.pid is not None and _alive(self.pid):
+        if self.pid is not None and process_alive(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGUSR1)  # soft stop: finish, then exit
             deadline = time.monotonic() + 10
-            while _alive(self.pid) and time.monotonic() < deadline:
+            while process_alive(self.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(self.pid):
+            if process_alive(self.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
@@ -321,7 +322,7 @@ class HAProxyRouter:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             return None
-        if not _alive(pid) or str(self.config_path).encode() not in cmdline:
+        if not process_alive(pid) or str(self.config_path).encode() not in cmdline:
             return None
         return pid
 
@@ -401,14 +402,6 @@ def _servers(config: RouteConfig) -> list[str]:
         else:
             lines.append(f"  server {name} {address} weight {weight}")
     return lines
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _free_port(host: str) -> int:

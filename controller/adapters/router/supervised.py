@@ -43,7 +43,7 @@ from controller.core.environment import without_secrets
 from controller.core.traffic import BackendStats, RouteConfig, Sample, SamplingConfig
 from controller.errors import TransientError
 
-__all__ = ["SupervisedRouter"]
+__all__ = ["SupervisedRouter", "process_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ START_SECONDS = 20.0
 STOP_SECONDS = 15.0
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -90,7 +91,7 @@ class SupervisedRouter:
     def _answers(self, info: dict[str, Any]) -> bool:
         try:
             pid = int(info["pid"])
-            if not _alive(pid):
+            if not process_alive(pid):
                 return False
             answer = self.http.get(f"{info['control']}/healthz", timeout=2.0)
             return answer.status_code == 200 and answer.json().get("pid") == pid
@@ -142,7 +143,7 @@ class SupervisedRouter:
                 self._take(info)
                 log.info("router: started pid %d (%s)", self.pid, self.control)
                 return
-            if info is not None and not _alive(int(info.get("pid", 0))):
+            if info is not None and not process_alive(int(info.get("pid", 0))):
                 break
             time.sleep(0.05)
         tail = (self.dir / "router.out").read_bytes()[-2000:].decode(errors="replace")
@@ -226,13 +227,13 @@ class SupervisedRouter:
 
     def shutdown(self) -> None:
         """Stop the router process (after the requests in flight are answered)."""
-        if self.pid and _alive(self.pid):
+        if self.pid and process_alive(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_SECONDS
-            while _alive(self.pid) and time.monotonic() < deadline:
+            while process_alive(self.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(self.pid):
+            if process_alive(self.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
         self.http.close()
