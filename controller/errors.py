@@ -78,9 +78,13 @@ class Reason(StrEnum):
     SAMPLING_UNSUPPORTED = "SamplingUnsupported"
     SPEC_INVALID = "SpecInvalid"
     STABLE_NOT_READY = "StableNotReady"
+    STANDING_BY = "StandingBy"
     STARTING = "Starting"
     STATUS_PUSH_FAILED = "StatusPushFailed"
     STATUS_PUSH_REJECTED = "StatusPushRejected"
+    STATE_NOT_WRITABLE = "StateNotWritable"
+    START_FAILED = "StartFailed"
+    UNBOOKED = "Unbooked"
     UNAVAILABLE = "Unavailable"
     UNSAFE_PATH = "UnsafePath"
     WAITING_FOR_GPUS = "WaitingForGPUs"
@@ -96,6 +100,9 @@ class ConditionType(StrEnum):
     MONITORED = "Monitored"
     SAMPLED = "Sampled"
     STATUS_WRITTEN = "StatusWritten"
+    GIT_READ = "GitRead"
+    STATE_SAVED = "StateSaved"
+    LEADER = "Leader"
 
 
 class MdcError(Exception):

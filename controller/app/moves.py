@@ -22,7 +22,10 @@ from dataclasses import replace
 
 from controller.adapters.git.source import Snapshot
 from controller.adapters.packaging import Source
+from controller.adapters.runtime.base import Release as RuntimeRelease
 from controller.adapters.runtime.base import ReleaseSpec, State
+from controller.app.crashpoints import crash_point
+from controller.app.intents import Intent, IntentKind, Journal
 from controller.app.manual import Pins
 from controller.app.monitoring import Monitoring
 from controller.app.parts import Parts, Settings
@@ -30,7 +33,15 @@ from controller.app.pool_book import PoolBook
 from controller.app.recovery import Run
 from controller.app.rollout import RolloutDriver, drain
 from controller.core.allocation import Allocation, ReleaseKind, launch_env
-from controller.core.canary import Action, CanaryPhase, CanaryState
+from controller.core.canary import (
+    Action,
+    ActionKind,
+    CanaryPhase,
+    CanaryState,
+    start,
+    state_from_dict,
+    state_to_dict,
+)
 from controller.core.plan import ModelPlan, Move
 from controller.core.status import Condition, Release
 from controller.core.timestamps import iso
@@ -74,6 +85,10 @@ class Moves:
         self.verdicts: dict[tuple[str, str], int] = {}  # (model, outcome) -> intervals judged
         self.snapshot: Snapshot | None = None
         self.load: LoadResult | None = None
+        self.journal = Journal(self.state_dir)
+        #: models whose intent was written (or finished) in this pass: cleared by the
+        #: reconciler once the pass's status commit records the outcome
+        self.journaled: set[str] = set()
 
     def begin_pass(self, snapshot: Snapshot, load: LoadResult) -> None:
         self.snapshot, self.load = snapshot, load
@@ -234,12 +249,45 @@ class Moves:
         if allocation is None:
             return None
         spec = self._release_spec(model, wanted, bento, allocation)
-        self._launch(spec)
         run.pull = self._pull()
         record = Release(
             model.version, bento, iso(now), spec.name, wanted, self.snapshot.revision, run.pull
         )
+        first = kind is ReleaseKind.STABLE
+        self._journal(
+            Intent(
+                model.name,
+                IntentKind.DEPLOY if first else IntentKind.START_CANARY,
+                now,
+                stable=run.stable.name if run.stable is not None else None,
+                canary=spec.name,
+                spec_hash=wanted,
+                record=record,
+            )
+        )
+        if first:
+            crash_point("deploy.after-intent")
+        else:
+            crash_point("canary.after-intent")
+        self._launch(spec)
+        if first:
+            crash_point("deploy.after-launch")
+        else:
+            crash_point("canary.after-launch")
         return spec, record
+
+    def _journal(self, intent: Intent) -> None:
+        """Write ``intent`` before its first side effect. A move that makes things
+        safer (rollback, abort) goes on when the disk refuses; any other does not
+        start (raises :class:`TransientError`), since it could not be finished
+        after a crash."""
+        try:
+            self.journal.write(intent)
+        except TransientError as exc:
+            if not intent.kind.safe:
+                raise
+            log.error("%s: %s; going on (it takes traffic back to the stable)", intent.model, exc)
+        self.journaled.add(intent.model)
 
     def _deploy(self, run: Run, model: Model, wanted: str, tree: Tree, now: float) -> None:
         started = self._start(run, model, wanted, tree, now, kind=ReleaseKind.STABLE)
@@ -264,6 +312,7 @@ class Moves:
         self._route(run.name, RouteConfig(None, None, 0))
         run.conditions.append(Condition(ConditionType.READY, False, Reason.NODE_LOST, why))
         self.book.free(run.name, ReleaseKind.STABLE, now)
+        crash_point("replace.after-free")
         allocation = self._place(run, model, ReleaseKind.STABLE, now)
         if allocation is None:
             return
@@ -276,6 +325,7 @@ class Moves:
             gpu_share=sum(s.units for s in replica) / 1000 if replica else 0.0,
         )
         self._launch(spec)
+        crash_point("replace.after-launch")
         run.stable = spec
         run.event = ("Replaced", f"{spec.name} placed again on {spec.node or 'this machine'}")
 
@@ -316,7 +366,7 @@ class Moves:
         if started is None:
             return
         spec, run.canary_record = started
-        driver = self._driver(model)
+        driver = self._driver(model, run)
         driver.begin(run.stable, spec, wanted)
         run.driver, run.finished = driver, None
         run.event = (
@@ -324,8 +374,26 @@ class Moves:
             f"canary {model.version} ({run.canary_record.bento}) beside stable",
         )
 
-    def _driver(self, model: Model) -> RolloutDriver:
+    def _driver(self, model: Model, run: Run) -> RolloutDriver:
         assert self.load is not None
+
+        def decide(state: CanaryState, actions: tuple[Action, ...]) -> None:
+            promote = any(a.kind is ActionKind.PROMOTE for a in actions)
+            driver = run.driver
+            self._journal(
+                Intent(
+                    run.name,
+                    IntentKind.PROMOTE if promote else IntentKind.ROLLBACK,
+                    self.clock(),
+                    stable=driver.stable.name if driver and driver.stable else None,
+                    canary=driver.canary.name if driver and driver.canary else None,
+                    spec_hash=state.spec_hash,
+                    record=run.canary_record,
+                    state=state_to_dict(state),
+                    reason=state.reason or "",
+                )
+            )
+
         return RolloutDriver(
             model.name,
             self.load.desired.policies[model.rollout],
@@ -336,6 +404,7 @@ class Moves:
             clock=self.clock,
             tick_runtime=False,  # the pass ticks the runtime once for all models
             route=self._route,
+            decide=decide,
         )
 
     def _adopt_driver(self, run: Run, model: Model) -> None:
@@ -344,7 +413,7 @@ class Moves:
         assert run.resume is not None
         canary, state = run.resume
         self._launch(canary)  # adopted: returned as it runs
-        driver = self._driver(model)
+        driver = self._driver(model, run)
         driver.begin(run.stable, canary, state.spec_hash, state)
         run.driver, run.resume = driver, None
         run.event = ("Resumed", f"canary resumed at step {state.step + 1}, weight {state.weight}%")
@@ -375,10 +444,12 @@ class Moves:
             run.stable, run.stable_hash = driver.stable, state.spec_hash
             run.stable_record = run.canary_record
             self.book.promote(run.name, now)
+            crash_point("promote.after-book")
             run.driver, run.finished, run.canary_record = None, state, None
             run.event = ("Promoted", state.reason or "all steps passed")
         elif state.phase is CanaryPhase.ROLLED_BACK:
             self.book.free(run.name, ReleaseKind.CANARY, now)
+            crash_point("rollback.after-free")
             run.driver, run.finished, run.canary_record = None, state, None
             run.event = ("RolledBack", state.reason or "the analysis failed")
 
@@ -386,12 +457,26 @@ class Moves:
         driver = run.driver
         if driver is None:
             return
+        self._journal(
+            Intent(
+                run.name,
+                IntentKind.ABORT,
+                now,
+                stable=driver.stable.name if driver.stable else None,
+                canary=driver.canary.name if driver.canary else None,
+                spec_hash=driver.state.spec_hash if driver.state else None,
+                reason=reason,
+            )
+        )
+        crash_point("abort.after-intent")
         stable = driver.address(driver.stable)
         canary = driver.address(driver.canary)
         self._route(run.name, RouteConfig(stable, None, 0))
+        crash_point("abort.after-route")
         if driver.canary is not None:
             drain(self.router, run.name, canary)
             self.runtime.stop(driver.canary.name, drain=2.0)
+        crash_point("abort.after-stop-canary")
         self.book.free(run.name, ReleaseKind.CANARY, now)
         run.driver, run.canary_record, run.finished = None, None, None
         run.event = ("CanaryAborted", reason)
@@ -437,6 +522,81 @@ class Moves:
         self.pins.unpin(run.name)
         self.monitoring.forget(run.name)
         run.event = ("Pruned", "removed from git: releases stopped, GPUs freed")
+
+    # -- after a restart: a move under way is finished, never redone --------------------
+
+    def _alive(self, name: str | None) -> RuntimeRelease | None:
+        release = self.runtime.releases.get(name) if name else None
+        if release is None or release.state in (State.STOPPED, State.FAILED):
+            return None
+        return release
+
+    def finish(self, run: Run, intent: Intent, now: float) -> None:
+        """Roll ``intent`` forward: a controller died between its first side effect
+        and the status commit that records its outcome
+        (:mod:`controller.app.intents`). Idempotent: the status may record it
+        already, and any step may be done or not."""
+        self.journaled.add(run.name)
+        if intent.kind in (IntentKind.DEPLOY, IntentKind.START_CANARY):
+            self._finish_start(run, intent, now)
+            return
+        self._ensure_route(run.name)
+        stable, canary = self._alive(intent.stable), self._alive(intent.canary)
+        state = state_from_dict(intent.state) if intent.state else None
+        run.resume, run.driver, run.canary_record = None, None, None
+        if intent.kind is IntentKind.PROMOTE and canary is not None:
+            self._route(run.name, RouteConfig(canary.address, None, 0))
+            if stable is not None and intent.stable != intent.canary:
+                drain(self.router, run.name, stable.address)
+                self.runtime.stop(stable.spec.name, drain=2.0)
+            if self.book.allocation(run.name, ReleaseKind.CANARY) is not None:
+                self.book.promote(run.name, now)
+            run.stable, run.stable_hash = canary.spec, intent.spec_hash
+            run.stable_record = intent.record or run.stable_record
+            run.finished = state
+            run.event = ("Promoted", f"finished after a restart: {intent.reason}".strip(": "))
+            return
+        # a rollback, an abort, or a promotion whose canary is gone: back to the stable
+        self._route(run.name, RouteConfig(stable.address if stable else None, None, 0))
+        if canary is not None and intent.canary != intent.stable:
+            drain(self.router, run.name, canary.address)
+            self.runtime.stop(canary.spec.name, drain=2.0)
+        self.book.free(run.name, ReleaseKind.CANARY, now)
+        if intent.kind is IntentKind.ROLLBACK:
+            if state is not None:
+                self.pins.pin(run.name, state.spec_hash, intent.reason, now)
+            run.finished = state
+            run.event = ("RolledBack", f"finished after a restart: {intent.reason}".strip(": "))
+        elif intent.kind is IntentKind.ABORT:
+            run.finished = None
+            run.event = ("CanaryAborted", f"finished after a restart: {intent.reason}")
+        else:
+            run.finished = None
+            run.event = (
+                "PromotionAbandoned",
+                f"the canary {intent.canary} was gone after a restart; the stable serves",
+            )
+
+    def _finish_start(self, run: Run, intent: Intent, now: float) -> None:
+        """A release was being started: adopt it when it runs (the pool book books
+        the GPUs it was started on), else the plan starts it again."""
+        started = self._alive(intent.canary)
+        if started is None or intent.record is None or intent.spec_hash is None:
+            return
+        if intent.kind is IntentKind.DEPLOY and run.stable is None:
+            run.stable, run.stable_hash = started.spec, intent.spec_hash
+            run.stable_record = intent.record
+            run.event = ("Adopted", f"{started.spec.name}, started before a restart")
+        elif (
+            intent.kind is IntentKind.START_CANARY
+            and run.stable is not None
+            and run.resume is None
+            and run.driver is None
+            and run.stable.name != started.spec.name
+        ):
+            run.resume = (started.spec, start(intent.spec_hash, now))
+            run.canary_record = intent.record
+            run.event = ("Adopted", f"canary {started.spec.name}, started before a restart")
 
     def failed(self, run: Run, entry: ModelPlan, exc: MdcError, now: float) -> None:
         if isinstance(exc, TransientError):

@@ -20,17 +20,20 @@ Called by the reconciler (placing, freeing, promoting, summarizing).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import yaml
 
 from controller.adapters.git.status_branch import StatusBranch
-from controller.adapters.runtime.base import Runtime
+from controller.adapters.runtime.base import ReleaseSpec, Runtime
 from controller.core.allocation import (
+    UNITS,
     Allocation,
     Placed,
     ReleaseKind,
+    Slice,
     allocations_from_status,
     holds_of,
     request_for,
@@ -165,12 +168,78 @@ class PoolBook:
 
     def promote(self, model: str, now: float) -> None:
         """The canary became the stable: the old stable's share is given back, and the
-        canary's booking (and when it was taken) is the stable's from now on."""
+        canary's booking (and when it was taken) is the stable's from now on. Nothing
+        when the canary holds no booking (the promotion is recorded already)."""
+        if self.allocation(model, ReleaseKind.CANARY) is None:
+            return
         self.free(model, ReleaseKind.STABLE, now)
         old, new = _key(model, ReleaseKind.CANARY), _key(model, ReleaseKind.STABLE)
         for _, ledger in self.ledgers.values():
             ledger.rename(old, new)
         self.since[new] = self.since.pop(old, iso(now))
+
+    def match_running(
+        self,
+        running: Mapping[tuple[str, ReleaseKind], ReleaseSpec | None],
+        models: Mapping[str, Model],
+        now: float,
+    ) -> list[tuple[str, str]]:
+        """Bookings checked against the releases observed running (after a restart):
+        ``running`` maps each (model, kind) to the release running for it, or None.
+        A booking whose release is gone is dropped; a release running without its
+        booking (or on other GPUs than booked) is booked again on the GPUs it runs
+        on. What could not be made to match, per model, as (model, why)."""
+        problems: list[tuple[str, str]] = []
+        for (name, kind), spec in sorted(running.items()):
+            model = models.get(name)
+            if model is None:
+                continue
+            held = self.allocation(name, kind)
+            if spec is None:
+                if held is not None:
+                    log.warning("%s: %s booking dropped: its release is not running", name, kind)
+                    self.free(name, kind, now)
+                continue
+            if not spec.gpus:
+                continue  # nothing to book from (a CPU release)
+            booked = {s.gpu for r in held.replicas for s in r} if held is not None else set()
+            if booked == set(spec.gpus):
+                continue
+            if held is not None:
+                self.free(name, kind, now)
+            problem = self._book_as_running(model, kind, spec)
+            if problem is not None:
+                log.error("%s: %s", name, problem)
+                problems.append((name, problem))
+            else:
+                self.since[_key(name, kind)] = iso(now)
+                log.warning("%s: %s booked again on the GPUs it runs on", name, spec.name)
+        return problems
+
+    def _book_as_running(self, model: Model, kind: ReleaseKind, spec: ReleaseSpec) -> str | None:
+        ledger = self.ledger(model)
+        per_gpu = round(spec.gpu_share * UNITS / len(spec.gpus)) or UNITS
+        slices = []
+        for uuid in spec.gpus:
+            state = ledger.gpus.get(uuid)
+            if state is None:
+                return f"{spec.name} runs on GPU {uuid}, which the pool does not have"
+            memory = state.memory if per_gpu >= UNITS else math.ceil(per_gpu / UNITS * state.memory)
+            slices.append(Slice(uuid, state.node, memory, per_gpu))
+        allocation = Allocation(
+            release=_key(model.name, kind),
+            model=model.name,
+            team=model.team,
+            kind=kind,
+            serving=kind is ReleaseKind.STABLE,
+            borrowed=False,
+            replicas=(tuple(slices),),
+            order=ledger.counter + 1,
+        )
+        problem = ledger.adopt(allocation)
+        if problem is None:
+            return None
+        return f"{spec.name} runs on {', '.join(spec.gpus)} but cannot be booked: {problem}"
 
     def allocation(self, model: str, kind: ReleaseKind) -> Allocation | None:
         """What ``model``'s ``kind`` release holds (its pool's ledger is rebuilt from the

@@ -31,7 +31,9 @@ from controller.adapters.git.source import (
     PollResult,
     Snapshot,
 )
-from controller.adapters.runtime.base import State
+from controller.adapters.runtime.base import ReleaseSpec, State
+from controller.app.crashpoints import crash_point
+from controller.app.intents import Journal
 from controller.app.manual import Pins, read_command
 from controller.app.monitoring import Monitoring
 from controller.app.moves import Moves
@@ -122,9 +124,11 @@ class Reconciler:
         self.writes = StatusWrites()
         self._hashes: dict[str, tuple[str, str, str]] = {}  # tree -> model -> (hash, bento)
         self._hash_tree: str | None = None
-        self.statuses, self.runs = recover(self.source, self.status, self.runtime)
+        self.journal = Journal(self.state_dir)
+        self.statuses, self.runs = recover(self.source, self.status, self.runtime, self.journal)
         self.book.recover(self.statuses)
         self.moves = Moves(parts, settings, self.book, self.pins, self.monitoring, self.runs)
+        self._checked_running = False  # bookings checked against what runs (first pass)
 
     @property
     def routes(self) -> dict[str, str]:
@@ -161,6 +165,11 @@ class Reconciler:
         for event in self.runtime.tick(now):
             log.info("release %s: %s: %s", event.release, event.kind, event.message)
         self.book.begin_pass(desired, self.statuses)
+        for run in self.runs.values():
+            run.event, run.conditions = None, []
+        self._finish_moves(now)
+        if not self._checked_running:
+            self._checked_running = self._check_running(desired.models, now)
         nodes, lost = self.book.refresh(now)
         for allocation in lost:
             self.runs.get(allocation.release.partition("/")[0], Run("")).event = (
@@ -180,7 +189,6 @@ class Reconciler:
         failed: list[str] = []
         for entry in plan:
             run = self.runs.setdefault(entry.model, Run(entry.model))
-            run.event, run.conditions = None, []
             run.command = read_command(self.state_dir, entry.model)  # once a pass
             model = desired.models.get(entry.model)
             try:
@@ -194,6 +202,10 @@ class Reconciler:
                 self.moves.failed(
                     run, entry, TransientError(str(exc), reason=Reason.INTERNAL_ERROR), now
                 )
+        for name in failed:  # a move that broke half-way is finished by the next pass
+            if name in self.moves.journaled:
+                self.runs[name].intent = self.journal.get(name)
+                self.moves.journaled.discard(name)
         self._watch(desired.models, now)
         self._record(plan, desired.models, now)
         result = PassResult(
@@ -208,6 +220,58 @@ class Reconciler:
         self.passes += 1
         self.last = result
         return result
+
+    def _finish_moves(self, now: float) -> None:
+        """Finish the moves a previous controller (or a pass that broke) left half
+        done (:meth:`Moves.finish`), before anything is planned."""
+        for run in list(self.runs.values()):
+            intent, run.intent = run.intent, None
+            if intent is None:
+                continue
+            try:
+                self.moves.finish(run, intent, now)
+            except MdcError as exc:
+                run.intent = intent  # tried again next pass
+                run.conditions.append(
+                    Condition(ConditionType.READY, False, exc.reason, exc.message)
+                )
+                log.warning("%s: unfinished %s not finished: %s", run.name, intent.kind, exc)
+
+    def _check_running(self, models: Mapping[str, Model], now: float) -> bool:
+        """After a restart: GPU bookings against the releases that run (the pool book
+        books a running release again, drops a booking whose release is gone), and
+        releases that no model claims are stopped. False when a pool could not be
+        read (checked again next pass)."""
+        running: dict[tuple[str, ReleaseKind], ReleaseSpec | None] = {}
+        claimed: set[str] = set()
+        for name, run in self.runs.items():
+            canary = run.driver.canary if run.driver is not None else None
+            if canary is None and run.resume is not None:
+                canary = run.resume[0]
+            for kind, spec in ((ReleaseKind.STABLE, run.stable), (ReleaseKind.CANARY, canary)):
+                release = self.runtime.releases.get(spec.name) if spec is not None else None
+                alive = release is not None and release.state is not State.STOPPED
+                running[(name, kind)] = release.spec if alive and release is not None else None
+                if spec is not None:
+                    claimed.add(spec.name)
+        try:
+            problems = self.book.match_running(running, models, now)
+        except Exception as exc:  # a pool that cannot be read: checked when it can be
+            log.warning("bookings not checked against the running releases: %s", exc)
+            return False
+        for name, problem in problems:
+            self.runs[name].conditions.append(
+                Condition(ConditionType.GPUS, False, Reason.UNBOOKED, problem)
+            )
+        for release_name, release in list(self.runtime.releases.items()):
+            if release_name in claimed or release.state in (State.STOPPED, State.FAILED):
+                continue
+            log.warning("%s runs but no model claims it: stopped", release_name)
+            self.runtime.stop(release_name, drain=2.0)
+            owner = self.runs.get(release.spec.model)
+            if owner is not None:
+                owner.event = ("OrphanStopped", f"{release_name} ran unclaimed after a restart")
+        return True
 
     def _spec_hashes(self, models: Mapping[str, Model], tree: Tree) -> dict[str, tuple[str, str]]:
         """Model -> (spec hash, planned bento tag), computed once per tree."""
@@ -309,8 +373,13 @@ class Reconciler:
                     subject = f"{status.name}: {event}: {message}"[:200]
                     trailers = trailers | {"Monitor": event}
             self.status.commit({model_path(status.name): raw}, subject, trailers)
+        for name in sorted(self.moves.journaled):  # the outcome is recorded now
+            self.journal.clear(name)
+        self.moves.journaled.clear()
+        crash_point("status.after-commit")
         self.monitoring.commit_rollups()
         self.writes.push(self.status, now)
+        crash_point("status.after-push")
         for status, raw, previous in changes:
             if raw is None:
                 continue
@@ -318,6 +387,7 @@ class Reconciler:
                 self.reporter.on_status(previous, status)
             except MdcError as exc:
                 log.warning("report for %s failed: %s", status.name, exc.message)
+        crash_point("status.after-report")
         try:
             self.reporter.drain()
         except MdcError as exc:

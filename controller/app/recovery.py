@@ -4,8 +4,11 @@
 passes (its releases, the rollout driver of a canary under way, why it failed,
 this pass's conditions and event). :func:`recover` rebuilds every model's Run
 from the status branch and the releases the runtime adopted, so a controller
-killed at any point resumes where it was. GPU bookings are rebuilt by the pool
-book (:mod:`controller.app.pool_book`) from the same statuses.
+killed at any point resumes where it was; a move it had not finished (its
+intent, :mod:`controller.app.intents`) is handed to the first pass, which
+finishes it. GPU bookings are rebuilt by the pool book
+(:mod:`controller.app.pool_book`) from the same statuses, then checked against
+the releases that run.
 
 Called by the reconciler at start.
 """
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from controller.adapters.git.source import GitSource
 from controller.adapters.git.status_branch import StatusBranch
 from controller.adapters.runtime.base import ReleaseSpec, Runtime, State
+from controller.app.intents import Intent, Journal
 from controller.app.manual import ManualAction
 from controller.app.rollout import RolloutDriver
 from controller.core.canary import CanaryState, state_from_dict
@@ -50,10 +54,11 @@ class Run:
     command: ManualAction | None = None  # this pass's manual command, read once
     replacing: str | None = None  # why its stable is being placed again (its node was lost)
     monitor_events: list[tuple[str, str]] = field(default_factory=list)  # this pass's
+    intent: Intent | None = None  # a move a previous controller had not finished
 
 
 def recover(
-    source: GitSource, status: StatusBranch, runtime: Runtime
+    source: GitSource, status: StatusBranch, runtime: Runtime, journal: Journal | None = None
 ) -> tuple[dict[str, ModelStatus], dict[str, Run]]:
     """The statuses the status branch records, and each model's :class:`Run` with
     the releases the runtime still has (adopted after a restart): the stable, and a
@@ -94,4 +99,6 @@ def recover(
                 run.canary_record = recorded.canary
                 run.resume = (adopted.spec, state)
         run.pull = recorded.pull_request
+    for name, intent in (journal.load() if journal is not None else {}).items():
+        runs.setdefault(name, Run(name)).intent = intent  # finished by the first pass
     return statuses, runs

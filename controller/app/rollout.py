@@ -35,6 +35,7 @@ from pathlib import Path
 from controller.adapters.metrics import QueryProvider
 from controller.adapters.router.base import Router
 from controller.adapters.runtime.base import ReleaseSpec, Runtime, State
+from controller.app.crashpoints import crash_point
 from controller.app.manual import ManualAction, Pins, read_command, who_am_i
 from controller.core.canary import (
     Action,
@@ -57,9 +58,7 @@ __all__ = ["DRAIN_SECONDS", "RolloutDriver", "drain", "query_values"]
 DRAIN_SECONDS = 10.0
 
 
-def drain(
-    router: Router, model: str, address: str | None, timeout: float = DRAIN_SECONDS
-) -> int:
+def drain(router: Router, model: str, address: str | None, timeout: float = DRAIN_SECONDS) -> int:
     """Wait until the router has no request of ``model`` in flight to ``address``
     (the route no longer sends it any), at most ``timeout`` seconds; how many were
     still in flight when it gave up (0: drained)."""
@@ -109,6 +108,7 @@ class RolloutDriver:
         record: Callable[[CanaryState, tuple[Action, ...]], None] | None = None,
         tick_runtime: bool = True,
         route: Callable[[str, RouteConfig], None] | None = None,
+        decide: Callable[[CanaryState, tuple[Action, ...]], None] | None = None,
     ) -> None:
         self.model = model
         self.policy = policy
@@ -122,6 +122,9 @@ class RolloutDriver:
         self.tick_runtime = tick_runtime  # False: the caller ticks the runtime once a pass
         #: how a route is set: the reconciler's one place for routes, else the router
         self.route = route or router.configure
+        #: told of a promotion or rollback before its first side effect (the
+        #: reconciler journals it: :mod:`controller.app.intents`)
+        self.decide = decide
         self.stable: ReleaseSpec | None = None
         self.canary: ReleaseSpec | None = None
         self.state: CanaryState | None = None
@@ -205,6 +208,14 @@ class RolloutDriver:
         self.state, actions = advance(self.policy, previous, observed, now, command)
         if self.state.last_interval != previous.last_interval:
             self._since = (now, snapshot)  # the next interval starts now
+        if self.decide is not None and any(
+            a.kind in (ActionKind.PROMOTE, ActionKind.ROLLBACK) for a in actions
+        ):
+            try:
+                self.decide(self.state, actions)
+            except BaseException:
+                self.state = previous  # not journaled: not decided (judged again next tick)
+                raise
         for action in actions:
             self._apply(action, now)
         self._route()
@@ -220,20 +231,26 @@ class RolloutDriver:
             canary = self.address(self.canary) if action.weight > 0 else None
             self.route(self.model, RouteConfig(stable, canary, action.weight))
         elif action.kind is ActionKind.ROLLBACK:
+            crash_point("rollback.after-intent")
             canary = self.address(self.canary)
             self.route(self.model, RouteConfig(self.address(self.stable), None, 0))
+            crash_point("rollback.after-route")
             drain(self.router, self.model, canary)
             self.runtime.stop(self.canary.name, drain=5.0)
+            crash_point("rollback.after-stop-canary")
             if self.pins is not None:
                 self.pins.pin(self.model, self.state.spec_hash, action.reason, now)
         elif action.kind is ActionKind.PROMOTE:
+            crash_point("promote.after-intent")
             old = self.stable
             old_address = self.address(old)
             self.route(self.model, RouteConfig(self.address(self.canary), None, 0))
+            crash_point("promote.after-route")
             self.stable = replace(self.canary)
             if old is not None:
                 drain(self.router, self.model, old_address)
                 self.runtime.stop(old.name, drain=5.0)
+            crash_point("promote.after-stop-stable")
 
     def run(self, timeout: float, step: float = 0.1) -> CanaryState:
         """Tick until the canary is promoted or rolled back (for tests and the CLI)."""

@@ -174,13 +174,19 @@ class World:
 
 
 def build(
-    tmp: Path, repo: SpecRepo, runtime: FakeRuntime | None = None, clock: Clock | None = None
+    tmp: Path,
+    repo: SpecRepo,
+    runtime: FakeRuntime | None = None,
+    clock: Clock | None = None,
+    router: FakeRouter | None = None,
 ) -> World:
+    """A controller over fakes; ``router`` given: the router process that outlived
+    the last controller."""
     state = tmp / "state"
     clock = clock or Clock()
     source = GitSource(str(repo.path), "main", state, Credentials())
     status = FlakyStatusBranch(source, "mdc/status")
-    runtime, router, reporter = runtime or FakeRuntime(), FakeRouter(), FakeReporter()
+    runtime, router, reporter = runtime or FakeRuntime(), router or FakeRouter(), FakeReporter()
     parts = Parts(
         source=source,
         poller=SourcePoller(source, interval=1.0),
