@@ -9,7 +9,14 @@ Owns :class:`PullRequests`, the controller's GitHub reporter:
   change cannot be applied);
 * after the merge: the same comment gains the rollout's progress and each
   interval's verdicts (metric values against thresholds), and ``mdc/rollout``
-  on the merge commit goes pending, then success or failure;
+  on the commit the model's status names goes pending, then success or failure
+  (a rollout under way follows that commit when a later one lands);
+* a rollout that ends before its own commit's final status -- its model moved on to a
+  later commit, was removed from git, or the commit was force-pushed away -- ends
+  that commit's ``mdc/rollout`` too (``error``, saying why): no commit stays pending
+  for ever. Which commits mdc left pending is kept across restarts
+  (:mod:`controller.app.commit_statuses`), and a force-push is told on the PRs whose
+  rollout it ended, in a "Force-pushed" section of their comment;
 * after a rollback, optionally, a revert PR that puts the last good spec back;
 * after promotion, when an objective of the running version is breached or its
   predictions drift (:mod:`controller.core.monitor`): a monitor section in the
@@ -42,6 +49,7 @@ from typing import Protocol
 from controller.adapters.git.source import GitSource
 from controller.adapters.github.client import GitHubReporter
 from controller.adapters.github.webhook import Event, IssueCommentEvent, PullRequestEvent, PushEvent
+from controller.app.commit_statuses import PendingCommits, revision_sha, rollout_state
 from controller.app.manual import Pins, send_command
 from controller.core.canary import state_from_dict
 from controller.core.pr_plan import MARKER, plan_change, render_markdown
@@ -50,6 +58,7 @@ from controller.errors import MdcError, PermanentError, Reason, TransientError
 
 __all__ = [
     "COMMANDS",
+    "FORCE_PUSH_MARKER",
     "MONITOR_MARKER",
     "ROLLOUT_MARKER",
     "NullReporter",
@@ -57,6 +66,7 @@ __all__ = [
     "Reporter",
     "monitor_state",
     "parse_command",
+    "render_force_push",
     "render_monitor",
     "render_rollout",
     "rollout_state",
@@ -68,12 +78,17 @@ log = logging.getLogger(__name__)
 ROLLOUT_MARKER = "<!-- mdc:rollout -->"
 #: Splits the rollout (above) from the running version's monitor (below).
 MONITOR_MARKER = "<!-- mdc:monitor -->"
+#: Opens the section that tells of force-pushes (between the rollout and the monitor).
+FORCE_PUSH_MARKER = "<!-- mdc:force-push -->"
+_SECTIONS = (ROLLOUT_MARKER, FORCE_PUSH_MARKER, MONITOR_MARKER)  # in the order they appear
 _MONITOR_EVENTS = ("ObjectiveBreached", "ObjectiveRecovered", "DriftDetected", "DriftRecovered")
 COMMANDS = ("promote", "abort", "pause", "resume", "retry")
 _PR_ACTIONS = ("opened", "synchronize", "reopened", "edited")
 _MARKS = {"pass": "✅", "fail": "❌"}
 #: After GitHub failed transiently, seconds it is left alone (reports are kept meanwhile).
 QUIET_SECONDS = 5.0
+#: What GitHub says of a report that can never be taken (an unknown commit, a deleted PR).
+_HOPELESS = frozenset({Reason.GITHUB_INVALID, "GitHubNotFound", "GitHubGone"})
 
 
 def parse_command(body: str) -> str | None:
@@ -83,23 +98,6 @@ def parse_command(body: str) -> str | None:
         if len(words) >= 2 and words[0] == "/mdc" and words[1] in COMMANDS:
             return words[1]
     return None
-
-
-def rollout_state(status: ModelStatus) -> str:
-    """The commit status ``mdc/rollout`` says for a model's phase."""
-    if status.phase is Phase.HEALTHY:
-        return "success"
-    if status.phase in (Phase.ROLLED_BACK, Phase.STALLED):
-        return "failure"
-    if status.phase is Phase.DEGRADED:
-        return "error"
-    return "pending"
-
-
-def _revision_sha(revision: str | None) -> str | None:
-    if not revision or "sha1:" not in revision:
-        return None
-    return revision.rsplit("sha1:", 1)[1]
 
 
 def render_rollout(statuses: list[ModelStatus]) -> str:
@@ -165,6 +163,27 @@ def render_monitor(statuses: list[ModelStatus]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def render_force_push(notes: list[str]) -> str:
+    """The force-push part of a PR comment: one line per force-push that ended a rollout."""
+    return "\n".join([FORCE_PUSH_MARKER, "## Force-pushed", *notes]) + "\n"
+
+
+def _split(body: str | None) -> tuple[str, dict[str, str]]:
+    """An mdc comment's plan part and each of its marked sections (marker first)."""
+    if body is None:
+        return MARKER, {}
+    found = sorted((body.find(marker), marker) for marker in _SECTIONS if marker in body)
+    sections = {}
+    for index, (at, marker) in enumerate(found):
+        end = found[index + 1][0] if index + 1 < len(found) else len(body)
+        sections[marker] = body[at:end].strip() + "\n"
+    return (body[: found[0][0]] if found else body).rstrip(), sections
+
+
+def _join(plan: str, sections: Mapping[str, str]) -> str:
+    return plan + "\n\n" + "\n".join(sections[m] for m in _SECTIONS if m in sections)
+
+
 def monitor_state(statuses: list[ModelStatus]) -> tuple[str, str]:
     """The commit status ``mdc/monitor`` and its description, over the models one
     merge commit brought."""
@@ -190,6 +209,14 @@ class Reporter(Protocol):
         """A model's status changed (and is already on the status branch)."""
         ...
 
+    def on_removed(self, status: ModelStatus) -> None:
+        """A model was removed from git (pruned); ``status`` is its last status."""
+        ...
+
+    def on_force_push(self, previous: str, current: str) -> None:
+        """The release branch was force-pushed from ``previous`` to ``current`` (full SHAs)."""
+        ...
+
     def drain(self) -> None:
         """Once a pass, after the statuses: retry what failed, handle queued events."""
         ...
@@ -210,7 +237,7 @@ class Reported(Protocol):
 
     @property
     def state_dir(self) -> Path:
-        """Where pins and manual commands live."""
+        """Where pins, manual commands and the commits left pending live."""
         ...
 
 
@@ -221,6 +248,12 @@ class NullReporter:
         return None
 
     def on_status(self, previous: ModelStatus | None, status: ModelStatus) -> None:
+        return None
+
+    def on_removed(self, status: ModelStatus) -> None:
+        return None
+
+    def on_force_push(self, previous: str, current: str) -> None:
         return None
 
     def drain(self) -> None:
@@ -247,19 +280,35 @@ class PullRequests:
         self.reconciler: Reported | None = None
         self.events: queue.Queue[Event] = queue.Queue()
         self._pulls: dict[str, int | None] = {}
-        self._reported: dict[str, tuple[str, int | None, int]] = {}  # model -> phase, step, weight
+        #: model -> phase, step, weight (and the commit, while its rollout is pending there)
+        self._reported: dict[str, tuple[str, int | None, int, str | None]] = {}
         self._unsent: dict[str, ModelStatus] = {}
         self._quiet_until = 0.0  # after a transient failure, GitHub is left alone until then
         self._reverted: set[str] = set()
         self._monitored: dict[str, str] = {}  # model -> the monitor record last reported
         self._unsent_monitor: dict[str, ModelStatus] = {}
+        #: the commits whose mdc/rollout was left pending (kept in the state directory)
+        self.pending = PendingCommits()
+        self._force_notes: dict[int, list[str]] = {}  # PR -> force-push lines not yet posted
 
     def bind(self, reconciler: Reported) -> None:
-        """Report for ``reconciler`` from now on."""
+        """Report for ``reconciler`` from now on.
+
+        The commits a previous controller left pending are read back from the state
+        directory (or, from a state directory older than that record, taken from the
+        recorded statuses); those whose model has moved on or is gone meanwhile are
+        ended on the next :meth:`drain`, and a model whose final report on such a commit
+        may not have reached GitHub is reported again."""
         self.reconciler = reconciler
-        for name, status in dict(reconciler.statuses).items():
+        statuses = dict(reconciler.statuses)
+        for name, status in statuses.items():
             # what a previous controller recorded was reported then: only changes now
             self._monitored[name] = json.dumps(status.monitor, sort_keys=True)
+        state_dir = getattr(reconciler, "state_dir", None)
+        if state_dir is not None and not self.pending.load(state_dir):
+            self.pending.seed(statuses)
+        for name in self.pending.catch_up(statuses):
+            self._unsent[name] = statuses[name]  # its final report may not have been sent
 
     def close(self) -> None:
         self.github.close()
@@ -283,7 +332,11 @@ class PullRequests:
 
     def on_status(self, previous: ModelStatus | None, status: ModelStatus) -> None:
         self._on_monitor(status)
-        key = (str(status.phase), status.step, status.weight)
+        if self.pending.moved_on(status):  # superseded: the commit it left is ended
+            self._send_endings()
+        sha = revision_sha(status.attempted_revision)
+        pending = rollout_state(status) == "pending"
+        key = (str(status.phase), status.step, status.weight, sha if pending else None)
         if self._reported.get(status.name) == key and status.name not in self._unsent:
             return
         if self.clock() < self._quiet_until:  # GitHub is down: do not stall the pass on it
@@ -299,6 +352,81 @@ class PullRequests:
             return
         self._unsent.pop(status.name, None)
         self._reported[status.name] = key
+
+    def on_removed(self, status: ModelStatus) -> None:
+        """The model is gone from git: the commit its rollout was under way at is ended."""
+        name = status.name
+        for kept in (self._unsent, self._unsent_monitor, self._reported):
+            kept.pop(name, None)
+        if self.pending.removed(name):
+            self._send_endings()
+
+    def on_force_push(self, previous: str, current: str) -> None:
+        """Every commit left pending other than ``current`` is ended (``force-pushed
+        away`` when it left the branch), and each PR whose rollout at a commit that left
+        the branch was under way is told so in its comment."""
+        log.warning("force-push on %s: %s -> %s", self.branch, previous[:12], current[:12])
+
+        def on_branch(sha: str) -> bool:
+            source = getattr(self.reconciler, "source", None)
+            with contextlib.suppress(MdcError, OSError, LookupError, ValueError):
+                return source is not None and bool(source.is_descendant(current, sha))
+            return False
+
+        statuses = self.reconciler.statuses if self.reconciler is not None else {}
+        told = self.pending.force_pushed(self.branch, current, on_branch, statuses)
+        for number, commits in sorted(told.items()):
+            notes = self._force_notes.setdefault(number, [])
+            for sha, models in sorted(commits.items()):
+                listed = ", ".join(f"`{name}`" for name in sorted(models))
+                notes.append(
+                    f"- `{self.branch}` was force-pushed from `{previous[:7]}` to "
+                    f"`{current[:7]}`: the rollout of {listed} at `{sha[:7]}` ended, as that "
+                    f"commit left the branch; mdc follows `{current[:7]}` now."
+                )
+        self._send_endings()
+        self._send_force_notes()
+
+    def _kept(self, exc: MdcError, what: str) -> bool:
+        """Whether a report GitHub did not take is kept for later (False: it never can be)."""
+        if exc.reason in _HOPELESS:
+            log.warning("GitHub report of %s dropped: %s", what, exc.message)
+            return False
+        if isinstance(exc, TransientError):
+            self._quiet_until = self.clock() + max(QUIET_SECONDS, exc.retry_after)
+        log.warning("GitHub report of %s kept for later: %s", what, exc.message)
+        return True
+
+    def _send_endings(self) -> None:
+        """The final ``mdc/rollout`` of each commit no rollout is under way at any more."""
+        for sha, description in self.pending.endings():
+            if self.clock() < self._quiet_until:
+                return
+            try:
+                self.github.set_status(sha, "mdc/rollout", "error", description, self.target_url)
+            except MdcError as exc:
+                if self._kept(exc, f"the end of {sha[:12]}'s rollout"):
+                    continue
+            self.pending.ended(sha)
+
+    def _send_force_notes(self) -> None:
+        """The force-push lines not yet in their PR's comment, added to its section."""
+        for number, notes in list(self._force_notes.items()):
+            if self.clock() < self._quiet_until:
+                return
+            try:
+                existing = self.github.find_comment(number, MARKER)
+                plan, sections = _split(existing.body if existing is not None else None)
+                said = sections.get(FORCE_PUSH_MARKER, "").splitlines()
+                said = [line for line in said if line.startswith("- ")]
+                sections[FORCE_PUSH_MARKER] = render_force_push(
+                    said + [note for note in notes if note not in said]
+                )
+                self.github.upsert_comment(number, _join(plan, sections), MARKER)
+            except MdcError as exc:
+                if self._kept(exc, f"the force-push on #{number}"):
+                    continue
+            del self._force_notes[number]
 
     def _on_monitor(self, status: ModelStatus) -> None:
         """A change of the running version's monitor record: the PR that brought the
@@ -330,7 +458,7 @@ class PullRequests:
         assert stable is not None
         known = list(self.reconciler.statuses.values()) if self.reconciler is not None else []
         others = [s for s in known if s.name != status.name and s.stable is not None]
-        sha = _revision_sha(stable.revision)
+        sha = revision_sha(stable.revision)
         if sha is not None:
             same = [s for s in others if s.stable and s.stable.revision == stable.revision]
             state, description = monitor_state([status, *same])
@@ -340,9 +468,9 @@ class PullRequests:
             return
         brought = [s for s in others if s.stable and s.stable.pull_request == number]
         existing = self.github.find_comment(number, MARKER)
-        head = MARKER if existing is None else existing.body.split(MONITOR_MARKER, 1)[0].rstrip()
-        body = head + "\n\n" + render_monitor([status, *brought])
-        self.github.upsert_comment(number, body, MARKER)
+        plan, sections = _split(existing.body if existing is not None else None)
+        sections[MONITOR_MARKER] = render_monitor([status, *brought])
+        self.github.upsert_comment(number, _join(plan, sections), MARKER)
 
     def drain(self) -> None:
         """Once a pass: reports GitHub did not take, then the queued webhook events."""
@@ -356,6 +484,8 @@ class PullRequests:
             self._unsent.pop(name, None)
             self._reported.pop(name, None)
             self.on_status(None, latest)
+        self._send_endings()
+        self._send_force_notes()
         while True:
             try:
                 event = self.events.get_nowait()
@@ -372,14 +502,17 @@ class PullRequests:
     # -- reports -------------------------------------------------------------------------
 
     def _report(self, status: ModelStatus) -> None:
-        sha = _revision_sha(status.attempted_revision)
+        sha = revision_sha(status.attempted_revision)
         if sha is not None:
+            state = rollout_state(status)
             description = f"{status.name}: {status.phase}"
             if status.step is not None and status.steps:
                 description += f", step {status.step}/{status.steps}, weight {status.weight}%"
-            self.github.set_status(
-                sha, "mdc/rollout", rollout_state(status), description, self.target_url
-            )
+            if state == "pending":  # recorded first: a crash can leave it ended, never pending
+                self.pending.started(sha, status.name, status.pull_request)
+            self.github.set_status(sha, "mdc/rollout", state, description, self.target_url)
+            if state != "pending":
+                self.pending.settled(sha)
         if status.pull_request is None:
             return
         number = status.pull_request
@@ -391,15 +524,9 @@ class PullRequests:
                 if s.pull_request == number and s.name != status.name
             ] + [status]
         existing = self.github.find_comment(number, MARKER)
-        plan_part, monitor_part = MARKER, ""
-        if existing is not None:
-            plan_part = existing.body.split(ROLLOUT_MARKER, 1)[0].split(MONITOR_MARKER, 1)[0]
-            plan_part = plan_part.rstrip()
-            if MONITOR_MARKER in existing.body:
-                monitor_part = "\n" + MONITOR_MARKER + existing.body.split(MONITOR_MARKER, 1)[1]
-        self.github.upsert_comment(
-            number, plan_part + "\n\n" + render_rollout(models) + monitor_part, MARKER
-        )
+        plan, sections = _split(existing.body if existing is not None else None)
+        sections[ROLLOUT_MARKER] = render_rollout(models)
+        self.github.upsert_comment(number, _join(plan, sections), MARKER)
         if status.phase is Phase.ROLLED_BACK and self.revert_prs:
             self._revert(status, number)
 
@@ -410,7 +537,7 @@ class PullRequests:
             return
         source = self.reconciler.source
         path = model_path(status.name)
-        applied = _revision_sha(status.applied_revision)
+        applied = revision_sha(status.applied_revision)
         if applied is None:
             return
         try:
@@ -452,11 +579,7 @@ class PullRequests:
         if not source.has_commit(event.head_sha):  # a PR from a fork: GitHub's pull ref
             with contextlib.suppress(MdcError):
                 source.fetch_pull(event.number)
-        head = (
-            event.head_sha
-            if source.has_commit(event.head_sha)
-            else tips.get(event.head_ref)
-        )
+        head = event.head_sha if source.has_commit(event.head_sha) else tips.get(event.head_ref)
         base = tips.get(event.base_ref)
         if head is None or base is None:
             raise PermanentError(
