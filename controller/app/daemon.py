@@ -27,10 +27,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
+from controller.adapters.git.lease import RepoLease, controller_identity
+from controller.adapters.git.source import PollResult
 from controller.adapters.github.webhook import Event, PushEvent, Route, Trigger, WebhookServer
+from controller.app.background import Fetcher, LeaseKeeper, Pusher
 from controller.app.reconciler import PassResult, Reconciler
-from controller.core.status import Phase
-from controller.errors import PermanentError, Reason
+from controller.core.status import Condition, Phase
+from controller.errors import ConditionType, PermanentError, Reason
 from controller.spec.documents import Document, parse_yaml
 from controller.ui.exposition import controller_metrics
 from controller.ui.status_table import status_document
@@ -39,10 +42,10 @@ __all__ = ["Config", "Daemon", "StateLock", "load_config", "metrics_text"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds before a pass that raised (a bug) fetches again.
-CRASH_RETRY = 5.0
 #: The phases of a model that is still on its way (``mdc run --once`` waits them out).
 MOVING = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.DEGRADED})
+#: The reasons of a git fault (said once, with how long git has not been read).
+GIT_REASONS = frozenset({Reason.GIT_UNAVAILABLE, Reason.GIT_AUTH_FAILED, Reason.BRANCH_NOT_FOUND})
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Config:
     node: str | None = None  # this machine's node name in the pool (for NVML)
     prometheus: str | None = None  # Prometheus' URL, for PromQL checks in rollout policies
     bentoml_home: Path | None = None  # the BentoML store; else $BENTOML_HOME, else STATE/bentoml
+    lease_ttl: float = 15.0  # seconds a controller's lease on the repository lasts; 0: no lease
 
     @property
     def host(self) -> str:
@@ -98,6 +102,7 @@ _KEYS = {
 _TYPES: dict[str, type] = {
     "poll_interval": float,
     "tick": float,
+    "lease_ttl": float,
     "revert_prs": bool,
     "router_ports": dict,
     "state_dir": Path,
@@ -318,7 +323,18 @@ class Daemon:
         self.webhooks = 0  # verified deliveries taken
         self.crashes = 0  # passes that raised (bugs): logged, and the loop went on
         self._extra_events = on_event
-        self._lock = threading.Lock()  # passes and HTTP readers of the reconciler
+        self._lock = threading.Lock()  # passes and the few readers of the live reconciler
+        self.fetcher: Fetcher | None = None
+        self.pusher: Pusher | None = None
+        self.lease: LeaseKeeper | None = None
+        self.leading = False  # this controller holds the repository's lease and acts
+        #: what the HTTP API serves, published after each pass: never waits for one
+        self._published: dict[str, Any] = {
+            "statuses": [],
+            "metrics": "",
+            "monitor": [],
+            "faults": [],
+        }
         all_routes: dict[str, Route] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -334,6 +350,7 @@ class Daemon:
             port=config.port,
             routes=all_routes,
         )
+        self._publish()  # what the controller recovered, served before its first pass
 
     # -- HTTP --------------------------------------------------------------------
 
@@ -345,20 +362,39 @@ class Daemon:
         return 200, "text/plain", b"ok\n"
 
     def _readyz(self) -> tuple[int, str, bytes]:
-        """Ready once a pass has read git; not ready while git has failed for longer
-        than three poll intervals (what runs is kept, but it may be stale)."""
+        """Ready once a pass has read git; not ready, with one line per fault
+        (reason: message), while git has failed for longer than three poll
+        intervals (what runs is kept, but it may be stale), while the status cannot
+        be saved or pushed."""
         last = self.stats.last_ok
         now = self.clock()
         stale = 3 * self.config.poll_interval + 10
+        standby = self._standby()
+        if standby is not None:
+            return (
+                503,
+                "text/plain",
+                f"not ready:\n  {standby.reason}: {standby.message}\n".encode(),
+            )
         if last is None:
             return 503, "text/plain", b"not ready: no successful pass yet\n"
+        faults = [
+            f"{c.reason}: {c.message}"
+            for c in self._published["faults"]
+            if c.reason != Reason.STANDING_BY
+        ]
         if now - last > stale:
-            return 503, "text/plain", f"not ready: git not read for {now - last:.0f}s\n".encode()
+            faults = [f for f in faults if not f.startswith(tuple(GIT_REASONS))]
+            faults.insert(0, f"{Reason.GIT_UNAVAILABLE}: git not read for {now - last:.0f}s")
+        else:
+            faults = [f for f in faults if not f.startswith(tuple(GIT_REASONS))]
+        if faults:
+            body = "not ready:\n" + "".join(f"  {f}\n" for f in faults)
+            return 503, "text/plain", body.encode()
         return 200, "text/plain", b"ready\n"
 
     def _metrics(self) -> tuple[int, str, bytes]:
-        with self._lock:
-            text = metrics_text(self.reconciler, self.stats)
+        text = str(self._published["metrics"]) or metrics_text(self.reconciler, self.stats)
         metrics_of_router = getattr(self.reconciler.router, "metrics_text", None)
         if callable(metrics_of_router):
             text += str(metrics_of_router())
@@ -367,66 +403,161 @@ class Daemon:
     def _api_status(self) -> tuple[int, str, bytes]:
         """Every model's status: :func:`status_document`, what ``mdc status --format
         json`` prints for the same statuses."""
-        with self._lock:
-            document = status_document(list(self.reconciler.statuses.values()), self.clock())
+        document = status_document(list(self._published["statuses"]), self.clock())
+        standby = self._standby()
+        if self.lease is not None:
+            document["controller"] = {
+                "role": "standby" if standby is not None else "leader",
+                "lease": self.lease.lease.last.describe(),
+            }
         return 200, "application/json", json.dumps(document, indent=2, default=str).encode()
 
     def _api_monitor(self) -> tuple[int, str, bytes]:
         """Every monitored model, live: objective states and values, drift, rollups."""
-        view = getattr(self.reconciler, "monitor_view", None)
-        with self._lock:
-            views = view() if view is not None else []
+        views = self._published["monitor"]
         return 200, "application/json", json.dumps(views, indent=1, default=str).encode()
 
     def _on_event(self, event: Event) -> None:
         self.webhooks += 1
         if isinstance(event, PushEvent) and event.ref == f"refs/heads/{self.config.branch}":
-            self.trigger.fire()
+            if self.fetcher is not None:
+                self.fetcher.kick()  # fetched in its thread; its result wakes the loop
+            else:
+                self.trigger.fire()
         if self._extra_events is not None:
             self._extra_events(event)
 
     # -- the loop ------------------------------------------------------------------
 
-    def one_pass(self, fetch: bool) -> PassResult:
+    def one_pass(self, fetch: bool, poll: PollResult | None = None) -> PassResult:
         """One pass; a bug in it is logged with its traceback and the loop goes on."""
         started = time.monotonic()
         try:
             with self._lock:
-                result = self.reconciler.run_pass(fetch)
+                result = self.reconciler.run_pass(fetch, poll)
         except Exception as exc:
             log.exception("reconcile pass failed")
             self.crashes += 1
             result = PassResult(None, (), (f"pass: {type(exc).__name__}: {exc}",), None, 0.0)
             result = replace(result, seconds=time.monotonic() - started)
         self.stats.add(result, self.clock())
+        try:
+            with self._lock:
+                self._publish()
+        except Exception:  # a bug: the API serves what it served before
+            log.exception("publishing the state for the API failed")
         return result
+
+    def _publish(self) -> None:
+        """What the HTTP API serves until the next pass (called in the loop's thread)."""
+        view = getattr(self.reconciler, "monitor_view", None)
+        faults = getattr(self.reconciler, "faults", None)
+        standby = self._standby()
+        self._published = {
+            "statuses": list(self.reconciler.statuses.values()),
+            "metrics": metrics_text(self.reconciler, self.stats),
+            "monitor": view() if view is not None else [],
+            "faults": ([standby] if standby else []) + (faults() if faults is not None else []),
+        }
+
+    def _standby(self) -> Condition | None:
+        """Why this controller does not act (another holds the repository's lease)."""
+        if self.lease is None or self.leading:
+            return None
+        return Condition(
+            ConditionType.LEADER, False, Reason.STANDING_BY, self.lease.lease.last.describe()
+        )
+
+    def _start_workers(self) -> None:
+        """Git off the loop (:mod:`controller.app.background`): a fetcher and a pusher,
+        each over its own libgit2 repository object on the same mirror."""
+        if self.fetcher is not None:
+            return
+        reconciler = self.reconciler
+        poller = reconciler.poller
+        poller.source = poller.source.twin()  # the fetcher's thread owns the poller now
+        self.fetcher = Fetcher(poller, self.clock, landed=self.trigger.fire)
+        self.pusher = Pusher(reconciler.status.twin(), reconciler.writes, self.clock)
+        reconciler.polls_elsewhere, reconciler.pusher = True, self.pusher
+        self.fetcher.start()
+        self.pusher.start()
+        if self.config.lease_ttl > 0:
+            lease = RepoLease(
+                reconciler.source,
+                self.config.branch,
+                controller_identity(Path(self.config.state_dir)),
+                ttl=self.config.lease_ttl,
+            )
+            self.lease = LeaseKeeper(lease, self.clock, changed=self.trigger.fire)
+            self.lease.start()
+            self.lease.ticked.wait(min(5.0, self.config.lease_ttl))
+
+    def _lead(self) -> bool:
+        """Whether this controller acts now: it holds the repository's lease (or no
+        lease is kept). Taking the lease over after standing by, it first reads
+        again what the status branch records (the last holder wrote it)."""
+        if self.lease is None:
+            return True
+        holds = self.lease.lease.holds(self.clock())
+        if holds and not self.leading:
+            log.warning("this controller leads: %s", self.lease.lease.last.describe())
+            take_over = getattr(self.reconciler, "take_over", None)
+            if callable(take_over) and self.stats.total:
+                with self._lock:
+                    take_over()
+            self.leading = True
+        elif not holds and self.leading:
+            log.warning("this controller stands by: %s", self.lease.lease.last.describe())
+            self.leading = False
+        return self.leading
+
+    def _stop_workers(self) -> None:
+        for worker in (self.lease, self.fetcher, self.pusher):
+            if worker is not None:
+                worker.stop()
 
     def run(self, once: bool = False, on_pass: Callable[[PassResult], None] | None = None) -> int:
         """Pass until :meth:`stop`; with ``once``, a single pass. The exit status:
-        0 when the last pass went through, 1 when something in it failed."""
+        0 when the last pass went through, 1 when something in it failed.
+
+        Git is read and written by threads of their own (:meth:`_start_workers`):
+        the loop never waits for it, and ticks canaries every ``tick`` seconds
+        whatever git does."""
         self.start()
-        try:
-            next_fetch = 0.0
-            while True:
-                now = self.clock()
-                fetch = now >= next_fetch
-                result = self.one_pass(fetch)
+        if once:
+            try:
+                result = self.one_pass(True)
                 if on_pass is not None:
                     on_pass(result)
-                if result.poll is not None:
-                    next_fetch = now + result.poll.retry_in
-                elif fetch:  # the pass broke before it fetched: try again after a while
-                    next_fetch = now + min(self.config.poll_interval, CRASH_RETRY)
-                if once or self.stopping.is_set():
+                return 0 if result.ok else 1
+            finally:
+                self.server.stop()
+                self._serving = False
+        self._start_workers()
+        assert self.fetcher is not None
+        if self.fetcher.polled.wait(min(1.0, self.config.tick)):  # a first pass with git
+            self.trigger.wait(0)  # its landing is taken by that first pass
+        try:
+            while True:
+                poll = self.fetcher.take()
+                if not self._lead():
+                    self._publish()
+                    self.trigger.wait(self.config.tick)
+                    if self.stopping.is_set():
+                        return 0
+                    continue
+                result = self.one_pass(False, poll)
+                if on_pass is not None:
+                    on_pass(result)
+                if self.stopping.is_set():
                     return 0 if result.ok else 1
-                wait = min(self.config.tick, max(0.0, next_fetch - self.clock()))
                 if self.crashes and result.revision is None and result.poll is None:
-                    wait = max(wait, self.config.tick)  # never a busy loop over a bug
-                if self.trigger.wait(wait):
-                    next_fetch = 0.0  # a push: fetch now
+                    self.stopping.wait(self.config.tick)  # never a busy loop over a bug
+                self.trigger.wait(self.config.tick)  # a tick, or a poll's result landed
                 if self.stopping.is_set():
                     return 0 if result.ok else 1
         finally:
+            self._stop_workers()
             self.server.stop()
             self._serving = False
 

@@ -27,11 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from controller.adapters.git.source import (
     PollResult,
     Snapshot,
 )
 from controller.adapters.runtime.base import ReleaseSpec, State
+from controller.app.background import Pusher
 from controller.app.crashpoints import crash_point
 from controller.app.intents import Journal
 from controller.app.manual import Pins, read_command
@@ -64,6 +67,7 @@ from controller.core.status import (
     model_path,
     render,
 )
+from controller.core.timestamps import iso
 from controller.errors import ConditionType, MdcError, Reason, TransientError
 from controller.spec.documents import Diagnostic
 from controller.spec.identity import planned_bento_tag
@@ -125,10 +129,30 @@ class Reconciler:
         self._hashes: dict[str, tuple[str, str, str]] = {}  # tree -> model -> (hash, bento)
         self._hash_tree: str | None = None
         self.journal = Journal(self.state_dir)
+        self._settings, self._node = settings, settings.node
         self.statuses, self.runs = recover(self.source, self.status, self.runtime, self.journal)
         self.book.recover(self.statuses)
         self.moves = Moves(parts, settings, self.book, self.pins, self.monitoring, self.runs)
         self._checked_running = False  # bookings checked against what runs (first pass)
+        #: the daemon polls in a thread of its own and hands results to run_pass
+        self.polls_elsewhere = False
+        #: pushes the status branch in a thread of its own (else pushed in the pass)
+        self.pusher: Pusher | None = None
+        self.git_fault: Condition | None = None  # while the release branch cannot be read
+        self.state_fault: Condition | None = None  # while the status cannot be saved
+        self._forced: tuple[str, str] | None = None  # a force-push not yet told
+
+    def take_over(self) -> None:
+        """This controller took the repository's lease from another: what it knew
+        is stale, so read again what the status branch records (and what runs),
+        as a controller that starts does."""
+        self.statuses, self.runs = recover(self.source, self.status, self.runtime, self.journal)
+        self.book = PoolBook(self.runtime, self.status, nvml=self.parts.nvml, node=self._node)
+        self.book.recover(self.statuses)
+        self.moves = Moves(
+            self.parts, self._settings, self.book, self.pins, self.monitoring, self.runs
+        )
+        self._checked_running = False
 
     @property
     def routes(self) -> dict[str, str]:
@@ -147,13 +171,16 @@ class Reconciler:
 
     # -- the pass ------------------------------------------------------------------
 
-    def run_pass(self, fetch: bool = True) -> PassResult:
+    def run_pass(self, fetch: bool = True, poll: PollResult | None = None) -> PassResult:
+        """One pass. ``poll``: a poll made elsewhere (the daemon's fetcher thread),
+        used instead of polling here; else ``fetch`` polls in this thread."""
         started = time.monotonic()
         now = self.clock()
-        poll: PollResult | None = None
-        if fetch or self.snapshot is None:
+        if poll is None and (fetch or self.snapshot is None) and not self.polls_elsewhere:
             poll = self.poller.poll(now)
-            self.snapshot = poll.snapshot
+        if poll is not None:
+            self.snapshot = poll.snapshot or self.snapshot
+            self._took_poll(poll, now)
         if self.snapshot is None:
             result = PassResult(None, (), (), poll, time.monotonic() - started)
             self.last = result
@@ -220,6 +247,48 @@ class Reconciler:
         self.passes += 1
         self.last = result
         return result
+
+    def _took_poll(self, poll: PollResult, now: float) -> None:
+        """What a poll says beyond its snapshot: git unreachable (a condition on every
+        model while it lasts) and a force-push (recorded and told once)."""
+        if poll.error is not None:
+            since = poll.since_good
+            self.git_fault = Condition(
+                ConditionType.GIT_READ,
+                False,
+                poll.error.reason or Reason.GIT_UNAVAILABLE,
+                f"the release branch is not read ({poll.failures} polls failed"
+                + (f", last good {since:.0f}s ago" if since is not None else "")
+                + f"); what runs is kept: {poll.error.message}",
+            )
+        else:
+            self.git_fault = None
+        if poll.forced and poll.previous and poll.snapshot is not None:
+            self._forced = (poll.previous, poll.snapshot.commit)
+
+    def _record_force_push(self, now: float) -> None:
+        """A force-push: a commit on the status branch (the history keeps it) and the
+        pull requests hear of it; commit statuses it ended are ended."""
+        if self._forced is None or self.snapshot is None:
+            return
+        previous, current = self._forced
+        document = {
+            "branch": self.snapshot.branch,
+            "tip": current,
+            "forcePushedFrom": previous,
+            "at": iso(now),
+        }
+        self.status.commit(
+            {f"branches/{self.snapshot.branch}.yaml": yaml.safe_dump(document).encode()},
+            f"force-push on {self.snapshot.branch}: {previous[:12]} -> {current[:12]}"
+            " (not a descendant; rollouts of the old commits ended)",
+            {"Force-Push": f"{previous} {current}"},
+        )
+        self._forced = None
+        try:
+            self.reporter.on_force_push(previous, current)
+        except MdcError as exc:
+            log.warning("force-push not reported: %s", exc.message)
 
     def _finish_moves(self, now: float) -> None:
         """Finish the moves a previous controller (or a pass that broke) left half
@@ -362,6 +431,52 @@ class Reconciler:
             if previous is None or render(status) != render(previous):
                 self.statuses[entry.model] = status
                 changes.append((status, render(status), previous))
+        try:
+            self._record_force_push(now)
+            self._commit_changes(changes, revision)
+            self.monitoring.commit_rollups()
+        except TransientError as exc:  # the disk is full, say: kept, tried next pass
+            if self.state_fault is None or self.state_fault.message != exc.message:
+                log.error("status not saved (kept, tried again next pass): %s", exc.message)
+            self.state_fault = Condition(
+                ConditionType.STATE_SAVED, False, exc.reason, f"{exc.message} (retried every pass)"
+            )
+            for status, _raw, previous in changes:  # recomputed and committed next pass
+                if previous is None:
+                    self.statuses.pop(status.name, None)
+                else:
+                    self.statuses[status.name] = previous
+            return
+        if self.state_fault is not None:
+            log.warning("status saved again")
+            self.state_fault = None
+        for name in sorted(self.moves.journaled):  # the outcome is recorded now
+            self.journal.clear(name)
+        self.moves.journaled.clear()
+        crash_point("status.after-commit")
+        if self.pusher is not None:
+            if self.status.pending():
+                self.pusher.kick()
+        else:
+            self.writes.push(self.status, now)
+        crash_point("status.after-push")
+        for status, raw, previous in changes:
+            try:
+                if raw is None:
+                    self.reporter.on_removed(status)
+                else:
+                    self.reporter.on_status(previous, status)
+            except MdcError as exc:
+                log.warning("report for %s failed: %s", status.name, exc.message)
+        crash_point("status.after-report")
+        try:
+            self.reporter.drain()
+        except MdcError as exc:
+            log.warning("reporter: %s", exc.message)
+
+    def _commit_changes(
+        self, changes: list[tuple[ModelStatus, bytes | None, ModelStatus | None]], revision: str
+    ) -> None:
         for status, raw, _ in changes:
             if raw is None:
                 subject, trailers = f"{status.name}: removed (pruned)", {"Model": status.name}
@@ -373,25 +488,11 @@ class Reconciler:
                     subject = f"{status.name}: {event}: {message}"[:200]
                     trailers = trailers | {"Monitor": event}
             self.status.commit({model_path(status.name): raw}, subject, trailers)
-        for name in sorted(self.moves.journaled):  # the outcome is recorded now
-            self.journal.clear(name)
-        self.moves.journaled.clear()
-        crash_point("status.after-commit")
-        self.monitoring.commit_rollups()
-        self.writes.push(self.status, now)
-        crash_point("status.after-push")
-        for status, raw, previous in changes:
-            if raw is None:
-                continue
-            try:
-                self.reporter.on_status(previous, status)
-            except MdcError as exc:
-                log.warning("report for %s failed: %s", status.name, exc.message)
-        crash_point("status.after-report")
-        try:
-            self.reporter.drain()
-        except MdcError as exc:
-            log.warning("reporter: %s", exc.message)
+
+    def faults(self) -> list[Condition]:
+        """The controller's own faults, said on every model's status while they last."""
+        faults = [f for f in (self.git_fault, self.state_fault) if f is not None]
+        return faults + self.writes.conditions()
 
     def _summarize(  # noqa: PLR0917
         self,
@@ -439,7 +540,7 @@ class Reconciler:
             steps=len(policy.steps) if policy is not None else None,
             gpus=holds,
             gpu_hours=self.book.hours_of(run.name),
-            conditions=[*run.conditions, *self.writes.conditions()],
+            conditions=[*run.conditions, *self.faults()],
             event=run.event,
             pull_request=run.pull,
             monitor=self.monitoring.record(run.name, run.stable.name) if run.stable else None,

@@ -214,12 +214,20 @@ class FakeReporter:
     pulls: dict[str, int] = field(default_factory=dict)
     statuses: list[tuple[ModelStatus | None, ModelStatus]] = field(default_factory=list)
     drains: int = 0
+    removed: list[str] = field(default_factory=list)  # models, as on_removed was told
+    force_pushes: list[tuple[str, str]] = field(default_factory=list)  # (previous, current)
 
     def pull_request_for(self, commit: str) -> int | None:
         return self.pulls.get(commit)
 
     def on_status(self, previous: ModelStatus | None, status: ModelStatus) -> None:
         self.statuses.append((previous, status))
+
+    def on_removed(self, status: ModelStatus) -> None:
+        self.removed.append(status.name)
+
+    def on_force_push(self, previous: str, current: str) -> None:
+        self.force_pushes.append((previous, current))
 
     def drain(self) -> None:
         self.drains += 1

@@ -84,14 +84,44 @@ class FakeReconciler:
     ledgers: dict[str, Any] = field(default_factory=dict)
     router: Any = None
     writes: StatusWrites = field(default_factory=StatusWrites)
-    calls: list[bool] = field(default_factory=list)
+    calls: list[bool] = field(default_factory=list)  # per pass: did it have news from git
+    poller: Any = None
+    status: Any = None
+    polls_elsewhere: bool = False
+    pusher: Any = None
 
-    def run_pass(self, fetch: bool) -> PassResult:
-        self.calls.append(fetch)
+    def __post_init__(self) -> None:
+        self.poller, self.status = FakePoller(), FakeStatus()
+
+    def run_pass(self, fetch: bool, poll: PollResult | None = None) -> PassResult:
+        self.calls.append(fetch or poll is not None)
         outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+
+class FakePoller:
+    """Polls answer at once, every 300 s (the daemon's fetcher thread runs it)."""
+
+    def __init__(self) -> None:
+        self.source = self
+        self.polls = 0
+
+    def twin(self) -> FakePoller:
+        return self
+
+    def poll(self, now: float) -> PollResult:
+        self.polls += 1
+        return poll_result(retry_in=300.0)
+
+
+class FakeStatus:
+    def twin(self) -> FakeStatus:
+        return self
+
+    def pending(self) -> int:
+        return 0
 
 
 class Clock:
@@ -110,7 +140,11 @@ def make_daemon(
     on_event: Callable[[Event], None] | None = None,
     **config: Any,
 ) -> Daemon:
-    settings: dict[str, Any] = {"listen": "127.0.0.1:0", "poll_interval": 30.0} | config
+    settings: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "poll_interval": 30.0,
+        "lease_ttl": 0.0,  # no repository to keep a lease in
+    } | config
     return Daemon(
         Config(**settings),
         reconciler,  # type: ignore[arg-type]
@@ -608,6 +642,53 @@ def test_two_controllers_on_one_state_dir_and_sigterm(specs: str, tmp_path: Path
     # the lock went with it
     with StateLock(state):
         pass
+
+
+def test_two_controllers_on_one_repository_one_acts_the_other_takes_over(
+    specs: str, tmp_path: Path
+) -> None:
+    """Two ``mdc run`` (two state directories) against one repository and branch:
+    the repository's lease lets exactly one act; the other says it stands by (in
+    /readyz and /api/status) and leads once the first is killed -9."""
+    config = tmp_path / "mdc.yaml"
+    config.write_text("leaseTtl: 3\ntick: 0.2\n")
+    controllers, clients = [], []
+    try:
+        for name in ("a", "b"):
+            args = ("--config", str(config), "--repo", specs, "--poll-interval", "1")
+            controller = Controller(
+                tmp_path, *args, "--state-dir", str(tmp_path / name), "--listen", "127.0.0.1:0"
+            )
+            controllers.append(controller)
+            url = controller.wait_for(SERVING).split("serving ", 1)[1].split()[0].rstrip("/")
+            clients.append(httpx.Client(base_url=url, timeout=10))
+
+        def roles() -> list[str]:
+            return [c.get("/api/status").json()["controller"]["role"] for c in clients]
+
+        wait_until(lambda: sorted(roles()) == ["leader", "standby"], timeout=20)
+        leader = roles().index("leader")
+        standby = 1 - leader
+        ready = clients[standby].get("/readyz")
+        assert ready.status_code == 503
+        assert "StandingBy: standing by: held by" in ready.text
+        assert clients[leader].get("/readyz").status_code == 200
+        passes = metric_value(clients[standby].get("/metrics").text, "mdc_reconcile_passes_total")
+        assert passes == 0  # the standby never acted
+        controllers[leader].proc.kill()  # no clean shutdown: its lease runs out
+        controllers[leader].proc.wait(10)
+        wait_until(lambda: roles_of(clients[standby]) == "leader", timeout=20)
+        wait_until(lambda: clients[standby].get("/readyz").status_code == 200, timeout=20)
+    finally:
+        for client in clients:
+            client.close()
+        for controller in controllers:
+            controller.close()
+    assert all("Traceback" not in "".join(c.output()) for c in controllers)
+
+
+def roles_of(client: httpx.Client) -> str:
+    return str(client.get("/api/status").json()["controller"]["role"])
 
 
 def test_sigint_stops_the_controller_with_130(specs: str, tmp_path: Path) -> None:

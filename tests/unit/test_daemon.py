@@ -49,6 +49,7 @@ rayAddress: ray://head:10001
 rayNamespace: mdc-staging
 prometheus: http://prometheus.example.invalid:9090
 bentomlHome: /var/lib/bentoml
+leaseTtl: 30
 """
 
 FULL_EXPECTED = Config(
@@ -71,6 +72,7 @@ FULL_EXPECTED = Config(
     ray_namespace="mdc-staging",
     prometheus="http://prometheus.example.invalid:9090",
     bentoml_home=Path("/var/lib/bentoml"),
+    lease_ttl=30.0,
 )
 
 

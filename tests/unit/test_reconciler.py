@@ -25,7 +25,7 @@ from controller.app.parts import Parts, Settings
 from controller.app.reconciler import Reconciler
 from controller.core.plan import Move
 from controller.core.status import ModelStatus, Phase, parse_model_status
-from controller.errors import ConditionType, Reason
+from controller.errors import ConditionType, Reason, TransientError
 from controller.testing.fakes import (
     FakeBuilder,
     FakeReporter,
@@ -452,3 +452,63 @@ def test_gpu_hours_given_back_are_kept(world: World) -> None:
     again = world.restart()
     again.passes(1)
     assert again.model.gpu_hours.get("stable", 0) == pytest.approx(hours["stable"], abs=1e-3)
+
+
+# -- faults that show ------------------------------------------------------------------
+
+
+def test_git_unreachable_is_a_condition_on_every_model_until_it_is_back(world: World) -> None:
+    deployed(world)
+    moved = world.repo.path.with_name("moved.git")
+    world.repo.path.rename(moved)  # the remote is gone
+    world.passes(2)
+    fault = next(c for c in world.model.conditions if c.type == ConditionType.GIT_READ)
+    assert not fault.status
+    assert fault.reason == Reason.GIT_UNAVAILABLE
+    assert "what runs is kept" in fault.message
+    assert world.model.phase is Phase.HEALTHY  # the stable keeps serving
+    moved.rename(world.repo.path)
+    world.passes(2, step=600)  # past the poll's back-off
+    assert all(c.type != ConditionType.GIT_READ for c in world.model.conditions)
+
+
+def test_a_status_that_cannot_be_saved_is_a_condition_and_is_saved_later(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployed(world)
+    real_commit = world.status.commit
+
+    def full(*args: object, **kwargs: object) -> str | None:
+        raise TransientError("No space left on device", reason=Reason.STATE_NOT_WRITABLE)
+
+    monkeypatch.setattr(world.status, "commit", full)
+    bump(world.repo, "2")
+    world.passes(2)  # the canary starts although its status cannot be written
+    assert len(world.runtime.started) == 2
+    assert world.repo.status().phase is Phase.HEALTHY  # nothing new reached the branch
+    fault = world.reconciler.state_fault
+    assert fault is not None
+    assert fault.reason == Reason.STATE_NOT_WRITABLE
+    monkeypatch.setattr(world.status, "commit", real_commit)
+    world.passes(2)
+    assert world.repo.status().phase is Phase.PROGRESSING  # saved once the disk had room
+    assert world.reconciler.state_fault is None
+
+
+def test_a_force_push_is_recorded_on_the_status_branch_and_told(world: World) -> None:
+    deployed(world)
+    first = world.repo.repo.references["refs/heads/main"].target
+    bump(world.repo, "2")
+    world.passes(1)
+    world.repo.repo.references["refs/heads/main"].set_target(first)  # history rewritten
+    world.repo.commit({"README": "rewritten\n"}, "rewritten history")
+    world.passes(1, step=5)
+    assert len(world.reporter.force_pushes) == 1
+    previous, current = world.reporter.force_pushes[0]
+    ref = world.repo.repo.references["refs/heads/mdc/status"]
+    messages = [c.message for c in world.repo.repo.walk(ref.target)]
+    message = next(m for m in messages if m.startswith("force-push on main"))
+    branch_file = world.repo.repo[ref.target].tree["branches/main.yaml"]
+    assert previous[:12] in message
+    assert current[:12] in message
+    assert current in world.repo.repo[branch_file.id].data.decode()

@@ -265,6 +265,7 @@ class GitSource:
         self.branch = branch
         self.credentials = (credentials or Credentials()).with_url(self.remote)
         self._clock = clock
+        self._args = (url, branch, Path(state_dir), credentials, clock)
         _configure_libgit2(Path(state_dir), self.credentials)
         key = hashlib.sha256(self.remote.url.encode()).hexdigest()[:16]
         path = Path(state_dir) / "mirrors" / f"{key}.git"
@@ -276,6 +277,12 @@ class GitSource:
 
     def _now(self) -> float:
         return self._clock() if self._clock else time.time()
+
+    def twin(self) -> GitSource:
+        """Another source over the same mirror with its own libgit2 repository
+        object, for another thread (libgit2 objects are not shared across threads)."""
+        url, branch, state_dir, credentials, clock = self._args
+        return GitSource(url, branch, state_dir, credentials, clock)
 
     def callbacks(self) -> _Callbacks:
         return _Callbacks(self.credentials)
@@ -512,6 +519,7 @@ class SourcePoller:
         self.failures = 0
         self._last_tip = source.remembered(f"seen/{source.branch}")
         self._refused: tuple[str, Verdict] | None = None
+        self._error: str | None = None  # the last poll's fault, while polls fail
 
     def poll(self, now: float) -> PollResult:
         try:
@@ -525,8 +533,13 @@ class SourcePoller:
                 rng=self.rng,
             )
             since = None if self.snapshot is None else max(0.0, now - self.snapshot.fetched_at)
-            log.warning("git poll failed: %s", exc.message)
+            if exc.message != self._error:  # once per distinct fault, not every poll
+                log.warning("git poll failed (retried): %s", exc.message)
+                self._error = exc.message
             return PollResult(self.snapshot, False, False, None, exc, self.failures, delay, since)
+        if self._error is not None:
+            log.warning("git poll works again")
+            self._error = None
         self.failures = 0
         if self.signing.mode is not SigningMode.OFF and (
             self.snapshot is None or snap.commit != self.snapshot.commit

@@ -22,6 +22,7 @@ Called by the reconciler after each pass and by ``mdc history``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,6 +77,18 @@ class StatusBranch:
         self.author_name = author_name
         self.author_email = author_email
         self.max_attempts = max_attempts
+        #: held while the local branch moves (a commit, a replay): a pusher in
+        #: another thread (:meth:`twin`) shares it, so neither loses the other's commit
+        self.lock = threading.RLock()
+
+    def twin(self) -> StatusBranch:
+        """The same status branch over :meth:`GitSource.twin`, for a pushing thread;
+        it shares :attr:`lock`, so commits and replays never overwrite each other."""
+        other = type(self)(
+            self.source.twin(), self.branch, self.author_name, self.author_email, self.max_attempts
+        )
+        other.lock = self.lock
+        return other
 
     # -- reading ------------------------------------------------------------
 
@@ -116,14 +129,24 @@ class StatusBranch:
     def commit(
         self, changes: Mapping[str, bytes | None], subject: str, trailers: Mapping[str, str]
     ) -> str | None:
-        """Set (or, with None, delete) files and commit locally; None when nothing changed."""
-        base = self.tip()
-        tree = self._apply(base, changes)
-        if base is not None and str(self._commit(base).tree_id) == str(tree):
-            return None
-        if base is None and not changes:
-            return None
-        return self._write_commit(tree, [base] if base else [], format_message(subject, trailers))
+        """Set (or, with None, delete) files and commit locally; None when nothing
+        changed; :class:`TransientError` (StateNotWritable) when the mirror cannot be
+        written."""
+        with self.lock:
+            try:
+                base = self.tip()
+                tree = self._apply(base, changes)
+                if base is not None and str(self._commit(base).tree_id) == str(tree):
+                    return None
+                if base is None and not changes:
+                    return None
+                message = format_message(subject, trailers)
+                return self._write_commit(tree, [base] if base else [], message)
+            except (OSError, pygit2.GitError) as exc:  # the disk is full, say
+                raise TransientError(
+                    f"the status branch cannot be written in {self.repo.path}: {exc}",
+                    reason=Reason.STATE_NOT_WRITABLE,
+                ) from None
 
     def push(self) -> PushResult:
         """Send local commits; replay them on another writer's and retry when rejected."""
@@ -139,7 +162,8 @@ class StatusBranch:
             if remote == local or (remote and self.source.is_descendant(remote, local)):
                 return PushResult(pushed, replayed, 0)
             if remote is not None and not self.source.is_descendant(local, remote):
-                count = self._replay_onto(remote)
+                with self.lock:
+                    count = self._replay_onto(remote)
                 replayed += count
                 local = self.source.tip(self.local_ref) or local
             ahead = self.pending()
