@@ -72,6 +72,7 @@ class Reason(StrEnum):
     PROXY_MISSING = "ProxyMissing"
     PROXY_UNAVAILABLE = "ProxyUnavailable"
     PULL_REQUEST_UNREADABLE = "PullRequestUnreadable"
+    REPLICAS_NOT_READY = "ReplicasNotReady"
     RETRY_LATER = "RetryLater"
     ROUTER_FEATURE_UNSUPPORTED = "RouterFeatureUnsupported"
     ROUTER_PORT_BUSY = "RouterPortBusy"

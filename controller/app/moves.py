@@ -23,7 +23,7 @@ from dataclasses import replace
 from controller.adapters.git.source import Snapshot
 from controller.adapters.packaging import Source
 from controller.adapters.runtime.base import Release as RuntimeRelease
-from controller.adapters.runtime.base import ReleaseSpec, State
+from controller.adapters.runtime.base import ReleaseSpec, State, replica_names
 from controller.app.crashpoints import crash_point
 from controller.app.intents import Intent, IntentKind, Journal
 from controller.app.manual import Pins
@@ -31,8 +31,13 @@ from controller.app.monitoring import Monitoring
 from controller.app.parts import Parts, Settings
 from controller.app.pool_book import PoolBook
 from controller.app.recovery import Run
-from controller.app.rollout import RolloutDriver, drain
-from controller.core.allocation import Allocation, ReleaseKind, launch_env
+from controller.app.rollout import (
+    RolloutDriver,
+    drain_all,
+    ready_addresses,
+    stop_release,
+)
+from controller.core.allocation import Allocation, ReleaseKind, Slice, launch_env
 from controller.core.canary import (
     Action,
     ActionKind,
@@ -213,30 +218,38 @@ class Moves:
         if kind == ReleaseKind.CANARY and victim.driver is not None:
             self._abort(victim, "preempted: its GPUs went to a higher-priority team", now)
         elif kind == ReleaseKind.STABLE and victim.stable is not None:
-            self.runtime.stop(victim.stable.name, drain=2.0)
+            stop_release(self.runtime, victim.stable, drain=2.0)
             victim.stable = victim.stable_hash = victim.stable_record = None
         victim.event = ("Preempted", f"{kind} release preempted for a higher-priority team")
 
-    def _launch(self, spec: ReleaseSpec) -> None:
-        """The one place a release is started."""
+    def _launch(self, spec: ReleaseSpec, allocation: Allocation | None = None) -> None:
+        """The one place a release is started: each of its replicas, the first being
+        ``spec``. With ``allocation`` each replica runs on the GPUs booked for it;
+        without, a replica that runs (or ran) keeps its own spec (adopted)."""
         self.runtime.start(spec)
+        for k, name in enumerate(replica_names(spec)[1:], start=1):
+            known = self.runtime.releases.get(name)
+            if allocation is not None and k < len(allocation.replicas):
+                replica = _on(replace(spec, name=name, replica=k), allocation.replicas[k])
+            elif known is not None:
+                replica = known.spec
+            else:
+                replica = replace(spec, name=name, replica=k)
+            self.runtime.start(replica)
 
     def _release_spec(
         self, model: Model, wanted: str, bento: str, allocation: Allocation
     ) -> ReleaseSpec:
-        replica = allocation.replicas[0] if allocation.replicas else ()
-        return ReleaseSpec(
+        spec = ReleaseSpec(
             name=f"{model.name}/{wanted[:10]}",
             model=model.name,
             version=model.version,
             bento=bento,
-            env=launch_env(replica) if replica else {},
-            gpus=tuple(s.gpu for s in replica),
             ready_timeout=model.ready_timeout,
             probe=model.probe,
-            node=replica[0].node if replica else None,
-            gpu_share=sum(s.units for s in replica) / 1000 if replica else 0.0,
+            replicas=max(1, len(allocation.replicas)),
         )
+        return _on(spec, allocation.replicas[0]) if allocation.replicas else spec
 
     def _start(
         self, run: Run, model: Model, wanted: str, tree: Tree, now: float, *, kind: ReleaseKind
@@ -269,7 +282,7 @@ class Moves:
             crash_point("deploy.after-intent")
         else:
             crash_point("canary.after-intent")
-        self._launch(spec)
+        self._launch(spec, allocation)
         if first:
             crash_point("deploy.after-launch")
         else:
@@ -309,22 +322,17 @@ class Moves:
         run.replacing = why
         if run.driver is not None:
             self._abort(run, f"the stable release was lost ({why})", now)
-        self._route(run.name, RouteConfig(None, None, 0))
+        self._route(run.name, RouteConfig())
         run.conditions.append(Condition(ConditionType.READY, False, Reason.NODE_LOST, why))
         self.book.free(run.name, ReleaseKind.STABLE, now)
         crash_point("replace.after-free")
         allocation = self._place(run, model, ReleaseKind.STABLE, now)
         if allocation is None:
             return
-        replica = allocation.replicas[0] if allocation.replicas else ()
-        spec = replace(
-            run.stable,
-            env=launch_env(replica) if replica else {},
-            gpus=tuple(s.gpu for s in replica),
-            node=replica[0].node if replica else None,
-            gpu_share=sum(s.units for s in replica) / 1000 if replica else 0.0,
-        )
-        self._launch(spec)
+        spec = run.stable
+        if allocation.replicas:
+            spec = _on(run.stable, allocation.replicas[0])
+        self._launch(spec, allocation)
         crash_point("replace.after-launch")
         run.stable = spec
         run.event = ("Replaced", f"{spec.name} placed again on {spec.node or 'this machine'}")
@@ -333,7 +341,7 @@ class Moves:
         assert run.stable is not None
         release = self.runtime.releases.get(run.stable.name)
         if release is not None and release.state is State.READY:
-            self._route(run.name, RouteConfig(release.address, None, 0))
+            self._route(run.name, RouteConfig.of(ready_addresses(self.runtime, run.stable)))
             run.event = ("Deployed", f"{run.stable.version} serves all traffic")
             if run.replacing is not None:
                 run.event = ("Recovered", f"{run.stable.name} serves all traffic again")
@@ -357,7 +365,7 @@ class Moves:
 
     def _stop_stable(self, run: Run, now: float) -> None:
         if run.stable is not None:
-            self.runtime.stop(run.stable.name, drain=2.0)
+            stop_release(self.runtime, run.stable, drain=2.0)
         self.book.free(run.name, ReleaseKind.STABLE, now)
         run.stable = run.stable_hash = run.stable_record = None
 
@@ -469,13 +477,12 @@ class Moves:
             )
         )
         crash_point("abort.after-intent")
-        stable = driver.address(driver.stable)
-        canary = driver.address(driver.canary)
-        self._route(run.name, RouteConfig(stable, None, 0))
+        canary = driver.addresses(driver.canary)
+        self._route(run.name, RouteConfig.of(driver.addresses(driver.stable)))
         crash_point("abort.after-route")
         if driver.canary is not None:
-            drain(self.router, run.name, canary)
-            self.runtime.stop(driver.canary.name, drain=2.0)
+            drain_all(self.router, run.name, canary)
+            stop_release(self.runtime, driver.canary, drain=2.0)
         crash_point("abort.after-stop-canary")
         self.book.free(run.name, ReleaseKind.CANARY, now)
         run.driver, run.canary_record, run.finished = None, None, None
@@ -483,8 +490,11 @@ class Moves:
 
     def _steady(self, run: Run, move: Move, now: float) -> None:
         release = self.runtime.releases.get(run.stable.name) if run.stable else None
-        address = release.address if release is not None and release.state is State.READY else None
-        self._route(run.name, RouteConfig(address, None, 0))
+        addresses = ready_addresses(self.runtime, run.stable)
+        self._route(run.name, RouteConfig.of(addresses))
+        if run.stable is not None and run.stable.replicas > 1:
+            self._heal(run, len(addresses))
+        address = addresses[0] if addresses else None
         if address is not None and run.replacing is not None:
             again = run.stable.name if run.stable is not None else run.name
             run.event = ("Recovered", f"{again} serves all traffic again")
@@ -512,12 +522,39 @@ class Moves:
                     f"{manual.command} by {manual.who}: no canary is under way",
                 )
 
+    def _heal(self, run: Run, ready: int) -> None:
+        """A release of several replicas: one that stopped for good is started again
+        on the GPUs booked for it (one that crashed is restarted by the runtime);
+        while not all are ready the model says so, and keeps serving from the others."""
+        assert run.stable is not None
+        names = replica_names(run.stable)
+        gone = [
+            n
+            for n in names
+            if (r := self.runtime.releases.get(n)) is None
+            or r.state in (State.STOPPED, State.FAILED)
+        ]
+        if gone:
+            allocation = self.book.allocation(run.name, ReleaseKind.STABLE)
+            log.warning("%s: replicas %s are gone; starting them again", run.name, gone)
+            self._launch(run.stable, allocation)
+        if ready < len(names):
+            run.conditions.append(
+                Condition(
+                    ConditionType.READY,
+                    False,
+                    Reason.REPLICAS_NOT_READY,
+                    f"{ready} of {len(names)} replicas of {run.stable.name} ready; "
+                    "the others are restarting",
+                )
+            )
+
     def _prune(self, run: Run, now: float) -> None:
         self._abort(run, "removed from git", now)
         if run.name in self.routes:
-            self._route(run.name, RouteConfig(None, None, 0))
-            release = self.runtime.releases.get(run.stable.name) if run.stable else None
-            drain(self.router, run.name, release.address if release else None)
+            serving = ready_addresses(self.runtime, run.stable)
+            self._route(run.name, RouteConfig())
+            drain_all(self.router, run.name, serving)
         self._stop_stable(run, now)
         self.pins.unpin(run.name)
         self.monitoring.forget(run.name)
@@ -530,6 +567,16 @@ class Moves:
         if release is None or release.state in (State.STOPPED, State.FAILED):
             return None
         return release
+
+    def _everywhere(self, release: RuntimeRelease) -> tuple[str, ...]:
+        """Where every live replica of ``release`` listens (ready or not: after a
+        restart the route goes where the decision sent it)."""
+        out = []
+        for name in replica_names(release.spec):
+            replica = self._alive(name)
+            if replica is not None:
+                out.append(replica.address)
+        return tuple(out)
 
     def finish(self, run: Run, intent: Intent, now: float) -> None:
         """Roll ``intent`` forward: a controller died between its first side effect
@@ -545,10 +592,10 @@ class Moves:
         state = state_from_dict(intent.state) if intent.state else None
         run.resume, run.driver, run.canary_record = None, None, None
         if intent.kind is IntentKind.PROMOTE and canary is not None:
-            self._route(run.name, RouteConfig(canary.address, None, 0))
+            self._route(run.name, RouteConfig.of(self._everywhere(canary)))
             if stable is not None and intent.stable != intent.canary:
-                drain(self.router, run.name, stable.address)
-                self.runtime.stop(stable.spec.name, drain=2.0)
+                drain_all(self.router, run.name, self._everywhere(stable))
+                stop_release(self.runtime, stable.spec, drain=2.0)
             if self.book.allocation(run.name, ReleaseKind.CANARY) is not None:
                 self.book.promote(run.name, now)
             run.stable, run.stable_hash = canary.spec, intent.spec_hash
@@ -557,10 +604,10 @@ class Moves:
             run.event = ("Promoted", f"finished after a restart: {intent.reason}".strip(": "))
             return
         # a rollback, an abort, or a promotion whose canary is gone: back to the stable
-        self._route(run.name, RouteConfig(stable.address if stable else None, None, 0))
+        self._route(run.name, RouteConfig.of(self._everywhere(stable) if stable else ()))
         if canary is not None and intent.canary != intent.stable:
-            drain(self.router, run.name, canary.address)
-            self.runtime.stop(canary.spec.name, drain=2.0)
+            drain_all(self.router, run.name, self._everywhere(canary))
+            stop_release(self.runtime, canary.spec, drain=2.0)
         self.book.free(run.name, ReleaseKind.CANARY, now)
         if intent.kind is IntentKind.ROLLBACK:
             if state is not None:
@@ -607,3 +654,14 @@ class Moves:
         run.conditions.append(Condition(ConditionType.READY, False, exc.reason, exc.message))
         run.event = ("Error", f"{exc.reason}: {exc.message}")
         log.warning("%s: %s: %s", run.name, exc.reason, exc.message)
+
+
+def _on(spec: ReleaseSpec, replica: tuple[Slice, ...]) -> ReleaseSpec:
+    """``spec`` placed on one replica's share of the GPUs the ledger booked."""
+    return replace(
+        spec,
+        env=launch_env(replica),
+        gpus=tuple(s.gpu for s in replica),
+        node=replica[0].node,
+        gpu_share=sum(s.units for s in replica) / 1000,
+    )

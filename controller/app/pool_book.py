@@ -180,52 +180,62 @@ class PoolBook:
 
     def match_running(
         self,
-        running: Mapping[tuple[str, ReleaseKind], ReleaseSpec | None],
+        running: Mapping[tuple[str, ReleaseKind], tuple[ReleaseSpec, ...]],
         models: Mapping[str, Model],
         now: float,
     ) -> list[tuple[str, str]]:
         """Bookings checked against the releases observed running (after a restart):
-        ``running`` maps each (model, kind) to the release running for it, or None.
-        A booking whose release is gone is dropped; a release running without its
-        booking (or on other GPUs than booked) is booked again on the GPUs it runs
-        on. What could not be made to match, per model, as (model, why)."""
+        ``running`` maps each (model, kind) to the replicas running for it (none:
+        nothing runs). A booking whose release is gone is dropped; a release running
+        without its booking (or on other GPUs than booked) is booked again on the
+        GPUs its replicas run on. What could not be made to match, as (model, why)."""
         problems: list[tuple[str, str]] = []
-        for (name, kind), spec in sorted(running.items()):
+        for (name, kind), replicas in sorted(running.items()):
             model = models.get(name)
             if model is None:
                 continue
             held = self.allocation(name, kind)
-            if spec is None:
+            if not replicas:
                 if held is not None:
                     log.warning("%s: %s booking dropped: its release is not running", name, kind)
                     self.free(name, kind, now)
                 continue
-            if not spec.gpus:
+            used = {gpu for spec in replicas for gpu in spec.gpus}
+            if not used:
                 continue  # nothing to book from (a CPU release)
             booked = {s.gpu for r in held.replicas for s in r} if held is not None else set()
-            if booked == set(spec.gpus):
+            if booked == used:
                 continue
             if held is not None:
                 self.free(name, kind, now)
-            problem = self._book_as_running(model, kind, spec)
+            problem = self._book_as_running(model, kind, replicas)
             if problem is not None:
                 log.error("%s: %s", name, problem)
                 problems.append((name, problem))
             else:
                 self.since[_key(name, kind)] = iso(now)
-                log.warning("%s: %s booked again on the GPUs it runs on", name, spec.name)
+                log.warning("%s: %s booked again on the GPUs it runs on", name, replicas[0].name)
         return problems
 
-    def _book_as_running(self, model: Model, kind: ReleaseKind, spec: ReleaseSpec) -> str | None:
+    def _book_as_running(
+        self, model: Model, kind: ReleaseKind, replicas: tuple[ReleaseSpec, ...]
+    ) -> str | None:
         ledger = self.ledger(model)
-        per_gpu = round(spec.gpu_share * UNITS / len(spec.gpus)) or UNITS
-        slices = []
-        for uuid in spec.gpus:
-            state = ledger.gpus.get(uuid)
-            if state is None:
-                return f"{spec.name} runs on GPU {uuid}, which the pool does not have"
-            memory = state.memory if per_gpu >= UNITS else math.ceil(per_gpu / UNITS * state.memory)
-            slices.append(Slice(uuid, state.node, memory, per_gpu))
+        placed: list[tuple[Slice, ...]] = []
+        for spec in sorted(replicas, key=lambda r: r.replica):
+            if not spec.gpus:
+                continue
+            per_gpu = round(spec.gpu_share * UNITS / len(spec.gpus)) or UNITS
+            slices = []
+            for uuid in spec.gpus:
+                state = ledger.gpus.get(uuid)
+                if state is None:
+                    return f"{spec.name} runs on GPU {uuid}, which the pool does not have"
+                memory = (
+                    state.memory if per_gpu >= UNITS else math.ceil(per_gpu / UNITS * state.memory)
+                )
+                slices.append(Slice(uuid, state.node, memory, per_gpu))
+            placed.append(tuple(slices))
         allocation = Allocation(
             release=_key(model.name, kind),
             model=model.name,
@@ -233,13 +243,14 @@ class PoolBook:
             kind=kind,
             serving=kind is ReleaseKind.STABLE,
             borrowed=False,
-            replicas=(tuple(slices),),
+            replicas=tuple(placed),
             order=ledger.counter + 1,
         )
         problem = ledger.adopt(allocation)
         if problem is None:
             return None
-        return f"{spec.name} runs on {', '.join(spec.gpus)} but cannot be booked: {problem}"
+        gpus = ", ".join(g for spec in replicas for g in spec.gpus)
+        return f"{replicas[0].name} runs on {gpus} but cannot be booked: {problem}"
 
     def allocation(self, model: str, kind: ReleaseKind) -> Allocation | None:
         """What ``model``'s ``kind`` release holds (its pool's ledger is rebuilt from the

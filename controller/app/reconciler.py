@@ -33,7 +33,7 @@ from controller.adapters.git.source import (
     PollResult,
     Snapshot,
 )
-from controller.adapters.runtime.base import ReleaseSpec, State
+from controller.adapters.runtime.base import ReleaseSpec, State, replica_names
 from controller.app.background import Pusher
 from controller.app.crashpoints import crash_point
 from controller.app.intents import Journal
@@ -311,18 +311,19 @@ class Reconciler:
         books a running release again, drops a booking whose release is gone), and
         releases that no model claims are stopped. False when a pool could not be
         read (checked again next pass)."""
-        running: dict[tuple[str, ReleaseKind], ReleaseSpec | None] = {}
+        running: dict[tuple[str, ReleaseKind], tuple[ReleaseSpec, ...]] = {}
         claimed: set[str] = set()
         for name, run in self.runs.items():
             canary = run.driver.canary if run.driver is not None else None
             if canary is None and run.resume is not None:
                 canary = run.resume[0]
             for kind, spec in ((ReleaseKind.STABLE, run.stable), (ReleaseKind.CANARY, canary)):
-                release = self.runtime.releases.get(spec.name) if spec is not None else None
-                alive = release is not None and release.state is not State.STOPPED
-                running[(name, kind)] = release.spec if alive and release is not None else None
-                if spec is not None:
-                    claimed.add(spec.name)
+                names = replica_names(spec) if spec is not None else ()
+                claimed.update(names)
+                releases = [self.runtime.releases.get(n) for n in names]
+                running[(name, kind)] = tuple(
+                    r.spec for r in releases if r is not None and r.state is not State.STOPPED
+                )
         try:
             problems = self.book.match_running(running, models, now)
         except Exception as exc:  # a pool that cannot be read: checked when it can be

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from controller.adapters.metrics import QueryProvider
 from controller.adapters.router.base import Router
-from controller.adapters.runtime.base import ReleaseSpec, Runtime, State
+from controller.adapters.runtime.base import ReleaseSpec, Runtime, State, replica_names
 from controller.app.crashpoints import crash_point
 from controller.app.manual import ManualAction, Pins, read_command, who_am_i
 from controller.core.canary import (
@@ -52,7 +52,15 @@ from controller.core.traffic import BackendStats, RouteConfig, router_window
 from controller.errors import TransientError
 from controller.spec.kinds import Check, RolloutPolicy
 
-__all__ = ["DRAIN_SECONDS", "RolloutDriver", "drain", "query_values"]
+__all__ = [
+    "DRAIN_SECONDS",
+    "RolloutDriver",
+    "drain",
+    "drain_all",
+    "query_values",
+    "ready_addresses",
+    "stop_release",
+]
 
 #: The longest a release that lost its traffic is given to answer what it holds.
 DRAIN_SECONDS = 10.0
@@ -73,6 +81,35 @@ def drain(router: Router, model: str, address: str | None, timeout: float = DRAI
         if busy == 0 or time.monotonic() >= deadline:
             return busy
         time.sleep(0.02)
+
+
+def drain_all(
+    router: Router, model: str, addresses: tuple[str, ...], timeout: float = DRAIN_SECONDS
+) -> int:
+    """:func:`drain` for every replica's address; how many were still in flight."""
+    deadline = time.monotonic() + timeout
+    return sum(
+        drain(router, model, address, max(0.0, deadline - time.monotonic()))
+        for address in addresses
+    )
+
+
+def ready_addresses(runtime: Runtime, spec: ReleaseSpec | None) -> tuple[str, ...]:
+    """The addresses of the ready replicas of ``spec``'s release, the first first."""
+    if spec is None:
+        return ()
+    out = []
+    for name in replica_names(spec):
+        release = runtime.releases.get(name)
+        if release is not None and release.state is State.READY:
+            out.append(release.address)
+    return tuple(out)
+
+
+def stop_release(runtime: Runtime, spec: ReleaseSpec, drain: float) -> None:
+    """Stop every replica of ``spec``'s release."""
+    for name in replica_names(spec):
+        runtime.stop(name, drain=drain)
 
 
 def query_values(
@@ -131,13 +168,9 @@ class RolloutDriver:
         self.manual: list[ManualAction] = []
         self._since: tuple[float, dict[str, BackendStats]] | None = None
 
-    def address(self, spec: ReleaseSpec | None) -> str | None:
-        if spec is None:
-            return None
-        release = self.runtime.releases.get(spec.name)
-        if release is None or release.state is not State.READY:
-            return None
-        return release.address
+    def addresses(self, spec: ReleaseSpec | None) -> tuple[str, ...]:
+        """Where ``spec``'s ready replicas listen (none: not ready)."""
+        return ready_addresses(self.runtime, spec)
 
     def begin(
         self,
@@ -157,11 +190,11 @@ class RolloutDriver:
         """Point the router at what is ready; the canary only past warm-up."""
         if self.state is None:
             raise RuntimeError("begin() first")
-        canary = None
+        canary: tuple[str, ...] = ()
         if self.state.phase is not CanaryPhase.WARMING and not self.state.phase.done:
-            canary = self.address(self.canary)
-        weight = self.state.weight if canary is not None else 0
-        self.route(self.model, RouteConfig(self.address(self.stable), canary, weight))
+            canary = self.addresses(self.canary)
+        weight = self.state.weight if canary else 0
+        self.route(self.model, RouteConfig.of(self.addresses(self.stable), canary, weight))
 
     def tick(
         self, command: Command | None = None, who: str = "", manual: ManualAction | None = None
@@ -227,29 +260,29 @@ class RolloutDriver:
         if self.state is None or self.canary is None:
             raise RuntimeError("begin() first")
         if action.kind is ActionKind.SET_WEIGHT:
-            stable = self.address(self.stable)
-            canary = self.address(self.canary) if action.weight > 0 else None
-            self.route(self.model, RouteConfig(stable, canary, action.weight))
+            stable = self.addresses(self.stable)
+            canary = self.addresses(self.canary) if action.weight > 0 else ()
+            self.route(self.model, RouteConfig.of(stable, canary, action.weight))
         elif action.kind is ActionKind.ROLLBACK:
             crash_point("rollback.after-intent")
-            canary = self.address(self.canary)
-            self.route(self.model, RouteConfig(self.address(self.stable), None, 0))
+            canary = self.addresses(self.canary)
+            self.route(self.model, RouteConfig.of(self.addresses(self.stable)))
             crash_point("rollback.after-route")
-            drain(self.router, self.model, canary)
-            self.runtime.stop(self.canary.name, drain=5.0)
+            drain_all(self.router, self.model, canary)
+            stop_release(self.runtime, self.canary, drain=5.0)
             crash_point("rollback.after-stop-canary")
             if self.pins is not None:
                 self.pins.pin(self.model, self.state.spec_hash, action.reason, now)
         elif action.kind is ActionKind.PROMOTE:
             crash_point("promote.after-intent")
             old = self.stable
-            old_address = self.address(old)
-            self.route(self.model, RouteConfig(self.address(self.canary), None, 0))
+            old_addresses = self.addresses(old)
+            self.route(self.model, RouteConfig.of(self.addresses(self.canary)))
             crash_point("promote.after-route")
             self.stable = replace(self.canary)
             if old is not None:
-                drain(self.router, self.model, old_address)
-                self.runtime.stop(old.name, drain=5.0)
+                drain_all(self.router, self.model, old_addresses)
+                stop_release(self.runtime, old, drain=5.0)
             crash_point("promote.after-stop-stable")
 
     def run(self, timeout: float, step: float = 0.1) -> CanaryState:

@@ -134,6 +134,28 @@ class RouteConfig:
     weight: int = 0  # percent to the canary
     mirror: int = 0  # percent of requests also copied to the canary
     sticky: str | None = None  # a header (or "cookie:NAME") whose value pins a user
+    stable_more: tuple[str, ...] = ()  # the stable's other replicas (requests spread)
+    canary_more: tuple[str, ...] = ()  # the canary's other replicas
+
+    def backends(self, side: str) -> tuple[str, ...]:
+        """Every address of ``side`` ("stable" or "canary"), the first replica first."""
+        first, more = (
+            (self.canary, self.canary_more) if side == "canary" else (self.stable, self.stable_more)
+        )
+        return (first, *more) if first is not None else more
+
+    @classmethod
+    def of(
+        cls, stable: tuple[str, ...], canary: tuple[str, ...] = (), weight: int = 0
+    ) -> RouteConfig:
+        """A split between the ready replicas of each side (none: no such side)."""
+        return cls(
+            stable[0] if stable else None,
+            canary[0] if canary else None,
+            weight if canary else 0,
+            stable_more=tuple(stable[1:]),
+            canary_more=tuple(canary[1:]),
+        )
 
 
 @dataclass(frozen=True)

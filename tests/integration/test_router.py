@@ -240,12 +240,34 @@ def test_haproxy_refuses_what_it_cannot_do(tmp_path: Path) -> None:
         for config in (
             RouteConfig("127.0.0.1:1", "127.0.0.1:2", 10, mirror=10),
             RouteConfig("127.0.0.1:1", "127.0.0.1:2", 10, sticky="x-user"),
+            RouteConfig("127.0.0.1:1", None, 0, stable_more=("127.0.0.1:3",)),  # replicas
         ):
             with pytest.raises(PermanentError) as caught:
                 router.configure("m", config)
             assert caught.value.reason == "RouterFeatureUnsupported"
     finally:
         router.shutdown()
+
+
+def test_replicas_share_the_requests_and_a_dead_one_fails_none(embedded: tuple) -> None:
+    """A side of two replicas: requests go to each in turn; once one is gone (its
+    port closed), every request is answered by the other -- none fails."""
+    router, url, stable, _ = embedded
+    other = Backend("stable-2")
+    try:
+        router.configure("m", RouteConfig.of((stable.address, other.address)))
+        with httpx.Client(timeout=10) as client:
+            answers = Counter(who(client, url) for _ in range(40))
+            assert answers == {"stable": 20, "stable-2": 20}
+            other.close()  # killed: its port refuses
+            answers = Counter(
+                client.post(f"{url}/score", json={"x": 1}).status_code for _ in range(40)
+            )
+        assert answers == {200: 40}
+        assert set(router.in_flight("m")) >= {stable.address, other.address}
+    finally:
+        with contextlib.suppress(OSError):
+            other.close()
 
 
 def test_unknown_router_kind_is_an_error() -> None:

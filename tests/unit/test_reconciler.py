@@ -512,3 +512,72 @@ def test_a_force_push_is_recorded_on_the_status_branch_and_told(world: World) ->
     assert previous[:12] in message
     assert current[:12] in message
     assert current in world.repo.repo[branch_file.id].data.decode()
+
+
+# -- replicas -------------------------------------------------------------------------------
+
+
+def replicated(world: World) -> World:
+    """``m`` with ``replicas: 2`` on a pool of four GPUs, deployed."""
+    world.repo.commit(
+        {
+            "pools/p.yaml": POOL.replace("count: 2", "count: 4").replace(
+                "guaranteed: 2, limit: 2", "guaranteed: 4, limit: 4"
+            ),
+            "models/m.yaml": model_yaml("1").replace("{gpu: 1}", "{gpu: 1, replicas: 2}"),
+        }
+    )
+    world.passes(2)
+    assert world.model.phase is Phase.HEALTHY
+    return world
+
+
+def test_replicas_run_as_releases_of_their_own_each_on_its_own_gpu(world: World) -> None:
+    replicated(world)
+    first, second = world.runtime.started
+    assert second == f"{first}~1"
+    gpus = [world.runtime.releases[n].spec.gpus for n in (first, second)]
+    assert len(set(gpus)) == 2  # each replica its own GPU
+    assert sorted(h.replica for h in world.model.gpus) == [0, 1]
+    route = world.router.routes["m"]
+    addresses = {world.runtime.releases[n].address for n in (first, second)}
+    assert set(route.backends("stable")) == addresses
+
+
+def test_a_lost_replica_leaves_the_model_serving_and_is_started_again(world: World) -> None:
+    replicated(world)
+    first, second = world.runtime.started
+    world.runtime.fail(second, "killed -9")
+    world.passes(1)
+    route = world.router.routes["m"]
+    assert route.backends("stable") == (world.runtime.releases[first].address,)  # serving
+    condition = next(c for c in world.model.conditions if c.reason == Reason.REPLICAS_NOT_READY)
+    assert "1 of 2 replicas" in condition.message
+    assert world.runtime.started.count(second) == 2  # started again on its GPUs
+    world.passes(1)
+    assert len(world.router.routes["m"].backends("stable")) == 2
+    assert all(c.reason != Reason.REPLICAS_NOT_READY for c in world.model.conditions)
+
+
+def test_a_replicated_canary_is_promoted_with_all_its_replicas(world: World) -> None:
+    replicated(world)
+    old = set(world.runtime.started)
+    world.repo.commit(
+        {
+            "models/m.yaml": model_yaml("2").replace("{gpu: 1}", "{gpu: 1, replicas: 2}"),
+            "artifacts/m-2.json": '{"w": 2}',
+        }
+    )
+    world.passes(2)
+    for _ in range(15):
+        world.serve(40)
+        world.passes(1, step=5)
+        if world.model.phase is Phase.HEALTHY:
+            break
+    assert world.model.stable is not None
+    assert world.model.stable.version == "2"
+    new = world.runtime.running()
+    assert len(new) == 2
+    assert not new & old  # both old replicas stopped
+    assert len(world.router.routes["m"].backends("stable")) == 2
+    assert sorted(h.replica for h in world.model.gpus) == [0, 1]

@@ -86,6 +86,8 @@ def config_to_json(config: RouteConfig) -> dict[str, Any]:
         "weight": config.weight,
         "mirror": config.mirror,
         "sticky": config.sticky,
+        "stableMore": list(config.stable_more),
+        "canaryMore": list(config.canary_more),
     }
 
 
@@ -99,12 +101,21 @@ def config_from_json(data: Mapping[str, Any]) -> RouteConfig:
     sticky = data.get("sticky")
     if sticky is not None and not isinstance(sticky, str):
         raise ValueError("sticky must be a string or null")
+
+    def more(key: str) -> tuple[str, ...]:
+        value = data.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            raise ValueError(f"{key} must be a list of addresses")
+        return tuple(value)
+
     return RouteConfig(
         address("stable"),
         address("canary"),
         int(data.get("weight", 0)),
         int(data.get("mirror", 0)),
         sticky,
+        more("stableMore"),
+        more("canaryMore"),
     )
 
 

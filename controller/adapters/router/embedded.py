@@ -55,7 +55,7 @@ from controller.adapters.router.http1 import (
     Watch,
     plain,
 )
-from controller.adapters.router.upstream import Upstreams
+from controller.adapters.router.upstream import UNREACHABLE, Upstreams
 from controller.core.drift import redact
 from controller.core.traffic import BUCKETS, BackendStats, RouteConfig, Sample, SamplingConfig
 
@@ -82,6 +82,7 @@ class _Model:
         self.samples: deque[Sample] = deque(maxlen=SAMPLES_BUFFERED)
         self.sampled_bytes = 0
         self.dropped = 0  # samples not kept: the buffer was full, or not JSON
+        self.turns: dict[str, int] = {}  # side -> requests handed out (replicas in turn)
 
 
 #: Samples a model's buffer holds between two drains (the oldest go first), and bytes.
@@ -181,9 +182,8 @@ class EmbeddedRouter:
         state = self.models[model]
         counts = {a: n for a, n in state.in_flight.copy().items() if n}
         config = state.config
-        for address in (config.stable, config.canary):
-            if address is not None:
-                counts.setdefault(address, 0)
+        for address in (*config.backends("stable"), *config.backends("canary")):
+            counts.setdefault(address, 0)
         return counts
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -249,12 +249,12 @@ class EmbeddedRouter:
     async def _handle(self, model: _Model, request: Request) -> Response:
         config = model.config
         which = self._choose(config, request.fields)
-        address = config.canary if which == "canary" else config.stable
-        if address is None:
+        addresses = config.backends(which)
+        if not addresses:
             return plain(503, b"no release is serving this model")
         outgoing = request.encode()
         started = time.perf_counter()
-        response = await self._forward(model, address, outgoing, request.method)
+        response = await self._forward_any(model, which, addresses, outgoing, request.method)
         elapsed = time.perf_counter() - started
         with self.lock:
             model.stats[which].observe(response.status, elapsed)
@@ -281,6 +281,23 @@ class EmbeddedRouter:
             )
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+        return response
+
+    async def _forward_any(
+        self, model: _Model, which: str, addresses: tuple[str, ...], outgoing: bytes, method: bytes
+    ) -> Response:
+        """To one of a side's replicas, in turn; a replica that cannot be reached
+        (nothing was sent: safe for any request) hands the request to the next."""
+        if len(addresses) == 1:
+            return await self._forward(model, addresses[0], outgoing, method)
+        turn = model.turns.get(which, 0)
+        model.turns[which] = turn + 1
+        response = plain(502, UNREACHABLE)
+        for i in range(len(addresses)):
+            address = addresses[(turn + i) % len(addresses)]
+            response = await self._forward(model, address, outgoing, method)
+            if not (response.status == 502 and response.body == UNREACHABLE):
+                return response
         return response
 
     async def _forward(

@@ -230,6 +230,12 @@ class HAProxyRouter:
                 "the HAProxy router does not mirror traffic or pin users; use the embedded router",
                 reason=Reason.ROUTER_FEATURE_UNSUPPORTED,
             )
+        if config.stable_more or config.canary_more:
+            raise PermanentError(
+                "the HAProxy router serves one replica per side; replicas: N needs the "
+                "embedded router",
+                reason=Reason.ROUTER_FEATURE_UNSUPPORTED,
+            )
         if not 0 <= config.weight <= 100:
             raise ValueError(f"weight is a percentage: {config.weight}")
         self._push(model, config)

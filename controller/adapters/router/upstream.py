@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_KEEP_ALIVE",
     "IDEMPOTENT",
     "IDLE_SHARE",
+    "UNREACHABLE",
     "Upstreams",
 ]
 
@@ -52,6 +53,8 @@ IDLE_SHARE = 0.8
 #: Idle connections kept per backend.
 POOLED = 64
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+#: The body of the router's 502 when a backend cannot be connected to (nothing sent).
+UNREACHABLE = b"the release did not answer"
 
 
 class _Reset(Exception):
@@ -241,7 +244,7 @@ class Upstreams:
                 try:
                     connection = await self._connect(address)
                 except (OSError, TimeoutError, ValueError):
-                    return plain(502, b"the release did not answer")
+                    return plain(502, UNREACHABLE)
             try:
                 answer = await connection.exchange(
                     request, method == b"HEAD", self.timeouts.response

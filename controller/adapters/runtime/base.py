@@ -21,6 +21,7 @@ __all__ = [
     "ReleaseSpec",
     "Runtime",
     "State",
+    "replica_names",
 ]
 
 
@@ -46,6 +47,15 @@ class ReleaseSpec:
     port: int | None = None  # None: a free loopback port
     node: str | None = None  # the pool node the ledger placed it on (the Ray runtime uses it)
     gpu_share: float = 0.0  # GPUs it holds (1.5 = one and a half), for Ray's own accounting
+    replica: int = 0  # which of the release's replicas this process is (0: the first)
+    replicas: int = 1  # how many replicas the release runs (each a release of its own)
+
+
+def replica_names(spec: ReleaseSpec) -> tuple[str, ...]:
+    """The names of every replica of the release whose first replica is ``spec``:
+    ``NAME`` for the first, ``NAME~1``, ``NAME~2``... for the others."""
+    base = spec.name.split("~", 1)[0]
+    return (base, *(f"{base}~{k}" for k in range(1, max(1, spec.replicas))))
 
 
 @dataclass(frozen=True)
