@@ -43,6 +43,7 @@ class Reason(StrEnum):
     BAD_STATUS_FILE = "BadStatusFile"
     BRANCH_NOT_FOUND = "BranchNotFound"
     BUILD_FAILED = "BuildFailed"
+    BUILDING = "Building"
     CREDENTIALS_UNREADABLE = "CredentialsUnreadable"
     ERROR = "Error"
     EXPORT_FAILED = "ExportFailed"

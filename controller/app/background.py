@@ -15,12 +15,15 @@ repository object on the same mirror (:meth:`GitSource.twin`):
   one and on the back-off of :class:`~controller.app.status_writes.StatusWrites`
   while pushes fail. The status branch's lock keeps a commit and a replay from
   overwriting each other.
+* :class:`Builds` runs bento builds (minutes) in a thread of its own, over its
+  own repository object, one at a time: a model whose bento is being built says
+  so (``Building``) and the loop goes on ticking the others.
 * :class:`LeaseKeeper` keeps the repository's lease
   (:class:`~controller.adapters.git.lease.RepoLease`): one controller per
   repository and branch acts, another stands by and takes over when the
   lease runs out.
 
-Owns the three threads. Created and started by the daemon (``mdc run``); the
+Owns the four threads. Created and started by the daemon (``mdc run``); the
 reconciler takes a fetcher's results and hands its pushes to a pusher.
 """
 
@@ -30,13 +33,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from controller.adapters.git.lease import RepoLease
-from controller.adapters.git.source import PollResult, SourcePoller
+from controller.adapters.git.source import GitSource, PollResult, Snapshot, SourcePoller
 from controller.adapters.git.status_branch import StatusBranch
+from controller.adapters.packaging import Builder, BuildResult, Source
 from controller.app.status_writes import StatusWrites
+from controller.errors import MdcError, TransientError
+from controller.spec.kinds import Model
 
-__all__ = ["Fetcher", "LeaseKeeper", "Pusher"]
+__all__ = ["Builds", "Fetcher", "LeaseKeeper", "Pusher"]
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +183,45 @@ class LeaseKeeper(_Worker):
     def stop(self, timeout: float = 1.0) -> None:
         super().stop(timeout)
         self.lease.release(self.clock())  # a standby takes over at once
+
+
+class Builds:
+    """Bento builds off the loop (see the module docstring). :meth:`request` never
+    waits: the result when the build is done (or its error, raised once), else None
+    while it runs."""
+
+    KEEP = 32  # finished builds remembered
+
+    def __init__(self, builder: Builder, source: GitSource) -> None:
+        self.builder = builder
+        self.source = source  # a twin: the build thread reads trees through it
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdc-build")
+        self._jobs: dict[tuple[str, str, str], Future[BuildResult]] = {}
+
+    def request(self, model: Model, snapshot: Snapshot, source: Source) -> BuildResult | None:
+        key = (model.name, snapshot.tree, repr(model))
+        job = self._jobs.get(key)
+        if job is None:
+            for old in list(self._jobs)[: max(0, len(self._jobs) - self.KEEP)]:
+                if self._jobs[old].done():
+                    del self._jobs[old]
+            self._jobs[key] = self._pool.submit(self._build, model, snapshot, source)
+            return None
+        if not job.done():
+            return None
+        try:
+            return job.result()
+        except TransientError:
+            del self._jobs[key]  # built again when asked again (after its back-off)
+            raise
+        except MdcError:
+            raise
+        except Exception as exc:  # a bug in the build: transient, asked again later
+            del self._jobs[key]
+            raise TransientError(f"{model.name}: the build broke: {exc}") from exc
+
+    def _build(self, model: Model, snapshot: Snapshot, source: Source) -> BuildResult:
+        return self.builder.build(model, self.source.tree(snapshot), source)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -30,7 +30,7 @@ from typing import IO, Any
 from controller.adapters.git.lease import RepoLease, controller_identity
 from controller.adapters.git.source import PollResult
 from controller.adapters.github.webhook import Event, PushEvent, Route, Trigger, WebhookServer
-from controller.app.background import Fetcher, LeaseKeeper, Pusher
+from controller.app.background import Builds, Fetcher, LeaseKeeper, Pusher
 from controller.app.reconciler import PassResult, Reconciler
 from controller.core.status import Condition, Phase
 from controller.errors import ConditionType, PermanentError, Reason
@@ -327,6 +327,7 @@ class Daemon:
         self.fetcher: Fetcher | None = None
         self.pusher: Pusher | None = None
         self.lease: LeaseKeeper | None = None
+        self.builds: Builds | None = None
         self.leading = False  # this controller holds the repository's lease and acts
         #: what the HTTP API serves, published after each pass: never waits for one
         self._published: dict[str, Any] = {
@@ -479,6 +480,10 @@ class Daemon:
         self.fetcher = Fetcher(poller, self.clock, landed=self.trigger.fire)
         self.pusher = Pusher(reconciler.status.twin(), reconciler.writes, self.clock)
         reconciler.polls_elsewhere, reconciler.pusher = True, self.pusher
+        moves = getattr(reconciler, "moves", None)
+        if moves is not None:
+            self.builds = Builds(moves.packager, reconciler.source.twin())
+            moves.builds = self.builds
         self.fetcher.start()
         self.pusher.start()
         if self.config.lease_ttl > 0:
@@ -515,6 +520,8 @@ class Daemon:
         for worker in (self.lease, self.fetcher, self.pusher):
             if worker is not None:
                 worker.stop()
+        if self.builds is not None:
+            self.builds.close()
 
     def run(self, once: bool = False, on_pass: Callable[[PassResult], None] | None = None) -> int:
         """Pass until :meth:`stop`; with ``once``, a single pass. The exit status:

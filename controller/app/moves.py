@@ -24,6 +24,7 @@ from controller.adapters.git.source import Snapshot
 from controller.adapters.packaging import Source
 from controller.adapters.runtime.base import Release as RuntimeRelease
 from controller.adapters.runtime.base import ReleaseSpec, State, replica_names
+from controller.app.background import Builds
 from controller.app.crashpoints import crash_point
 from controller.app.intents import Intent, IntentKind, Journal
 from controller.app.manual import Pins
@@ -91,6 +92,8 @@ class Moves:
         self.snapshot: Snapshot | None = None
         self.load: LoadResult | None = None
         self.journal = Journal(self.state_dir)
+        #: bento builds off the loop (``mdc run``); None: built in the pass
+        self.builds: Builds | None = None
         #: models whose intent was written (or finished) in this pass: cleared by the
         #: reconciler once the pass's status commit records the outcome
         self.journaled: set[str] = set()
@@ -189,13 +192,24 @@ class Moves:
         """The one place a route is set (the rollout drivers set theirs through it)."""
         self.router.configure(name, config)
 
-    def _build(self, model: Model, tree: Tree) -> str:
+    def _build(self, run: Run, model: Model, tree: Tree) -> str | None:
+        """The bento's tag; None while it is being built off the loop (:attr:`builds`,
+        set by ``mdc run``: the condition says so)."""
         assert self.snapshot is not None
-        result = self.packager.build(
-            model,
-            tree,
-            Source(self.source.remote.display, self.snapshot.revision),
-        )
+        source = Source(self.source.remote.display, self.snapshot.revision)
+        if self.builds is None:
+            return self.packager.build(model, tree, source).bento_tag
+        result = self.builds.request(model, self.snapshot, source)
+        if result is None:
+            run.conditions.append(
+                Condition(
+                    ConditionType.READY,
+                    False,
+                    Reason.BUILDING,
+                    f"building the bento of {model.version} (off the loop)",
+                )
+            )
+            return None
         return result.bento_tag
 
     def _place(self, run: Run, model: Model, kind: ReleaseKind, now: float) -> Allocation | None:
@@ -257,7 +271,9 @@ class Moves:
         """Build, book GPUs for and launch ``model``'s ``kind`` release; None while it
         waits for GPUs (the condition says why)."""
         assert self.snapshot is not None
-        bento = self._build(model, tree)
+        bento = self._build(run, model, tree)
+        if bento is None:
+            return None
         allocation = self._place(run, model, kind, now)
         if allocation is None:
             return None

@@ -522,6 +522,7 @@ class Reconciler:
                 has_stable=run.stable is not None,
                 stable_ready=stable_ready,
                 waiting_for_gpus=any(c.reason == Reason.WAITING_FOR_GPUS for c in run.conditions),
+                building=any(c.reason == Reason.BUILDING for c in run.conditions),
                 replacing=run.replacing is not None,
                 troubled=bool(run.conditions),
             )

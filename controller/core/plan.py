@@ -303,6 +303,7 @@ class PhaseFacts:
     waiting_for_gpus: bool
     replacing: bool  # the stable is being placed again (its node was lost)
     troubled: bool  # the model has a condition that is not met
+    building: bool = False  # its new bento is being built (off the loop)
 
 
 def phase_for(facts: PhaseFacts) -> Phase | None:
@@ -319,6 +320,8 @@ def phase_for(facts: PhaseFacts) -> Phase | None:
         return Phase.STALLED
     if f.waiting_for_gpus:
         return Phase.WAITING
+    if f.building and f.canary is None:
+        return Phase.PROGRESSING if f.has_stable else Phase.PENDING
     if f.replacing:
         return Phase.DEGRADED
     if f.has_stable and f.canary is None and f.move in (Move.DEPLOY, Move.AWAIT):

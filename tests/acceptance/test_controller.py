@@ -17,6 +17,8 @@ starts only when both models are Healthy."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -238,7 +240,7 @@ def test_a_canary_of_one_model_leaves_the_other_running(deployed: Deployed) -> N
     rows = d.settled()
     endpoint = rows[RANKER]["endpoint"]
     scorer = d.ws.releases(SCORER)
-    assert len(scorer) == 1, scorer
+    assert len(scorer) == 2, scorer  # replicas: 2
     seen: list[tuple[str, str | None, int]] = []
 
     def promoted() -> bool:
@@ -326,12 +328,44 @@ def test_sigkill_mid_canary_under_traffic_fails_no_request(deployed: Deployed) -
     assert d.ctl.routed()[RANKER] == endpoint
 
 
+def test_a_replica_killed_under_traffic_fails_no_request(deployed: Deployed) -> None:
+    """fraud-scorer runs ``replicas: 2``: two ``bentoml serve`` processes behind its
+    endpoint. One is killed -9 under 50 requests/s: the other answers every
+    request, and the killed one is running again soon after."""
+    d = deployed
+    rows = d.settled()
+    endpoint = rows[SCORER]["endpoint"]
+    replicas = d.ws.releases(SCORER)
+    assert len(replicas) == 2, replicas
+    name, pid = sorted(replicas.items())[-1]
+    with Traffic(SCORER, endpoint, rate=50) as traffic:
+        time.sleep(2)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        back = wait_for(
+            lambda: (r := d.ws.releases(SCORER)).get(name, pid) != pid and len(r) == 2 and r,
+            90,
+            f"{name} running again",
+            detail=d.ctl.excerpt,
+        )
+        wait_for(lambda: d.rows()[SCORER]["phase"] == "Healthy", 90, "fraud-scorer Healthy again")
+        time.sleep(2)
+    ok, failed = len(traffic.ok), len(traffic.failures)
+    print(
+        f"replica killed -9: {ok + failed} requests, {failed} failed; "
+        f"{traffic.ok_between(killed, killed + 5)} answered in the 5 s after the kill"
+    )
+    assert traffic.failures == [], traffic.failures[:10]
+    assert traffic.ok_between(killed, killed + 5) > 0
+    assert back[name] != pid
+
+
 def test_sigterm_leaves_serving_and_the_next_run_adopts(deployed: Deployed) -> None:
     d = deployed
     rows = d.settled()
     endpoints = {m: rows[m]["endpoint"] for m in MODELS}
     releases = d.ws.releases()
-    assert sorted(name.split("/")[0] for name in releases) == sorted(MODELS), releases
+    assert sorted(name.split("/")[0] for name in releases) == sorted([*MODELS, SCORER]), releases
     builds = {p: p.stat().st_mtime_ns for p in d.ws.state.rglob("build-*.log")}
     assert builds, "no build log in the state directory"
     bentos = sorted(p.relative_to(d.ws.state) for p in d.ws.state.glob("bentoml/bentos/*/*"))
