@@ -307,6 +307,10 @@ def test_the_sample_buffer_is_bounded(embedded: tuple, monkeypatch: pytest.Monke
     with httpx.Client() as client:
         for i in range(100):
             client.post(f"{url}/score", json={"x": i, "pad": "p" * 40})
+    state = router.models["m"]
+    deadline = time.monotonic() + 5  # a sample is kept just after its answer is sent
+    while len(state.samples) + state.dropped < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
     samples = router.samples("m")
     assert sum(s.size for s in samples) <= 1000
     assert 10 <= len(samples) < 100
