@@ -8,7 +8,7 @@ again, not redo it or forget it. So before the first side effect the move's
 :class:`Intent` is written to ``STATE/intents/MODEL.json`` (atomically, and
 fsynced with its folder); the reconciler clears it once the pass's status
 commit holds the outcome. A new controller that finds an intent rolls it
-forward (:meth:`controller.app.moves.Moves.finish`): a promotion that was
+forward (:class:`controller.app.finishing.Finisher`): a promotion that was
 decided is finished, never judged again; a rollback is finished; a release that
 was started is adopted with its booking.
 

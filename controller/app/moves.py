@@ -3,7 +3,7 @@ plan (:func:`~controller.core.plan.make_plan`) has said what.
 
 Owns the side effects of each move, each in one place: releases are started in
 :meth:`Moves._launch` only; GPUs are booked and freed through the pool book
-(:mod:`controller.app.pool_book`) only; routes are set in :meth:`Moves._route`
+(:mod:`controller.app.pool_book`) only; routes are set in :meth:`Moves.route`
 only (the rollout driver, :mod:`controller.app.rollout`, is given it and sets the
 split through it while the canary runs); the
 manual command of a model is read once a pass by the reconciler and handed in
@@ -22,7 +22,6 @@ from dataclasses import replace
 
 from controller.adapters.git.source import Snapshot
 from controller.adapters.packaging import Source
-from controller.adapters.runtime.base import Release as RuntimeRelease
 from controller.adapters.runtime.base import ReleaseSpec, State, replica_names
 from controller.app.background import Builds
 from controller.app.crashpoints import crash_point
@@ -44,8 +43,6 @@ from controller.core.canary import (
     ActionKind,
     CanaryPhase,
     CanaryState,
-    start,
-    state_from_dict,
     state_to_dict,
 )
 from controller.core.plan import ModelPlan, Move
@@ -146,7 +143,7 @@ class Moves:
                 )
             )
             return
-        self._ensure_route(run.name)
+        self.ensure_route(run.name)
         if move is Move.DEPLOY:
             self._deploy(run, model, wanted, tree, now)
         elif move is Move.AWAIT:
@@ -176,7 +173,7 @@ class Moves:
             )
             return None
 
-    def _ensure_route(self, name: str) -> str:
+    def ensure_route(self, name: str) -> str:
         if name not in self.routes:
             port = self.router_ports.get(name, 0)
             try:
@@ -188,7 +185,7 @@ class Moves:
                 ) from None
         return self.routes[name]
 
-    def _route(self, name: str, config: RouteConfig) -> None:
+    def route(self, name: str, config: RouteConfig) -> None:
         """The one place a route is set (the rollout drivers set theirs through it)."""
         self.router.configure(name, config)
 
@@ -338,7 +335,7 @@ class Moves:
         run.replacing = why
         if run.driver is not None:
             self._abort(run, f"the stable release was lost ({why})", now)
-        self._route(run.name, RouteConfig())
+        self.route(run.name, RouteConfig())
         run.conditions.append(Condition(ConditionType.READY, False, Reason.NODE_LOST, why))
         self.book.free(run.name, ReleaseKind.STABLE, now)
         crash_point("replace.after-free")
@@ -357,7 +354,7 @@ class Moves:
         assert run.stable is not None
         release = self.runtime.releases.get(run.stable.name)
         if release is not None and release.state is State.READY:
-            self._route(run.name, RouteConfig.of(ready_addresses(self.runtime, run.stable)))
+            self.route(run.name, RouteConfig.of(ready_addresses(self.runtime, run.stable)))
             run.event = ("Deployed", f"{run.stable.version} serves all traffic")
             if run.replacing is not None:
                 run.event = ("Recovered", f"{run.stable.name} serves all traffic again")
@@ -427,7 +424,7 @@ class Moves:
             prometheus=self.parts.prometheus,
             clock=self.clock,
             tick_runtime=False,  # the pass ticks the runtime once for all models
-            route=self._route,
+            route=self.route,
             decide=decide,
         )
 
@@ -494,7 +491,7 @@ class Moves:
         )
         crash_point("abort.after-intent")
         canary = driver.addresses(driver.canary)
-        self._route(run.name, RouteConfig.of(driver.addresses(driver.stable)))
+        self.route(run.name, RouteConfig.of(driver.addresses(driver.stable)))
         crash_point("abort.after-route")
         if driver.canary is not None:
             drain_all(self.router, run.name, canary)
@@ -507,7 +504,7 @@ class Moves:
     def _steady(self, run: Run, move: Move, now: float) -> None:
         release = self.runtime.releases.get(run.stable.name) if run.stable else None
         addresses = ready_addresses(self.runtime, run.stable)
-        self._route(run.name, RouteConfig.of(addresses))
+        self.route(run.name, RouteConfig.of(addresses))
         if run.stable is not None and run.stable.replicas > 1:
             self._heal(run, len(addresses))
         address = addresses[0] if addresses else None
@@ -569,97 +566,12 @@ class Moves:
         self._abort(run, "removed from git", now)
         if run.name in self.routes:
             serving = ready_addresses(self.runtime, run.stable)
-            self._route(run.name, RouteConfig())
+            self.route(run.name, RouteConfig())
             drain_all(self.router, run.name, serving)
         self._stop_stable(run, now)
         self.pins.unpin(run.name)
         self.monitoring.forget(run.name)
         run.event = ("Pruned", "removed from git: releases stopped, GPUs freed")
-
-    # -- after a restart: a move under way is finished, never redone --------------------
-
-    def _alive(self, name: str | None) -> RuntimeRelease | None:
-        release = self.runtime.releases.get(name) if name else None
-        if release is None or release.state in (State.STOPPED, State.FAILED):
-            return None
-        return release
-
-    def _everywhere(self, release: RuntimeRelease) -> tuple[str, ...]:
-        """Where every live replica of ``release`` listens (ready or not: after a
-        restart the route goes where the decision sent it)."""
-        out = []
-        for name in replica_names(release.spec):
-            replica = self._alive(name)
-            if replica is not None:
-                out.append(replica.address)
-        return tuple(out)
-
-    def finish(self, run: Run, intent: Intent, now: float) -> None:
-        """Roll ``intent`` forward: a controller died between its first side effect
-        and the status commit that records its outcome
-        (:mod:`controller.app.intents`). Idempotent: the status may record it
-        already, and any step may be done or not."""
-        self.journaled.add(run.name)
-        if intent.kind in (IntentKind.DEPLOY, IntentKind.START_CANARY):
-            self._finish_start(run, intent, now)
-            return
-        self._ensure_route(run.name)
-        stable, canary = self._alive(intent.stable), self._alive(intent.canary)
-        state = state_from_dict(intent.state) if intent.state else None
-        run.resume, run.driver, run.canary_record = None, None, None
-        if intent.kind is IntentKind.PROMOTE and canary is not None:
-            self._route(run.name, RouteConfig.of(self._everywhere(canary)))
-            if stable is not None and intent.stable != intent.canary:
-                drain_all(self.router, run.name, self._everywhere(stable))
-                stop_release(self.runtime, stable.spec, drain=2.0)
-            if self.book.allocation(run.name, ReleaseKind.CANARY) is not None:
-                self.book.promote(run.name, now)
-            run.stable, run.stable_hash = canary.spec, intent.spec_hash
-            run.stable_record = intent.record or run.stable_record
-            run.finished = state
-            run.event = ("Promoted", f"finished after a restart: {intent.reason}".strip(": "))
-            return
-        # a rollback, an abort, or a promotion whose canary is gone: back to the stable
-        self._route(run.name, RouteConfig.of(self._everywhere(stable) if stable else ()))
-        if canary is not None and intent.canary != intent.stable:
-            drain_all(self.router, run.name, self._everywhere(canary))
-            stop_release(self.runtime, canary.spec, drain=2.0)
-        self.book.free(run.name, ReleaseKind.CANARY, now)
-        if intent.kind is IntentKind.ROLLBACK:
-            if state is not None:
-                self.pins.pin(run.name, state.spec_hash, intent.reason, now)
-            run.finished = state
-            run.event = ("RolledBack", f"finished after a restart: {intent.reason}".strip(": "))
-        elif intent.kind is IntentKind.ABORT:
-            run.finished = None
-            run.event = ("CanaryAborted", f"finished after a restart: {intent.reason}")
-        else:
-            run.finished = None
-            run.event = (
-                "PromotionAbandoned",
-                f"the canary {intent.canary} was gone after a restart; the stable serves",
-            )
-
-    def _finish_start(self, run: Run, intent: Intent, now: float) -> None:
-        """A release was being started: adopt it when it runs (the pool book books
-        the GPUs it was started on), else the plan starts it again."""
-        started = self._alive(intent.canary)
-        if started is None or intent.record is None or intent.spec_hash is None:
-            return
-        if intent.kind is IntentKind.DEPLOY and run.stable is None:
-            run.stable, run.stable_hash = started.spec, intent.spec_hash
-            run.stable_record = intent.record
-            run.event = ("Adopted", f"{started.spec.name}, started before a restart")
-        elif (
-            intent.kind is IntentKind.START_CANARY
-            and run.stable is not None
-            and run.resume is None
-            and run.driver is None
-            and run.stable.name != started.spec.name
-        ):
-            run.resume = (started.spec, start(intent.spec_hash, now))
-            run.canary_record = intent.record
-            run.event = ("Adopted", f"canary {started.spec.name}, started before a restart")
 
     def failed(self, run: Run, entry: ModelPlan, exc: MdcError, now: float) -> None:
         if isinstance(exc, TransientError):

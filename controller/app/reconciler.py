@@ -36,6 +36,7 @@ from controller.adapters.git.source import (
 from controller.adapters.runtime.base import ReleaseSpec, State, replica_names
 from controller.app.background import Pusher
 from controller.app.crashpoints import crash_point
+from controller.app.finishing import Finisher
 from controller.app.intents import Journal
 from controller.app.manual import Pins, read_command
 from controller.app.monitoring import Monitoring
@@ -292,13 +293,13 @@ class Reconciler:
 
     def _finish_moves(self, now: float) -> None:
         """Finish the moves a previous controller (or a pass that broke) left half
-        done (:meth:`Moves.finish`), before anything is planned."""
+        done (:class:`~controller.app.finishing.Finisher`), before anything is planned."""
         for run in list(self.runs.values()):
             intent, run.intent = run.intent, None
             if intent is None:
                 continue
             try:
-                self.moves.finish(run, intent, now)
+                Finisher(self.moves).finish(run, intent, now)
             except MdcError as exc:
                 run.intent = intent  # tried again next pass
                 run.conditions.append(
