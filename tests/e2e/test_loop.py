@@ -194,7 +194,7 @@ def test_the_week_of_a_team(tmp_path: Path) -> None:
 
         # -- 5. a model removed from git: shown in the plan, then pruned -------------------
         fraud = [r for r in demo.reconciler.runtime.list() if r.spec.model == "fraud-scorer"]
-        assert [r.state for r in fraud] == ["ready"]
+        assert [r.state for r in fraud] == ["ready", "ready"]  # replicas: 2
         gone = demo.open_pr(
             "retire-fraud",
             "Retire fraud-scorer",
@@ -204,8 +204,8 @@ def test_the_week_of_a_team(tmp_path: Path) -> None:
         assert re.search(r"\| fraud-scorer \| removed \|", _mdc_comments(demo, gone)[0])
         demo.merge("retire-fraud")
         _wait(lambda: demo.status("fraud-scorer") is None, 60)
-        release = demo.reconciler.runtime.releases[fraud[0].spec.name]
-        assert release.state == "stopped"
+        for replica in fraud:
+            assert demo.reconciler.runtime.releases[replica.spec.name].state == "stopped"
         ledger = demo.reconciler.ledgers["shared-a100"][1]
         assert not [a for a in ledger.allocations if a.startswith("fraud-scorer/")]
         _wait(
