@@ -103,6 +103,7 @@ class ConditionType(StrEnum):
     SAMPLED = "Sampled"
     STATUS_WRITTEN = "StatusWritten"
     GIT_READ = "GitRead"
+    REPORTED = "Reported"
     STATE_SAVED = "StateSaved"
     LEADER = "Leader"
 

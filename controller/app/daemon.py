@@ -296,6 +296,9 @@ def metrics_text(reconciler: Reconciler, stats: _PassStats) -> str:
         monitor=view() if view is not None else [],
         push_failures=reconciler.writes.total_failures,
         commits_pending=reconciler.writes.pending,
+        faults=[(str(c.type), str(c.reason)) for c in faults() if not c.status]
+        if callable(faults := getattr(reconciler, "faults", None))
+        else [],
     )
 
 

@@ -300,11 +300,10 @@ class Reconciler:
                 continue
             try:
                 Finisher(self.moves).finish(run, intent, now)
-            except MdcError as exc:
-                run.intent = intent  # tried again next pass
-                run.conditions.append(
-                    Condition(ConditionType.READY, False, exc.reason, exc.message)
-                )
+            except Exception as exc:  # a full disk, say: tried again next pass
+                run.intent = intent
+                reason = exc.reason if isinstance(exc, MdcError) else Reason.INTERNAL_ERROR
+                run.conditions.append(Condition(ConditionType.READY, False, reason, str(exc)))
                 log.warning("%s: unfinished %s not finished: %s", run.name, intent.kind, exc)
 
     def _check_running(self, models: Mapping[str, Model], now: float) -> bool:
@@ -494,6 +493,10 @@ class Reconciler:
     def faults(self) -> list[Condition]:
         """The controller's own faults, said on every model's status while they last."""
         faults = [f for f in (self.git_fault, self.state_fault) if f is not None]
+        trouble = self.reporter.fault()
+        if trouble is not None:
+            reason, message = trouble
+            faults.append(Condition(ConditionType.REPORTED, False, reason, message))
         return faults + self.writes.conditions()
 
     def _summarize(  # noqa: PLR0917

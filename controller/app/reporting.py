@@ -221,6 +221,10 @@ class Reporter(Protocol):
         """Once a pass, after the statuses: retry what failed, handle queued events."""
         ...
 
+    def fault(self) -> tuple[str, str] | None:
+        """(reason, message) while reports cannot be delivered; None when they can."""
+        ...
+
 
 class Reported(Protocol):
     """What the GitHub reporter reads of the controller it reports for."""
@@ -259,6 +263,9 @@ class NullReporter:
     def drain(self) -> None:
         return None
 
+    def fault(self) -> tuple[str, str] | None:
+        return None
+
 
 class PullRequests:
     """The GitHub reporter of one controller (see the module docstring)."""
@@ -284,6 +291,7 @@ class PullRequests:
         self._reported: dict[str, tuple[str, int | None, int, str | None]] = {}
         self._unsent: dict[str, ModelStatus] = {}
         self._quiet_until = 0.0  # after a transient failure, GitHub is left alone until then
+        self._last_error: MdcError | None = None  # while reports wait for GitHub
         self._reverted: set[str] = set()
         self._monitored: dict[str, str] = {}  # model -> the monitor record last reported
         self._unsent_monitor: dict[str, ModelStatus] = {}
@@ -348,6 +356,7 @@ class PullRequests:
             self._unsent[status.name] = status
             if isinstance(exc, TransientError):
                 self._quiet_until = self.clock() + max(QUIET_SECONDS, exc.retry_after)
+                self._last_error = exc
             log.warning("GitHub report for %s kept for later: %s", status.name, exc.message)
             return
         self._unsent.pop(status.name, None)
@@ -394,6 +403,7 @@ class PullRequests:
             return False
         if isinstance(exc, TransientError):
             self._quiet_until = self.clock() + max(QUIET_SECONDS, exc.retry_after)
+            self._last_error = exc
         log.warning("GitHub report of %s kept for later: %s", what, exc.message)
         return True
 
@@ -448,6 +458,7 @@ class PullRequests:
             self._unsent_monitor[status.name] = status
             if isinstance(exc, TransientError):
                 self._quiet_until = self.clock() + max(QUIET_SECONDS, exc.retry_after)
+                self._last_error = exc
             log.warning("GitHub monitor report for %s kept: %s", status.name, exc.message)
             return
         self._unsent_monitor.pop(status.name, None)
@@ -471,6 +482,17 @@ class PullRequests:
         plan, sections = _split(existing.body if existing is not None else None)
         sections[MONITOR_MARKER] = render_monitor([status, *brought])
         self.github.upsert_comment(number, _join(plan, sections), MARKER)
+
+    def fault(self) -> tuple[str, str] | None:
+        """(reason, message) while reports wait for GitHub; None when none waits."""
+        waiting = set(self._unsent) | set(self._unsent_monitor)
+        if not waiting:
+            self._last_error = None
+            return None
+        error = self._last_error
+        why = f": {error.message}" if error is not None else ""
+        reason = (error.reason if error is not None else None) or Reason.GITHUB_UNAVAILABLE
+        return reason, f"GitHub reports of {len(waiting)} model(s) kept for later{why}"
 
     def drain(self) -> None:
         """Once a pass: reports GitHub did not take, then the queued webhook events."""

@@ -216,6 +216,7 @@ class FakeReporter:
     drains: int = 0
     removed: list[str] = field(default_factory=list)  # models, as on_removed was told
     force_pushes: list[tuple[str, str]] = field(default_factory=list)  # (previous, current)
+    failing: tuple[str, str] | None = None  # what fault() says (reports not delivered)
 
     def pull_request_for(self, commit: str) -> int | None:
         return self.pulls.get(commit)
@@ -231,6 +232,9 @@ class FakeReporter:
 
     def drain(self) -> None:
         self.drains += 1
+
+    def fault(self) -> tuple[str, str] | None:
+        return self.failing
 
 
 @dataclass

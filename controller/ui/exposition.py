@@ -54,6 +54,7 @@ def controller_metrics(
     monitor: Iterable[Mapping[str, Any]] = (),
     push_failures: int = 0,
     commits_pending: int = 0,
+    faults: Iterable[tuple[str, str]] = (),
 ) -> str:
     """The controller's metrics as Prometheus text.
 
@@ -62,7 +63,8 @@ def controller_metrics(
     analysis intervals by (model, outcome); ``pools`` is each pool's ledger;
     ``monitor`` is the monitor's view of each running model; ``push_failures``
     counts status pushes that failed since start and ``commits_pending`` the
-    status commits not yet on the remote.
+    status commits not yet on the remote; ``faults`` are the controller's own
+    faults now, as (condition type, reason).
     """
     families: list[Metric] = [
         CounterMetricFamily("mdc_reconcile_passes_total", "Reconcile passes run.", value=passes),
@@ -91,6 +93,14 @@ def controller_metrics(
             value=commits_pending,
         ),
     ]
+    fault = GaugeMetricFamily(
+        "mdc_controller_fault",
+        "1 for each fault of the controller now (git, status, GitHub, lease), by reason.",
+        labels=("type", "reason"),
+    )
+    for kind, reason in sorted(set(faults)):
+        fault.add_metric([kind, reason], 1)
+    families.append(fault)
     families += _model_families(sorted(statuses, key=lambda s: s.name), verdicts)
     families += _pool_families(pools)
     families += _monitor_families(monitor)

@@ -448,6 +448,7 @@ def test_text_is_valid_exposition_format() -> None:
         "mdc_reconcile_pass_failures": "counter",
         "mdc_reconcile_pass_duration_seconds": "histogram",
         "mdc_status_push_failures": "counter",
+        "mdc_controller_fault": "gauge",
         "mdc_status_commits_pending": "gauge",
         "mdc_model_phase": "gauge",
         "mdc_canary_weight_percent": "gauge",

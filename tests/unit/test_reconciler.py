@@ -581,3 +581,21 @@ def test_a_replicated_canary_is_promoted_with_all_its_replicas(world: World) -> 
     assert not new & old  # both old replicas stopped
     assert len(world.router.routes["m"].backends("stable")) == 2
     assert sorted(h.replica for h in world.model.gpus) == [0, 1]
+
+
+def test_reports_that_github_did_not_take_are_a_condition_and_a_metric(world: World) -> None:
+    deployed(world)
+    world.reporter.failing = ("GitHubUnavailable", "GitHub reports of 1 model(s) kept for later")
+    world.passes(1, step=5)
+    fault = next(c for c in world.model.conditions if c.type == ConditionType.REPORTED)
+    assert (fault.status, fault.reason) == (False, "GitHubUnavailable")
+    metrics = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics_text(world.reconciler, _PassStats()))
+        for sample in family.samples
+    }
+    key = ("mdc_controller_fault", (("reason", "GitHubUnavailable"), ("type", "Reported")))
+    assert metrics[key] == 1
+    world.reporter.failing = None
+    world.passes(1, step=5)
+    assert all(c.type != ConditionType.REPORTED for c in world.model.conditions)

@@ -457,3 +457,21 @@ def test_the_null_reporter_takes_the_new_calls() -> None:
     null.on_removed(status)
     null.on_force_push("1" * 40, "2" * 40)
     null.drain()
+
+
+def test_github_failing_is_a_fault_until_the_kept_reports_are_sent(
+    github: FakeGitHub, harness: Harness
+) -> None:
+    assert harness.reporter.fault() is None
+    github.fail_next(503, times=2, method="POST", path="/statuses/")
+    harness.report(rolling(FRAUD, "5" * 40))
+    fault = harness.reporter.fault()
+    assert fault is not None
+    reason, message = fault
+    assert reason == "GitHubUnavailable"
+    assert "GitHub reports of 1 model(s) kept for later" in message
+    for _ in range(4):
+        harness.later()
+        harness.reporter.drain()
+    assert harness.reporter.fault() is None
+    assert NullReporter().fault() is None
