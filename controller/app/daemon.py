@@ -282,9 +282,15 @@ class _PassStats:
             self.last_ok = now
 
 
-def metrics_text(reconciler: Reconciler, stats: _PassStats) -> str:
-    """The controller's metrics in the Prometheus text format."""
+def metrics_text(
+    reconciler: Reconciler, stats: _PassStats, faults: list[Condition] | None = None
+) -> str:
+    """The controller's metrics in the Prometheus text format; ``faults``: the
+    controller's faults now (else the reconciler's own)."""
     view = getattr(reconciler, "monitor_view", None)
+    if faults is None:
+        own = getattr(reconciler, "faults", None)
+        faults = own() if callable(own) else []
     return controller_metrics(
         passes=stats.total,
         failures=stats.failed,
@@ -296,9 +302,7 @@ def metrics_text(reconciler: Reconciler, stats: _PassStats) -> str:
         monitor=view() if view is not None else [],
         push_failures=reconciler.writes.total_failures,
         commits_pending=reconciler.writes.pending,
-        faults=[(str(c.type), str(c.reason)) for c in faults() if not c.status]
-        if callable(faults := getattr(reconciler, "faults", None))
-        else [],
+        faults=[(str(c.type), str(c.reason)) for c in faults if not c.status],
     )
 
 
@@ -455,13 +459,14 @@ class Daemon:
     def _publish(self) -> None:
         """What the HTTP API serves until the next pass (called in the loop's thread)."""
         view = getattr(self.reconciler, "monitor_view", None)
-        faults = getattr(self.reconciler, "faults", None)
+        own = getattr(self.reconciler, "faults", None)
         standby = self._standby()
+        faults = ([standby] if standby else []) + (own() if callable(own) else [])
         self._published = {
             "statuses": list(self.reconciler.statuses.values()),
-            "metrics": metrics_text(self.reconciler, self.stats),
+            "metrics": metrics_text(self.reconciler, self.stats, faults),
             "monitor": view() if view is not None else [],
-            "faults": ([standby] if standby else []) + (faults() if faults is not None else []),
+            "faults": faults,
         }
 
     def _standby(self) -> Condition | None:

@@ -673,8 +673,9 @@ def test_two_controllers_on_one_repository_one_acts_the_other_takes_over(
         assert ready.status_code == 503
         assert "StandingBy: standing by: held by" in ready.text
         assert clients[leader].get("/readyz").status_code == 200
-        passes = metric_value(clients[standby].get("/metrics").text, "mdc_reconcile_passes_total")
-        assert passes == 0  # the standby never acted
+        metrics = clients[standby].get("/metrics").text
+        assert metric_value(metrics, "mdc_reconcile_passes_total") == 0  # it never acted
+        assert metric_value(metrics, "mdc_controller_fault", type="Leader", reason="StandingBy")
         controllers[leader].proc.kill()  # no clean shutdown: its lease runs out
         controllers[leader].proc.wait(10)
         wait_until(lambda: roles_of(clients[standby]) == "leader", timeout=20)
