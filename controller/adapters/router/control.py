@@ -174,12 +174,17 @@ def sample_from_json(data: Mapping[str, Any]) -> Sample:
 def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
     """``text`` into ``path``, all or nothing (a reader never sees half a file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 # -- the service ---------------------------------------------------------------------
@@ -196,6 +201,7 @@ class RouterService:
         self.ports: dict[str, int] = {}
         self.configs: dict[str, RouteConfig] = {}
         self.sampling: dict[str, SamplingConfig | None] = {}
+        self.save_error: str | None = None  # why routes.json could not be written, while so
         self._restore()
 
     @property
@@ -228,7 +234,16 @@ class RouterService:
             }
             for model, port in sorted(self.ports.items())
         }
-        write_atomically(self.table, json.dumps(rows, indent=2))
+        try:
+            write_atomically(self.table, json.dumps(rows, indent=2))
+        except OSError as exc:  # a full disk: the route is set all the same (in memory)
+            if str(exc) != self.save_error:
+                log.error(
+                    "route table %s not saved (saved with the next change): %s", self.table, exc
+                )
+            self.save_error = str(exc)
+            return
+        self.save_error = None
 
     def open(self, model: str, port: int) -> str:
         with self.lock:

@@ -195,6 +195,8 @@ class LocalRuntime:
         self.log_max_bytes = log_max_bytes
         self.log_keep = log_keep
         self.table = self.dir / "releases.json"
+        self._saved: str | None = None  # the table's text as last written
+        self.save_error: str | None = None  # why the table could not be written, while so
         self.releases: dict[str, Release] = {}
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.events: list[Event] = []
@@ -217,9 +219,23 @@ class LocalRuntime:
             row["spec"]["env"] = dict(r.spec.env)
             row["spec"]["probe"] = None if r.spec.probe is None else asdict(r.spec.probe)
             rows.append(row)
+        text = json.dumps(rows, indent=1, default=list)
+        if text == self._saved:
+            return  # unchanged: no write every tick
         tmp = self.table.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=1, default=list))
-        tmp.replace(self.table)
+        try:
+            tmp.write_text(text)
+            tmp.replace(self.table)
+        except OSError as exc:  # a full disk: kept in memory, saved when there is room
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if str(exc) != self.save_error:
+                log.error("process table %s not saved (kept, saved later): %s", self.table, exc)
+            self.save_error = str(exc)
+            return
+        if self.save_error is not None:
+            log.warning("process table %s saved again", self.table)
+        self._saved, self.save_error = text, None
 
     def _adopt(self) -> None:
         if not self.table.exists():
