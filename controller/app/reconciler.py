@@ -142,6 +142,8 @@ class Reconciler:
         self.git_fault: Condition | None = None  # while the release branch cannot be read
         self.state_fault: Condition | None = None  # while the status cannot be saved
         self._forced: tuple[str, str] | None = None  # a force-push not yet told
+        #: status changes not committed yet (the disk was full): model -> change
+        self._unsaved: dict[str, tuple[ModelStatus, bytes | None, ModelStatus | None]] = {}
 
     def take_over(self) -> None:
         """This controller took the repository's lease from another: what it knew
@@ -432,22 +434,22 @@ class Reconciler:
             if previous is None or render(status) != render(previous):
                 self.statuses[entry.model] = status
                 changes.append((status, render(status), previous))
+        changed = {status.name for status, _, _ in changes}
+        changes = [c for n, c in self._unsaved.items() if n not in changed] + changes
         try:
             self._record_force_push(now)
             self._commit_changes(changes, revision)
             self.monitoring.commit_rollups()
-        except TransientError as exc:  # the disk is full, say: kept, tried next pass
+        except TransientError as exc:  # the disk is full, say: kept, committed later
             if self.state_fault is None or self.state_fault.message != exc.message:
                 log.error("status not saved (kept, tried again next pass): %s", exc.message)
             self.state_fault = Condition(
                 ConditionType.STATE_SAVED, False, exc.reason, f"{exc.message} (retried every pass)"
             )
-            for status, _raw, previous in changes:  # recomputed and committed next pass
-                if previous is None:
-                    self.statuses.pop(status.name, None)
-                else:
-                    self.statuses[status.name] = previous
+            # the statuses stay what is true (the API shows them); the commits wait
+            self._unsaved = {status.name: (status, raw, prev) for status, raw, prev in changes}
             return
+        self._unsaved = {}
         if self.state_fault is not None:
             log.warning("status saved again")
             self.state_fault = None

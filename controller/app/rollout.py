@@ -27,6 +27,7 @@ Called by the reconciler; the tests drive it tick by tick.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -61,6 +62,8 @@ __all__ = [
     "ready_addresses",
     "stop_release",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The longest a release that lost its traffic is given to answer what it holds.
 DRAIN_SECONDS = 10.0
@@ -229,11 +232,14 @@ class RolloutDriver:
         lost = None
         if canary_release is not None and canary_release.state is State.FAILED:
             lost = canary_release.reason or "it failed"
+        canary_window = router_window(snapshot["canary"], before["canary"], seconds)
+        if lost is None and ready:
+            lost = self._stuck(canary_window.requests, seconds)
         observed = Observation(
             canary_lost=lost,
             canary_ready=ready,
             smoke_ok=ready,  # READY means its probe -- a real request -- answered
-            canary=router_window(snapshot["canary"], before["canary"], seconds),
+            canary=canary_window,
             stable=router_window(snapshot["stable"], before["stable"], seconds),
             custom=custom,
         )
@@ -256,6 +262,24 @@ class RolloutDriver:
             self.record(self.state, actions)
         return self.state, actions
 
+    def _stuck(self, answered: int, seconds: float) -> str | None:
+        """Why the canary counts as lost when it took traffic for a whole analysis
+        interval and answered none of it while requests wait on it (a process that
+        hangs -- on a full disk, say -- fails no request the counters see)."""
+        analysis = self.policy.analysis
+        if analysis is None or self.state is None or self.state.weight <= 0 or answered:
+            return None
+        if seconds < analysis.interval:
+            return None
+        try:
+            in_flight = self.router.in_flight(self.model)
+        except (KeyError, TransientError):
+            return None
+        waiting = sum(in_flight.get(a, 0) for a in self.addresses(self.canary))
+        if not waiting:
+            return None
+        return f"it answered none of the requests sent to it in {seconds:.0f}s ({waiting} waiting)"
+
     def _apply(self, action: Action, now: float) -> None:
         if self.state is None or self.canary is None:
             raise RuntimeError("begin() first")
@@ -272,7 +296,10 @@ class RolloutDriver:
             stop_release(self.runtime, self.canary, drain=5.0)
             crash_point("rollback.after-stop-canary")
             if self.pins is not None:
-                self.pins.pin(self.model, self.state.spec_hash, action.reason, now)
+                try:
+                    self.pins.pin(self.model, self.state.spec_hash, action.reason, now)
+                except OSError as exc:  # a full disk: the rollback stands; said, not pinned
+                    log.error("%s: the rolled-back spec is not pinned: %s", self.model, exc)
         elif action.kind is ActionKind.PROMOTE:
             crash_point("promote.after-intent")
             old = self.stable

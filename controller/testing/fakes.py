@@ -126,6 +126,7 @@ class FakeRouter:
         self.stats: dict[str, dict[str, BackendStats]] = {}
         self.closed = False
         self._port = 30000
+        self.waiting: dict[str, int] = {}  # address -> requests in flight (what in_flight says)
 
     def add_model(self, model: str, port: int = 0) -> str:
         if model not in self.stats:
@@ -150,7 +151,7 @@ class FakeRouter:
         return []
 
     def in_flight(self, model: str) -> dict[str, int]:
-        return {}
+        return dict(self.waiting)
 
     def close(self) -> None:
         self.closed = True
@@ -166,9 +167,11 @@ class FakeRouter:
         canary_errors: float = 0.0,
         stable_errors: float = 0.0,
         latency: float = 0.01,
+        canary_share_hangs: bool = False,
     ) -> dict[str, int]:
         """``requests`` requests split by the route's weight; a share of each side's
-        answers are 500s. Returns how many each backend got."""
+        answers are 500s (``canary_share_hangs``: the canary answers none of its
+        share). Returns how many each backend got."""
         route = self.routes[model]
         if route.stable is None and route.canary is None:
             return {"stable": 0, "canary": 0}
@@ -178,8 +181,8 @@ class FakeRouter:
         split = {"stable": requests - to_canary, "canary": to_canary}
         for backend, rate in (("stable", stable_errors), ("canary", canary_errors)):
             count = split[backend]
-            if not count:
-                continue
+            if not count or (backend == "canary" and canary_share_hangs):
+                continue  # a hanging canary answers none (they wait: see ``waiting``)
             stats = self.stats[model][backend]
             errors = round(count * rate)
             stats.codes[500] = stats.codes.get(500, 0) + errors

@@ -486,6 +486,7 @@ def test_a_status_that_cannot_be_saved_is_a_condition_and_is_saved_later(
     world.passes(2)  # the canary starts although its status cannot be written
     assert len(world.runtime.started) == 2
     assert world.repo.status().phase is Phase.HEALTHY  # nothing new reached the branch
+    assert world.model.phase is Phase.PROGRESSING  # what the API shows is what is true
     fault = world.reconciler.state_fault
     assert fault is not None
     assert fault.reason == Reason.STATE_NOT_WRITABLE
@@ -599,3 +600,27 @@ def test_reports_that_github_did_not_take_are_a_condition_and_a_metric(world: Wo
     world.reporter.failing = None
     world.passes(1, step=5)
     assert all(c.type != ConditionType.REPORTED for c in world.model.conditions)
+
+
+def test_a_canary_that_answers_nothing_while_requests_wait_is_rolled_back(world: World) -> None:
+    """A canary process that hangs (its disk is full, say) fails no request the
+    counters see: requests wait on it. Taking traffic for a whole analysis interval
+    and answering none of it while some wait is a lost canary."""
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(2)
+    assert world.model.weight
+    canary = world.reconciler.runs["m"].driver
+    assert canary is not None
+    assert canary.canary is not None
+    address = world.runtime.releases[canary.canary.name].address
+    world.router.waiting = {address: 3}  # sent, never answered
+    for _ in range(4):
+        world.serve(40, canary_share_hangs=True)
+        world.passes(1, step=5)
+        if world.model.phase is Phase.ROLLED_BACK:
+            break
+    assert world.model.phase is Phase.ROLLED_BACK
+    reason = (world.model.canary_state or {}).get("reason", "")
+    assert "answered none of the requests sent to it" in reason
+    assert "3 waiting" in reason
