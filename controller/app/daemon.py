@@ -336,6 +336,7 @@ class Daemon:
         self.lease: LeaseKeeper | None = None
         self.builds: Builds | None = None
         self.leading = False  # this controller holds the repository's lease and acts
+        self._followed = False  # another controller held the lease while this one stood by
         #: what the HTTP API serves, published after each pass: never waits for one
         self._published: dict[str, Any] = {
             "statuses": [],
@@ -501,7 +502,9 @@ class Daemon:
                 controller_identity(Path(self.config.state_dir)),
                 ttl=self.config.lease_ttl,
             )
-            self.lease = LeaseKeeper(lease, self.clock, changed=self.trigger.fire)
+            # wall time, not the controller's clock (which tests move): the lease's
+            # expiry is read by other controllers, on other machines
+            self.lease = LeaseKeeper(lease, time.time, changed=self.trigger.fire)
             self.lease.start()
             self.lease.ticked.wait(min(5.0, self.config.lease_ttl))
 
@@ -511,17 +514,21 @@ class Daemon:
         again what the status branch records (the last holder wrote it)."""
         if self.lease is None:
             return True
-        holds = self.lease.lease.holds(self.clock())
+        lease = self.lease.lease
+        holds = lease.holds(time.time())  # wall time, as the other controllers read it
         if holds and not self.leading:
-            log.warning("this controller leads: %s", self.lease.lease.last.describe())
+            log.warning("this controller leads: %s", lease.last.describe())
             take_over = getattr(self.reconciler, "take_over", None)
-            if callable(take_over) and self.stats.total:
-                with self._lock:
+            if callable(take_over) and self.stats.total and self._followed:
+                with self._lock:  # another acted meanwhile: what this one knew is stale
                     take_over()
-            self.leading = True
-        elif not holds and self.leading:
-            log.warning("this controller stands by: %s", self.lease.lease.last.describe())
+            self.leading, self._followed = True, False
+        elif not holds:
+            if self.leading:
+                log.warning("this controller stands by: %s", lease.last.describe())
             self.leading = False
+            holder = lease.last.holder
+            self._followed = self._followed or bool(holder and holder != lease.identity)
         return self.leading
 
     def _stop_workers(self) -> None:

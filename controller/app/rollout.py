@@ -263,11 +263,13 @@ class RolloutDriver:
         return self.state, actions
 
     def _stuck(self, answered: int, seconds: float) -> str | None:
-        """Why the canary counts as lost when it took traffic for a whole analysis
-        interval and answered none of it while requests wait on it (a process that
-        hangs -- on a full disk, say -- fails no request the counters see)."""
+        """Why the canary counts as lost when, after a whole analysis interval of
+        traffic, more requests wait on it than it answered in that interval, and at
+        least the policy's ``minRequests`` wait (a process that hangs -- on a full
+        disk, say -- fails no request the counters see; a healthy one holds about
+        latency x rate requests, far fewer than it answers in an interval)."""
         analysis = self.policy.analysis
-        if analysis is None or self.state is None or self.state.weight <= 0 or answered:
+        if analysis is None or self.state is None or self.state.weight <= 0:
             return None
         if seconds < analysis.interval:
             return None
@@ -276,9 +278,9 @@ class RolloutDriver:
         except (KeyError, TransientError):
             return None
         waiting = sum(in_flight.get(a, 0) for a in self.addresses(self.canary))
-        if not waiting:
+        if waiting < max(1, analysis.min_requests) or waiting <= answered:
             return None
-        return f"it answered none of the requests sent to it in {seconds:.0f}s ({waiting} waiting)"
+        return f"it answered {answered} requests in {seconds:.0f}s while {waiting} wait on it"
 
     def _apply(self, action: Action, now: float) -> None:
         if self.state is None or self.canary is None:

@@ -275,7 +275,10 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
         # -- the hour ends, then the day: rollups on the status branch ----------------------
         now = time.time()
         offset[0] = period_start(now, "hour") + 3600 + 1 - now
-        _wait(lambda: any(m.startswith("rollups: hour") for m in _status_log(demo)[:3]), 30, "hour")
+        # one commit for what ended: "rollups: hour H", or "rollups: day D, hour H" when
+        # the jump crosses midnight (a run near 23:00 UTC)
+        hourly = re.compile(r"rollups: (day \S+, )?hour ")
+        _wait(lambda: any(hourly.match(m) for m in _status_log(demo)[:3]), 30, "hour")
         day_end = period_start(now + offset[0], "day") + 86400 + 1
         offset[0] = day_end - now
         _wait(lambda: any(m.startswith("rollups: day") for m in _status_log(demo)[:3]), 30, "day")
