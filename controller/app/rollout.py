@@ -170,6 +170,7 @@ class RolloutDriver:
         self.state: CanaryState | None = None
         self.manual: list[ManualAction] = []
         self._since: tuple[float, dict[str, BackendStats]] | None = None
+        self._silent = 0  # analysis intervals in a row the canary answered none of
 
     def addresses(self, spec: ReleaseSpec | None) -> tuple[str, ...]:
         """Where ``spec``'s ready replicas listen (none: not ready)."""
@@ -263,13 +264,15 @@ class RolloutDriver:
         return self.state, actions
 
     def _stuck(self, answered: int, seconds: float) -> str | None:
-        """Why the canary counts as lost when, after a whole analysis interval of
-        traffic, more requests wait on it than it answered in that interval, and at
-        least the policy's ``minRequests`` wait (a process that hangs -- on a full
-        disk, say -- fails no request the counters see; a healthy one holds about
-        latency x rate requests, far fewer than it answers in an interval)."""
+        """Why the canary counts as lost: after a whole analysis interval of traffic,
+        more requests wait on it than it answered and at least the policy's
+        ``minRequests`` wait; or, for two intervals in a row, it answered none while
+        requests wait on it. A process that hangs -- on a full disk, say -- fails no
+        request the counters see; a healthy one holds about latency x rate requests,
+        far fewer than it answers in an interval."""
         analysis = self.policy.analysis
         if analysis is None or self.state is None or self.state.weight <= 0:
+            self._silent = 0
             return None
         if seconds < analysis.interval:
             return None
@@ -278,9 +281,12 @@ class RolloutDriver:
         except (KeyError, TransientError):
             return None
         waiting = sum(in_flight.get(a, 0) for a in self.addresses(self.canary))
-        if waiting < max(1, analysis.min_requests) or waiting <= answered:
-            return None
-        return f"it answered {answered} requests in {seconds:.0f}s while {waiting} wait on it"
+        self._silent = self._silent + 1 if waiting and not answered else 0
+        if waiting >= max(1, analysis.min_requests) and waiting > answered:
+            return f"it answered {answered} requests in {seconds:.0f}s while {waiting} wait on it"
+        if self._silent >= 2:
+            return f"it answered no request for two analysis intervals while {waiting} wait on it"
+        return None
 
     def _apply(self, action: Action, now: float) -> None:
         if self.state is None or self.canary is None:

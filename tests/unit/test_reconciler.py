@@ -605,8 +605,8 @@ def test_reports_that_github_did_not_take_are_a_condition_and_a_metric(world: Wo
 def test_a_canary_that_answers_nothing_while_requests_wait_is_rolled_back(world: World) -> None:
     """A canary process that hangs (its disk is full, say) fails no request the
     counters see: requests wait on it. More requests waiting on it than it answered
-    in a whole analysis interval (and at least minRequests) is a lost canary; a few
-    slow requests are not."""
+    in a whole analysis interval (and at least minRequests), or none answered for two
+    intervals while some wait, is a lost canary; a few slow requests are not."""
     deployed(world)
     bump(world.repo, "2")
     world.passes(2)
@@ -615,7 +615,7 @@ def test_a_canary_that_answers_nothing_while_requests_wait_is_rolled_back(world:
     assert canary is not None
     assert canary.canary is not None
     address = world.runtime.releases[canary.canary.name].address
-    world.router.waiting = {address: 5}  # fewer than minRequests: slow, not stuck
+    world.router.waiting = {address: 5}  # fewer than minRequests, one interval: not yet
     world.serve(40, canary_share_hangs=True)
     world.passes(1, step=10)
     assert world.model.phase is Phase.PROGRESSING
@@ -629,3 +629,26 @@ def test_a_canary_that_answers_nothing_while_requests_wait_is_rolled_back(world:
     reason = (world.model.canary_state or {}).get("reason", "")
     assert "it answered 0 requests in" in reason
     assert "while 12 wait on it" in reason
+
+
+def test_a_canary_silent_for_two_intervals_while_a_request_waits_is_rolled_back(
+    world: World,
+) -> None:
+    """One client, one request at a time: a hanging canary holds one request. None
+    answered for two analysis intervals in a row while it waits: lost."""
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(2)
+    driver = world.reconciler.runs["m"].driver
+    assert driver is not None
+    assert driver.canary is not None
+    world.router.waiting = {world.runtime.releases[driver.canary.name].address: 1}
+    phases = []
+    for _ in range(3):
+        world.serve(40, canary_share_hangs=True)
+        world.passes(1, step=10)
+        phases.append(world.model.phase)
+    assert phases[0] is Phase.PROGRESSING  # one silent interval is not enough
+    assert Phase.ROLLED_BACK in phases
+    reason = (world.model.canary_state or {}).get("reason", "")
+    assert "answered no request for two analysis intervals" in reason
