@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 
 #: The phases of a model that is still on its way (``mdc run --once`` waits them out).
 MOVING = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.DEGRADED})
-#: The reasons of a git fault (said once, with how long git has not been read).
-GIT_REASONS = frozenset({Reason.GIT_UNAVAILABLE, Reason.GIT_AUTH_FAILED, Reason.BRANCH_NOT_FOUND})
 
 
 @dataclass(frozen=True)
@@ -338,12 +336,7 @@ class Daemon:
         self.leading = False  # this controller holds the repository's lease and acts
         self._followed = False  # another controller held the lease while this one stood by
         #: what the HTTP API serves, published after each pass: never waits for one
-        self._published: dict[str, Any] = {
-            "statuses": [],
-            "metrics": "",
-            "monitor": [],
-            "faults": [],
-        }
+        self._published: dict[str, Any] = {}  # set by _publish() below, then after each pass
         all_routes: dict[str, Route] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -387,16 +380,14 @@ class Daemon:
             )
         if last is None:
             return 503, "text/plain", b"not ready: no successful pass yet\n"
+        # git counts once stale (a failed poll or two is retried, what runs is kept)
         faults = [
             f"{c.reason}: {c.message}"
             for c in self._published["faults"]
-            if c.reason != Reason.STANDING_BY
+            if c.type not in (ConditionType.GIT_READ, ConditionType.LEADER)
         ]
         if now - last > stale:
-            faults = [f for f in faults if not f.startswith(tuple(GIT_REASONS))]
             faults.insert(0, f"{Reason.GIT_UNAVAILABLE}: git not read for {now - last:.0f}s")
-        else:
-            faults = [f for f in faults if not f.startswith(tuple(GIT_REASONS))]
         if faults:
             body = "not ready:\n" + "".join(f"  {f}\n" for f in faults)
             return 503, "text/plain", body.encode()
