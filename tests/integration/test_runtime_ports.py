@@ -137,3 +137,55 @@ def test_address_in_use_fails_a_release_only_on_the_port_its_spec_named(
     release = runtime.wait_ready("m/stable", 10)
     assert release.state is state
     assert ("port 4099 is taken" in release.reason) is (port is not None)
+
+
+# A server caught mid-fork: for a moment its worker holds every socket of the
+# arbiter (as a fork does before exec closes what is not inherited), so the
+# arbiter's own port, the lower one here, looks shared as well; then the worker
+# keeps only the API socket and answers on it.
+MID_FORK = """
+import http.server, os, socket, time
+a, b = socket.socket(), socket.socket()
+for s in (a, b):
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+own, api = sorted((a, b), key=lambda s: s.getsockname()[1])
+if os.fork() == 0:
+    time.sleep(1.5)
+    own.close()
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ok, bind_and_activate=False)
+    server.socket.close()
+    server.socket = api
+    server.serve_forever()
+time.sleep(600)
+"""
+
+
+def test_a_port_learned_mid_fork_is_learned_again_until_the_release_answers(
+    tmp_path: Path,
+) -> None:
+    """Found in CI: three releases starting at once, one learned an arbiter port
+    that no worker held a moment later and was failed after 60 s of silence."""
+    server = tmp_path / "server"
+    server.write_text(f"#!{sys.executable}\n{MID_FORK}")
+    server.chmod(0o755)
+    runtime = LocalRuntime(
+        tmp_path / "state", tmp_path / "bentos", python=str(server), rng=random.Random(0)
+    )
+    spec = ReleaseSpec("m/stable", "m", "1", "m:1", ready_timeout=8)
+    runtime.start(spec)
+    try:
+        release = runtime.wait_ready("m/stable", 12)
+        assert release.state is State.READY, release.reason
+        assert listening_port(runtime.home("m/stable")) == release.port
+    finally:
+        runtime.stop("m/stable", drain=0)

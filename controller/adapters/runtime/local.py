@@ -479,7 +479,10 @@ class LocalRuntime:
             )
             return replace(crashed, pid=None, crashes=crashes, restart_at=now + delay)
         if r.state is State.STARTING:
-            if not r.port:
+            if not r.spec.port:
+                # learned again every tick until it answers: caught mid-fork, a
+                # worker holds every socket of the arbiter for a moment, so a port
+                # of the arbiter's own can look like the one served
                 r = self._learn_port(r)
             if r.port and self._ready(r) and self._probe(r):
                 return replace(
@@ -519,7 +522,7 @@ class LocalRuntime:
         """``r`` with the port its server listens on, once it does (recorded in the
         process table at the end of the tick, so an adopted release keeps it)."""
         port = listening_port(self.home(r.spec.name))
-        if port is None:
+        if port is None or port == r.port:
             return r
         log.info("%s: listening on port %d", r.spec.name, port)
         with contextlib.suppress(OSError), self.log_path(r.spec.name).open("ab") as f:
