@@ -18,9 +18,17 @@ Owns the semantics of a :class:`~controller.spec.kinds.RolloutPolicy`:
   failure. A failed interval counts toward ``failureLimit``; one more than the
   limit rolls back in the same tick. A check whose metric could not be read
   fails (a blind canary never passes).
+* **Sequential judge** (``analysis.judge: sequential``): each interval adds
+  its windows to the evidence of :mod:`controller.core.evidence` (error rate,
+  share of slow requests, canary against stable); evidence that the canary is
+  worse past the ``falseRollback`` budget rolls back in the same tick, and an
+  interval passes only once every compared rate is shown no worse. The checks
+  are guardrails (absolute bounds, judged per interval as above).
 * **Deadline.** A canary that makes no progress (no step done, no passed
   interval) for ``progressDeadline`` is rolled back; waiting for a person is
-  exempt.
+  exempt. Under the sequential judge a canary whose evidence is still neutral
+  is not rolled back at the deadline (low traffic is not a verdict): it waits,
+  and its reason says so and how long a verdict needs at this traffic.
 * **Manual commands**: promote, abort, pause, resume.
 
 :func:`advance` returns the next :class:`CanaryState` and the
@@ -39,8 +47,18 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from controller.core.evidence import (
+    Decision,
+    Evidence,
+    Tally,
+    evidence_from_dict,
+    expected_requests,
+    latency_margin,
+    slow_count,
+    weigh,
+)
 from controller.core.traffic import BackendWindow
-from controller.spec.kinds import Check, RolloutPolicy, StepKind
+from controller.spec.kinds import Analysis, Check, Judge, RolloutPolicy, StepKind
 
 __all__ = [
     "Action",
@@ -149,6 +167,7 @@ class CanaryState:
     paused_from: CanaryPhase | None = None
     reason: str = ""
     verdicts: tuple[IntervalVerdict, ...] = ()
+    evidence: tuple[Evidence, ...] = ()  # the sequential judge's, one per compared rate
 
 
 def state_to_dict(state: CanaryState) -> dict[str, Any]:
@@ -178,6 +197,7 @@ def state_from_dict(data: Mapping[str, Any]) -> CanaryState:
                 "phase": CanaryPhase(data["phase"]),
                 "paused_from": CanaryPhase(paused) if paused else None,
                 "verdicts": verdicts,
+                "evidence": tuple(evidence_from_dict(e) for e in data.get("evidence", ())),
             }
         )
     except (KeyError, TypeError) as exc:
@@ -348,10 +368,20 @@ def advance(
                 policy.analysis.min_requests,
                 observed.custom,
             )
+            if policy.analysis.judge is Judge.SEQUENTIAL:
+                outcome, results, state = _sequential(policy.analysis, state, observed, results)
             verdict = IntervalVerdict(now, outcome, state.weight, results)
             state = replace(
                 state, last_interval=now, verdicts=(*state.verdicts, verdict)[-VERDICTS_KEPT:]
             )
+            worse = [e for e in state.evidence if e.decision is Decision.WORSE]
+            if worse:
+                return _rollback(
+                    state,
+                    now,
+                    "the sequential judge found it worse than stable: "
+                    + "; ".join(r.message for r in results if r.check in {e.metric for e in worse}),
+                )
             if outcome is Outcome.FAIL:
                 state = replace(state, failures=state.failures + 1)
                 if state.failures > policy.analysis.failure_limit:
@@ -373,16 +403,25 @@ def advance(
 
     deadline = policy.progress_deadline
     if deadline is not None and now - state.progress_at > deadline:
-        return _rollback(
+        if not _neutral(state):
+            return _rollback(
+                state,
+                now,
+                f"no progress for {now - state.progress_at:.0f}s (progress deadline {deadline:g}s)",
+            )
+        state = replace(
             state,
-            now,
-            f"no progress for {now - state.progress_at:.0f}s (progress deadline {deadline:g}s)",
+            reason=f"progress deadline {deadline:g}s passed with the evidence neutral: "
+            f"{_summary(policy.analysis, state)}; waiting for more traffic or a person",
         )
 
     # walk the steps as far as they allow in this tick
     for _ in range(len(policy.steps) + 1):
         if state.step >= len(policy.steps):
-            promoted, more = _promote(state, now, "all steps passed")
+            why = "all steps passed"
+            if state.evidence:
+                why += f"; the sequential judge: {_summary(policy.analysis, state)}"
+            promoted, more = _promote(state, now, why)
             return promoted, (*actions, *more)
         current = policy.steps[state.step]
         if current.kind is StepKind.SET_WEIGHT:
@@ -407,6 +446,8 @@ def advance(
         if state.passed_in_step >= (current.intervals or 1):
             state = _next_step(state, now, "analysis passed")
             continue
+        if _neutral(state) and now - state.progress_at <= (deadline or math.inf):
+            state = replace(state, reason=_deciding(policy, state, observed, now))
         return state, tuple(actions)
     return state, tuple(actions)  # pragma: no cover - the loop always returns
 
@@ -444,3 +485,157 @@ def _warm(
         reason="warm",
     )
     return advance(policy, state, observed, now)
+
+
+def _sequential(
+    analysis: Analysis,
+    state: CanaryState,
+    observed: Observation,
+    guardrails: tuple[CheckResult, ...],
+) -> tuple[Outcome, tuple[CheckResult, ...], CanaryState]:
+    """One interval under the sequential judge: the guardrails' results (the
+    checks, judged as the threshold judge does), then the evidence of each
+    compared rate with this interval's windows added."""
+    known = {e.metric: e for e in state.evidence}
+    alpha = analysis.false_rollback / max(1, len(analysis.compared))
+    beta = analysis.missed_regression
+    canary, stable = observed.canary, observed.stable
+    evidence: list[Evidence] = []
+    results: list[CheckResult] = []
+    for metric in analysis.compared:
+        before = known.get(metric, Evidence(metric))
+        after = before
+        if canary is not None and stable is not None:
+            after = _weigh_window(analysis, before, canary, stable, alpha=alpha, beta=beta)
+        evidence.append(after)
+        outcome = {
+            Decision.WORSE: Outcome.FAIL,
+            Decision.NO_WORSE: Outcome.PASS,
+            Decision.UNDECIDED: Outcome.NO_DATA,
+        }[after.decision]
+        if canary is None or stable is None:
+            message = f"{_label(metric, analysis)}: metrics could not be read"
+        else:
+            message = _evidence_text(analysis, after, alpha, beta)
+        results.append(CheckResult(metric, outcome, after.canary_rate, message))
+    state = replace(state, evidence=tuple(evidence))
+    guard = {r.outcome for r in guardrails}
+    if canary is None or stable is None or Outcome.FAIL in guard:
+        outcome = Outcome.FAIL
+    elif all(e.decision is Decision.NO_WORSE for e in evidence):
+        outcome = Outcome.PASS
+    else:
+        outcome = Outcome.NO_DATA
+    return outcome, (*results, *guardrails), state
+
+
+def _weigh_window(
+    analysis: Analysis,
+    evidence: Evidence,
+    canary: BackendWindow,
+    stable: BackendWindow,
+    *,
+    alpha: float,
+    beta: float,
+) -> Evidence:
+    if evidence.metric == "errorRate":
+        tally = Tally(canary.errors, canary.requests, stable.errors, stable.requests)
+        return weigh(evidence, tally, analysis.error_increase or 0.0, alpha, beta)
+    bound = analysis.latency
+    if bound is None or not canary.buckets or not stable.buckets:
+        return evidence  # no histogram (a metrics source without one): no latency evidence
+    tally = Tally(
+        slow_count(canary.buckets, bound.threshold),
+        sum(canary.buckets),
+        slow_count(stable.buckets, bound.threshold),
+        sum(stable.buckets),
+    )
+    margin = latency_margin(evidence.stable_buckets, bound.threshold, bound.max_ratio)
+    after = weigh(evidence, tally, margin, alpha, beta)
+    seen = evidence.stable_buckets or (0,) * len(stable.buckets)
+    return replace(
+        after, stable_buckets=tuple(a + b for a, b in zip(seen, stable.buckets, strict=False))
+    )
+
+
+def _label(metric: str, analysis: Analysis) -> str:
+    if metric == "latency" and analysis.latency is not None:
+        return f"requests over {analysis.latency.threshold * 1000:g}ms"
+    return "error rate"
+
+
+def _evidence_text(analysis: Analysis, e: Evidence, alpha: float, beta: float) -> str:
+    """``error rate 0.6% vs 0.5%: 12% of the way to a rollback, 64% of the way
+    to a pass`` (or the decision, once made)."""
+    label = _label(e.metric, analysis)
+    if e.canary_rate is None or e.stable_rate is None:
+        return f"{label}: no requests to compare yet"
+    shown = f"{label} {e.canary_rate:.2%} vs {e.stable_rate:.2%} ({e.canary_requests} requests)"
+    if e.decision is Decision.WORSE:
+        return (
+            f"{shown}: worse than stable (evidence {math.exp(min(e.log_worse, 700)):.3g} "
+            f">= {1 / alpha:g}, budget {alpha:.2%} false rollbacks)"
+        )
+    way = (
+        f"{e.toward_worse(alpha):.0%} of the way to a rollback, "
+        f"{e.toward_no_worse(beta):.0%} of the way to a pass"
+    )
+    if e.decision is Decision.NO_WORSE:
+        return f"{shown}: no worse than stable ({way})"
+    return f"{shown}: {way}"
+
+
+def _neutral(state: CanaryState) -> bool:
+    """Whether the sequential judge still gathers evidence (nothing decided)."""
+    return bool(state.evidence) and any(e.decision is Decision.UNDECIDED for e in state.evidence)
+
+
+def _summary(analysis: Analysis | None, state: CanaryState) -> str:
+    if analysis is None:
+        return ""
+    alpha = analysis.false_rollback / max(1, len(analysis.compared))
+    return "; ".join(
+        _evidence_text(analysis, e, alpha, analysis.missed_regression) for e in state.evidence
+    )
+
+
+def _deciding(policy: RolloutPolicy, state: CanaryState, observed: Observation, now: float) -> str:
+    """The reason of a step waiting on the sequential judge, with how long a
+    verdict needs at the canary's current traffic."""
+    analysis = policy.analysis
+    assert analysis is not None
+    text = f"deciding: {_summary(analysis, state)}"
+    canary = observed.canary
+    rate = canary.requests / canary.seconds if canary is not None and canary.seconds > 0 else 0.0
+    needed = 0.0
+    for e in state.evidence:
+        if e.decision is not Decision.UNDECIDED:
+            continue
+        base = e.stable_rate or 0.0
+        margin = analysis.error_increase or 0.0
+        if e.metric == "latency" and analysis.latency is not None:
+            margin = latency_margin(
+                e.stable_buckets, analysis.latency.threshold, analysis.latency.max_ratio
+            )
+        needed = max(
+            needed,
+            expected_requests(base, margin, analysis.missed_regression) - e.canary_requests,
+        )
+    if rate <= 0:
+        return f"{text}; no canary traffic to judge"
+    more = max(0.0, needed) / rate
+    text += f"; about {_seconds(more)} more at {rate:.2g} req/s"
+    deadline = policy.progress_deadline
+    if deadline is not None and now - state.progress_at + more > deadline:
+        text += f", past the {deadline:g}s progress deadline: the canary will wait, not fail"
+    return text
+
+
+def _seconds(seconds: float) -> str:
+    if seconds == math.inf:
+        return "forever"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

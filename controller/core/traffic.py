@@ -113,6 +113,7 @@ class BackendWindow:
     errors: int  # 5xx answers
     seconds: float  # length of the window
     latency: Mapping[float, float] = field(default_factory=dict)  # quantile -> seconds
+    buckets: tuple[int, ...] = ()  # the latency histogram (per BUCKETS bound); () unknown
 
     def value(self, metric: Metric) -> float | None:
         if metric is Metric.REQUEST_RATE:
@@ -191,4 +192,5 @@ def router_window(now: BackendStats, then: BackendStats, seconds: float) -> Back
         errors=delta.errors,
         seconds=seconds,
         latency={q: v for q in QUANTILES if (v := delta.quantile(q)) is not None},
+        buckets=tuple(delta.buckets),
     )

@@ -18,10 +18,11 @@ from enum import StrEnum
 from typing import Any
 
 from controller.spec.documents import Document
-from controller.spec.units import format_bytes, parse_duration, parse_memory
+from controller.spec.units import format_bytes, parse_duration, parse_memory, parse_share
 
 __all__ = [
     "BUILDERS",
+    "LATENCY_THRESHOLD_MAX",
     "SPEC_DIRS",
     "Analysis",
     "Artifact",
@@ -32,6 +33,8 @@ __all__ = [
     "DriftWatch",
     "GPUGroup",
     "GPUPool",
+    "Judge",
+    "LatencyBound",
     "Metric",
     "Model",
     "Monitor",
@@ -66,6 +69,16 @@ class StepKind(StrEnum):
     SET_WEIGHT = "setWeight"
     PAUSE = "pause"
     ANALYSIS = "analysis"
+
+
+#: The largest latency threshold the sequential judge can compare: the router's
+#: largest histogram bound (``controller.core.traffic.BUCKETS``; a test keeps them equal)
+LATENCY_THRESHOLD_MAX = 10.0
+
+
+class Judge(StrEnum):
+    THRESHOLD = "threshold"  # each interval's checks against their bounds
+    SEQUENTIAL = "sequential"  # evidence over the whole canary, against stable
 
 
 class Metric(StrEnum):
@@ -272,11 +285,34 @@ class Check:
 
 
 @dataclass(frozen=True)
+class LatencyBound:
+    """The sequential judge's latency comparison: the share of requests slower
+    than ``threshold`` seconds; ``max_ratio`` the smallest slowdown that matters."""
+
+    threshold: float
+    max_ratio: float
+
+
+@dataclass(frozen=True)
 class Analysis:
     interval: float
     failure_limit: int
     min_requests: int
     checks: tuple[Check, ...]
+    judge: Judge = Judge.THRESHOLD
+    false_rollback: float = 0.01  # the sequential judge's budgets
+    missed_regression: float = 0.01
+    error_increase: float | None = None  # errorRate.maxIncrease
+    latency: LatencyBound | None = None
+
+    @property
+    def compared(self) -> tuple[str, ...]:
+        """The rates the sequential judge compares with the stable version."""
+        if self.judge is not Judge.SEQUENTIAL:
+            return ()
+        return (("errorRate",) if self.error_increase is not None else ()) + (
+            ("latency",) if self.latency is not None else ()
+        )
 
 
 @dataclass(frozen=True)
@@ -424,6 +460,18 @@ def _policy(doc: Document) -> RolloutPolicy:
             interval=parse_duration(analysis["interval"]),
             failure_limit=analysis.get("failureLimit", 0),
             min_requests=analysis.get("minRequests", 10),
+            judge=Judge(analysis.get("judge", "threshold")),
+            false_rollback=parse_share(analysis.get("falseRollback", 0.01)),
+            missed_regression=parse_share(analysis.get("missedRegression", 0.01)),
+            error_increase=parse_share(analysis["errorRate"]["maxIncrease"])
+            if "errorRate" in analysis
+            else None,
+            latency=LatencyBound(
+                parse_duration(analysis["latency"]["threshold"]),
+                float(analysis["latency"]["maxRatio"]),
+            )
+            if "latency" in analysis
+            else None,
             checks=tuple(
                 Check(
                     name=c["name"],
@@ -434,7 +482,7 @@ def _policy(doc: Document) -> RolloutPolicy:
                     max_ratio_to_stable=c.get("maxRatioToStable"),
                     query=c.get("query"),
                 )
-                for c in analysis["checks"]
+                for c in analysis.get("checks", ())
             ),
         ),
         progress_deadline=_maybe_duration(spec.get("progressDeadline")),

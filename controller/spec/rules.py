@@ -22,7 +22,10 @@ from urllib.parse import urlsplit
 from controller.errors import UnsafePath
 from controller.spec.documents import Diagnostic, Document, Path
 from controller.spec.kinds import (
+    LATENCY_THRESHOLD_MAX,
+    Analysis,
     GPUPool,
+    Judge,
     Model,
     ObjectRef,
     RolloutPolicy,
@@ -180,6 +183,7 @@ class Rules:
                                 "analysis.bounds",
                             )
                         )
+            out += _check_judge(doc, policy.analysis)
         return out
 
     def check_model(
@@ -491,3 +495,85 @@ def _duplicates(
 
 def _known(objects: Mapping[str, Any]) -> str:
     return f" (known: {', '.join(sorted(objects))})" if objects else " (none is defined)"
+
+
+_SEQUENTIAL_ONLY = ("falseRollback", "missedRegression", "errorRate", "latency")
+
+
+def _check_judge(doc: Document, analysis: Analysis) -> list[Diagnostic]:
+    """The combinations of ``spec.analysis`` a judge cannot honour."""
+    out: list[Diagnostic] = []
+    raw = doc.data["spec"]["analysis"]
+    base: Path = ("spec", "analysis")
+    if analysis.judge is Judge.THRESHOLD:
+        if not analysis.checks:
+            out.append(
+                doc.diagnostic(
+                    base,
+                    "the threshold judge needs checks (or set judge: sequential and say "
+                    "what it compares: errorRate, latency)",
+                    "analysis.judge",
+                )
+            )
+        for key in _SEQUENTIAL_ONLY:
+            if key in raw:
+                out.append(
+                    doc.diagnostic(
+                        (*base, key),
+                        f"{key} is read by the sequential judge only; set judge: sequential "
+                        "(the threshold judge promises no false-rollback budget)",
+                        "analysis.judge",
+                    )
+                )
+        return out
+    if not analysis.compared:
+        out.append(
+            doc.diagnostic(
+                base,
+                "the sequential judge needs errorRate (maxIncrease) or latency (threshold, "
+                "maxRatio): what it compares with the stable version",
+                "analysis.judge",
+            )
+        )
+    for key, value, top in (
+        ("falseRollback", analysis.false_rollback, 0.2),
+        ("missedRegression", analysis.missed_regression, 0.2),
+    ):
+        if not 0 < value <= top:
+            out.append(
+                doc.diagnostic(
+                    (*base, key),
+                    f"{key} must be above 0 and at most {top:.0%} (got {value:.4g})",
+                    "analysis.budget",
+                )
+            )
+    if analysis.error_increase is not None and not 0 < analysis.error_increase <= 0.5:
+        out.append(
+            doc.diagnostic(
+                (*base, "errorRate", "maxIncrease"),
+                "errorRate.maxIncrease must be above 0 and at most 50% "
+                f"(got {analysis.error_increase:.4g})",
+                "analysis.budget",
+            )
+        )
+    if analysis.latency is not None and not 0 < analysis.latency.threshold <= LATENCY_THRESHOLD_MAX:
+        out.append(
+            doc.diagnostic(
+                (*base, "latency", "threshold"),
+                f"latency.threshold must be above 0 and at most {LATENCY_THRESHOLD_MAX:g}s, "
+                "the router's largest latency bucket",
+                "analysis.budget",
+            )
+        )
+    for i, chk in enumerate(analysis.checks):
+        if chk.min_ratio_to_stable is not None or chk.max_ratio_to_stable is not None:
+            out.append(
+                doc.diagnostic(
+                    ("spec", "analysis", "checks", i),
+                    "with judge: sequential a check is a guardrail with min and max only; the "
+                    "comparison with stable is the judge's (errorRate.maxIncrease, "
+                    "latency.maxRatio)",
+                    "analysis.judge",
+                )
+            )
+    return out

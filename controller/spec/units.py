@@ -1,4 +1,5 @@
-"""Quantities in specs: durations (``30s``, ``1h30m``) and memory (``10Gi``).
+"""Quantities in specs: durations (``30s``, ``1h30m``), memory (``10Gi``) and
+shares (``1%`` or ``0.01``).
 
 Pure parsing and formatting, shared by the spec loader, the plan printer and
 the GPU ledger. The accepted forms are the ones Kubernetes users already know:
@@ -15,14 +16,18 @@ import re
 __all__ = [
     "DURATION_PATTERN",
     "MEMORY_PATTERN",
+    "SHARE_PATTERN",
     "format_bytes",
     "format_duration",
     "parse_duration",
     "parse_memory",
+    "parse_share",
 ]
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$"
+
+SHARE_PATTERN = r"^[0-9]+(\.[0-9]+)?%$"
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -60,6 +65,15 @@ def parse_memory(text: str) -> int:
     suffix = match.group(2)
     number = text[: match.start(2)] if suffix else text
     return int(float(number) * _MEMORY_UNITS[suffix])
+
+
+def parse_share(value: float | int | str) -> float:
+    """A share from 0 to 1: a number (``0.01``) or a percentage (``"1%"``)."""
+    if isinstance(value, str):
+        if not re.fullmatch(SHARE_PATTERN, value):
+            raise ValueError(f"not a share like 1% or 0.01: {value!r}")
+        return float(value[:-1]) / 100
+    return float(value)
 
 
 def format_duration(seconds: float) -> str:
