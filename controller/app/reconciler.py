@@ -69,6 +69,7 @@ from controller.core.status import (
     render,
 )
 from controller.core.timestamps import iso
+from controller.core.traffic import ObservedTraffic
 from controller.errors import ConditionType, MdcError, Reason, TransientError
 from controller.spec.documents import Diagnostic
 from controller.spec.identity import planned_bento_tag
@@ -161,6 +162,16 @@ class Reconciler:
     def routes(self) -> dict[str, str]:
         """Model -> the router's URL for it."""
         return self.moves.routes
+
+    def traffic(self, now: float) -> dict[str, ObservedTraffic]:
+        """Each model's traffic as its stable version saw it today (the monitor's):
+        what the PR plan sizes a canary's verdict time with."""
+        out = {}
+        for name, monitor in list(self.monitoring.monitors.items()):
+            observed = monitor.traffic(now)
+            if observed is not None:
+                out[name] = observed
+        return out
 
     @property
     def verdicts(self) -> dict[tuple[str, str], int]:

@@ -54,6 +54,7 @@ from controller.app.manual import Pins, send_command
 from controller.core.canary import state_from_dict
 from controller.core.pr_plan import MARKER, plan_change, render_markdown
 from controller.core.status import ModelStatus, Phase, model_path
+from controller.core.traffic import ObservedTraffic
 from controller.errors import MdcError, PermanentError, Reason, TransientError
 
 __all__ = [
@@ -242,6 +243,10 @@ class Reported(Protocol):
     @property
     def state_dir(self) -> Path:
         """Where pins, manual commands and the commits left pending live."""
+        ...
+
+    def traffic(self, now: float) -> Mapping[str, ObservedTraffic]:
+        """Each model's traffic as its stable version saw it today."""
         ...
 
 
@@ -610,7 +615,7 @@ class PullRequests:
             )
         base_commit = source.merge_base(base, head) or base
         trees = [source.tree_at(c) for c in (base_commit, head)]
-        plan = plan_change(trees[0], trees[1], base_commit, head)
+        plan = plan_change(trees[0], trees[1], base_commit, head, self._traffic())
         self.github.upsert_comment(event.number, render_markdown(plan), MARKER)
         state = "success" if plan.applicable else "failure"
         changed = sum(1 for c in plan.models if c.change != "unchanged")
@@ -620,6 +625,13 @@ class PullRequests:
             else "the change cannot be applied: see the plan comment"
         )
         self.github.set_status(event.head_sha, "mdc/plan", state, description, self.target_url)
+
+    def _traffic(self) -> dict[str, ObservedTraffic]:  # for the plan's verdict times
+        """Each model's traffic as its stable version saw it today (the monitor's),
+        which sizes how long the judge needs in the plan."""
+        if self.reconciler is None:
+            return {}
+        return dict(self.reconciler.traffic(time.time()))
 
     def _command(self, event: IssueCommentEvent) -> None:
         if event.action != "created" or not event.is_pull_request:

@@ -19,13 +19,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from controller.adapters.git.local import LocalRepository
 from controller.adapters.git.signing import SigningMode, SigningPolicy
 from controller.adapters.git.source import Credentials, GitSource, PollResult, SourcePoller
 from controller.adapters.github.client import GitHubReporter
 from controller.adapters.github.webhook import Trigger, WebhookServer, load_secret
 from controller.app.watch import Watcher, push_listener
+from controller.core.monitor import traffic_from_rollups
 from controller.core.pr_plan import MARKER, plan_change, render_markdown, render_text
+from controller.core.traffic import ObservedTraffic
 from controller.errors import MdcError
 from controller.spec.loader import SnapshotLoader
 from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, json_result
@@ -126,6 +130,29 @@ def _post_plan(args: argparse.Namespace, plan: Any, head: str) -> int:
     return EXIT_OK
 
 
+def _observed_traffic(repo: LocalRepository) -> dict[str, ObservedTraffic]:
+    """Each model's traffic from the status branch's hourly rollups, where this
+    repository has the branch (``mdc/status`` or ``origin/mdc/status``)."""
+    for ref in ("mdc/status", "origin/mdc/status"):
+        try:
+            _, tree = repo.tree(ref)
+        except MdcError:
+            continue
+        out = {}
+        for path in tree.walk():
+            if not (path.startswith("monitor/") and path.endswith(".yaml")):
+                continue
+            try:
+                doc = yaml.safe_load(tree.read(path))
+            except (yaml.YAMLError, MdcError, OSError):
+                continue
+            traffic = traffic_from_rollups(doc) if isinstance(doc, dict) else None
+            if traffic is not None:
+                out[path.removeprefix("monitor/").removesuffix(".yaml")] = traffic
+        return out
+    return {}
+
+
 def change_plan(args: argparse.Namespace) -> int:
     """``mdc plan --base REF --head REF``: what merging the PR would change."""
     if not (args.base and args.head):
@@ -143,7 +170,7 @@ def change_plan(args: argparse.Namespace) -> int:
             print(f"mdc plan: {ref!r} names no commit in {args.path}", file=sys.stderr)
             return EXIT_USAGE
     (base_sha, base), (head_sha, head) = commits
-    plan = plan_change(base, head, base_sha, head_sha)
+    plan = plan_change(base, head, base_sha, head_sha, _observed_traffic(repo))
     if args.comment is not None:
         code = _post_plan(args, plan, head_sha)
         if code != EXIT_OK:

@@ -520,7 +520,12 @@ def _sequential(
         results.append(CheckResult(metric, outcome, after.canary_rate, message))
     state = replace(state, evidence=tuple(evidence))
     guard = {r.outcome for r in guardrails}
-    if canary is None or stable is None or Outcome.FAIL in guard:
+    if (
+        canary is None
+        or stable is None
+        or Outcome.FAIL in guard
+        or any(e.decision is Decision.WORSE for e in evidence)
+    ):
         outcome = Outcome.FAIL
     elif all(e.decision is Decision.NO_WORSE for e in evidence):
         outcome = Outcome.PASS

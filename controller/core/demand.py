@@ -17,8 +17,10 @@ from typing import Any
 
 from controller.core.allocation import Placed, ReleaseKind, request_for
 from controller.core.costs import per_day
+from controller.core.evidence import expected_requests, latency_margin, slow_count
 from controller.core.inventory import build_inventory
 from controller.core.ledger import Ledger
+from controller.core.traffic import ObservedTraffic
 from controller.spec.kinds import Desired, GPUPool, Model, RolloutPolicy, StepKind
 from controller.spec.units import format_bytes, format_duration
 
@@ -26,11 +28,13 @@ __all__ = [
     "CanaryCheck",
     "PolicyTimeline",
     "TeamUsage",
+    "VerdictEstimate",
     "canary_checks",
     "gpu_equivalent",
     "policy_timeline",
     "summarize",
     "team_usage",
+    "verdict_estimate",
 ]
 
 
@@ -69,6 +73,69 @@ class PolicyTimeline:
         if self.approvals:
             total += f" + {self.approvals} approval" + ("s" if self.approvals > 1 else "")
         return f"{text}  ({total})"
+
+
+@dataclass(frozen=True)
+class VerdictEstimate:
+    """How long the sequential judge needs to show a healthy canary no worse, at a
+    model's observed traffic (Wald's approximation: an estimate, not a promise)."""
+
+    requests: float  # canary requests
+    weight: int  # percent: the first analysis step's weight, where the verdict is reached
+    rate: float  # the model's requests per second
+    deadline: float | None  # the policy's progress deadline
+
+    @property
+    def seconds(self) -> float:
+        share = self.rate * self.weight / 100
+        return self.requests / share if share > 0 else float("inf")
+
+    @property
+    def waits(self) -> bool:
+        """Whether the canary will still be deciding at its progress deadline."""
+        return self.deadline is not None and self.seconds > self.deadline
+
+    def describe(self) -> str:
+        took = self.seconds
+        when = format_duration(took) if took < 360_000 else "more than 100h"
+        text = (
+            f"the judge needs about {self.requests:.0f} canary requests: about {when} at "
+            f"{self.weight}% of {self.rate:.3g} req/s"
+        )
+        if self.waits and self.deadline is not None:
+            text += (
+                f"; past the {format_duration(self.deadline)} progress deadline, so the "
+                "canary will wait for traffic"
+            )
+        return text
+
+
+def verdict_estimate(
+    policy: RolloutPolicy, traffic: ObservedTraffic | None
+) -> VerdictEstimate | None:
+    """How long a canary of a model with ``traffic`` needs under ``policy``'s
+    sequential judge (None: another judge, or the traffic is not known)."""
+    analysis = policy.analysis
+    if analysis is None or not analysis.compared or traffic is None or traffic.rate <= 0:
+        return None
+    needed = 0.0
+    if analysis.error_increase is not None:
+        needed = expected_requests(
+            traffic.error_rate, analysis.error_increase, analysis.missed_regression
+        )
+    if analysis.latency is not None:
+        bound = analysis.latency
+        seen = traffic.requests
+        slow = slow_count(traffic.buckets, bound.threshold) / seen if seen else 0.0
+        margin = latency_margin(traffic.buckets, bound.threshold, bound.max_ratio)
+        needed = max(needed, expected_requests(slow, margin, analysis.missed_regression))
+    weight = 0
+    for step in policy.steps:
+        if step.kind is StepKind.SET_WEIGHT:
+            weight = step.weight or 0
+        elif step.kind is StepKind.ANALYSIS and weight:
+            break
+    return VerdictEstimate(needed, weight, traffic.rate, policy.progress_deadline)
 
 
 def gpu_equivalent(model: Model, pool: GPUPool) -> float:

@@ -54,11 +54,11 @@ __all__ = [
 ]
 
 #: Stable requests seen before the "no worse" test uses the stable's rate
-STABLE_WARMUP = 100
+STABLE_WARMUP = 20
 #: The z of the lower confidence bound on the stable's rate in the "no worse" test
 STABLE_BOUND_Z = 2.0
 #: The smallest margin a latency comparison tests (a share of requests)
-MIN_LATENCY_MARGIN = 0.01
+MIN_LATENCY_MARGIN = 0.02
 
 
 class Decision(StrEnum):
@@ -253,7 +253,9 @@ def expected_requests(rate: float, margin: float, beta: float) -> float:
     """About how many canary requests the "no worse" test needs to pass a canary
     as good as its stable version at ``rate`` (Wald's approximation: the
     threshold over the expected log-likelihood ratio of one request)."""
-    q0 = min(0.999, rate + margin)
-    q1 = max(rate, 1e-9)
+    q0 = min(1 - 1e-9, rate + margin)
+    q1 = min(max(rate, 1e-9), q0 - 1e-9)
+    if q1 <= 0:
+        return math.inf
     drift = q1 * math.log(q1 / q0) + (1 - q1) * math.log((1 - q1) / (1 - q0))
     return math.log(1 / beta) / drift if drift > 0 else math.inf

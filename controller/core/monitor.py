@@ -32,7 +32,7 @@ from typing import Any
 
 from controller.core.drift import DriftTracker
 from controller.core.timestamps import epoch, iso
-from controller.core.traffic import BackendStats
+from controller.core.traffic import BackendStats, ObservedTraffic
 from controller.spec.kinds import Metric, Monitor, MonitorMetric, Objective, RolloutPolicy
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "default_objectives",
     "judge",
     "period_start",
+    "traffic_from_rollups",
 ]
 
 #: Within this share of a bound (and not over it), an objective is at risk.
@@ -288,6 +289,7 @@ class ModelMonitor:
         self.last: tuple[float, BackendStats] | None = None
         self.next_judgement = started + self.spec.interval
         self.tallies = {p: _Tally(p, period_start(started, p)) for p in ("hour", "day")}
+        self.born = started  # when this controller began watching the model
 
     def restore(self, record: Mapping[str, Any]) -> None:
         """After a controller restart: the breaches and drift its status file
@@ -307,6 +309,19 @@ class ModelMonitor:
                 0,
                 epoch(drifting[self.spec.drift.field]),
             )
+
+    def traffic(self, now: float) -> ObservedTraffic | None:
+        """The stable's traffic over the day so far (None before a minute of it)."""
+        day = self.tallies["day"]
+        seconds = now - max(day.start, self.born)
+        if seconds < 60 or not day.seen:
+            return None
+        stats = day.stats
+        return ObservedTraffic(
+            stats.requests / seconds,
+            stats.errors / stats.requests if stats.requests else 0.0,
+            tuple(stats.buckets),
+        )
 
     def switch(self, version: str, release: str, now: float) -> None:
         """A new version took over (promotion): its objectives and drift are judged
@@ -524,3 +539,19 @@ def _add(a: BackendStats, b: BackendStats) -> BackendStats:
     return BackendStats(
         codes, [x + y for x, y in zip(a.buckets, b.buckets, strict=True)], a.seconds + b.seconds
     )
+
+
+def traffic_from_rollups(doc: Mapping[str, Any]) -> ObservedTraffic | None:
+    """A model's traffic from its ``monitor/MODEL.yaml`` on the status branch: the
+    newest hourly rollup with requests (None when there is none, or it is not
+    one). What ``mdc plan --base --head`` sizes a canary's verdict time with."""
+    hourly = doc.get("hourly") if isinstance(doc, Mapping) else None
+    for entry in hourly if isinstance(hourly, list) else ():
+        if not isinstance(entry, Mapping):
+            continue
+        requests, errors = entry.get("requests"), entry.get("errorRate")
+        if not isinstance(requests, int) or isinstance(requests, bool) or requests <= 0:
+            continue
+        rate = errors if isinstance(errors, float | int) and 0 <= errors <= 1 else 0.0
+        return ObservedTraffic(requests / 3600, float(rate))
+    return None

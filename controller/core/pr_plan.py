@@ -18,6 +18,7 @@ Pure over two :class:`~controller.spec.tree.Tree` values. Called by ``mdc plan
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,7 +29,9 @@ from controller.core.demand import (
     gpu_equivalent,
     policy_timeline,
     team_usage,
+    verdict_estimate,
 )
+from controller.core.traffic import ObservedTraffic
 from controller.spec.documents import Diagnostic
 from controller.spec.identity import field_changes, planned_bento_tag
 from controller.spec.kinds import Model
@@ -51,6 +54,9 @@ class ModelChange:
     gpus: float  # GPUs the stable release holds (head; base for a removal)
     canary: CanaryCheck | None
     timeline: str | None
+    #: how long the sequential judge needs at the model's observed traffic
+    verdict: str | None = None
+    verdict_waits: bool = False  # past the progress deadline: a warning
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,14 @@ def _bento(model: Model, tree: Tree) -> str | None:
 
 
 def plan_change(
-    base: Tree | None, head: Tree, base_rev: str = "", head_rev: str = ""
+    base: Tree | None,
+    head: Tree,
+    base_rev: str = "",
+    head_rev: str = "",
+    traffic: Mapping[str, ObservedTraffic] | None = None,
 ) -> ChangePlan:
+    """The plan; ``traffic`` (by model: what its stable version serves, from the
+    controller's monitor) sizes how long each changed model's canary needs."""
     before: LoadResult | None = load_desired(base) if base is not None else None
     after = load_desired(head)
     old = before.desired.models if before is not None else {}
@@ -106,6 +118,11 @@ def plan_change(
         change = "added" if was is None else ("changed" if fields else "unchanged")
         policy = after.desired.policies.get(now.rollout)
         gpus = gpu_equivalent(now, after.desired.pools[now.pool])
+        estimate = (
+            verdict_estimate(policy, (traffic or {}).get(name))
+            if policy is not None and was is not None and change == "changed"
+            else None
+        )
         changes.append(
             ModelChange(
                 name,
@@ -118,6 +135,8 @@ def plan_change(
                 policy_timeline(policy).describe()
                 if policy is not None and change == "changed"
                 else None,
+                estimate.describe() if estimate is not None else None,
+                estimate is not None and estimate.waits,
             )
         )
     teams = tuple(
@@ -165,6 +184,8 @@ def render_text(plan: ChangePlan) -> str:
             lines.append(f"      {m.canary.describe()}")
         if m.timeline:
             lines.append(f"      rollout: {m.timeline}")
+        if m.verdict:
+            lines.append(f"      {'! ' if m.verdict_waits else ''}verdict: {m.verdict}")
     for t in plan.teams:
         lines.append(
             f"  team {t['team']} ({t['pool']}): {t['requested']:g} of limit {t['limit']:g} "
@@ -181,6 +202,9 @@ def render_markdown(plan: ChangePlan) -> str:
         out += [f"`{plan.base[:12]}` → `{plan.head[:12]}`", ""]
     if plan.reasons:
         out += ["**Problems**", ""] + [f"- `{r}`" for r in plan.reasons] + [""]
+    waits = [m for m in plan.models if m.verdict_waits]
+    if waits:
+        out += ["**Warnings**", ""] + [f"- ⚠️ {m.model}: {m.verdict}" for m in waits] + [""]
     touched = [m for m in plan.models if m.change != "unchanged" or m.new_bento]
     if touched:
         out += [
@@ -201,6 +225,8 @@ def render_markdown(plan: ChangePlan) -> str:
                 out += [f"- `{f}`" for f in m.fields]
                 if m.timeline:
                     out.append(f"- rollout: {m.timeline}")
+                if m.verdict:
+                    out.append(f"- verdict: {m.verdict}")
                 out.append("\n</details>")
         out.append("")
     else:

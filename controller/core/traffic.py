@@ -20,6 +20,7 @@ __all__ = [
     "QUANTILES",
     "BackendStats",
     "BackendWindow",
+    "ObservedTraffic",
     "RouteConfig",
     "Sample",
     "SamplingConfig",
@@ -126,6 +127,20 @@ class BackendWindow:
             metric
         ]
         return self.latency.get(quantile)
+
+
+@dataclass(frozen=True)
+class ObservedTraffic:
+    """A model's traffic as its stable version saw it (over the day so far): what
+    ``mdc plan`` and the PR comment size a canary's verdict time with."""
+
+    rate: float  # requests per second
+    error_rate: float
+    buckets: tuple[int, ...] = ()  # the latency histogram (per BUCKETS bound); () unknown
+
+    @property
+    def requests(self) -> int:
+        return sum(self.buckets)
 
 
 @dataclass(frozen=True)

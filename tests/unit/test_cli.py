@@ -77,7 +77,7 @@ def test_plan_text(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "Pool shared-a100  sharing Fractional, 8 GPUs declared" in out
     assert "4 x NVIDIA A100-SXM4-80GB (80Gi)" in out
-    assert "standard-canary: 10% -> analyse 3x30s" in out
+    assert "standard-canary: 10% -> analyse 3x15s" in out
     assert "fraud-scorer 1.0.0: team fraud, 2 x 1 GPU from pool shared-a100" in out
     assert "\033[" not in out  # no colour when not a terminal
 

@@ -521,13 +521,13 @@ def test_current_step_is_highlighted(page: Node) -> None:
     steps = fraud.one("ol", "timeline").find("li")
     assert [s.text for s in steps] == [
         "1. setWeight 10%",
-        "2. analysis 3x30s",
+        "2. analysis 3x15s",
         "3. setWeight 25%",
         "4. pause 2m",
-        "5. analysis 3x30s",
+        "5. analysis 3x15s",
         "6. pause until approved",
         "7. setWeight 50%",
-        "8. analysis 5x30s",
+        "8. analysis 5x15s",
         "promote",
     ]
     (current,) = [s for s in steps if "current" in s.classes]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.spec.kinds import Discovery, Metric, Sharing, StepKind
+from controller.spec.kinds import Discovery, Judge, LatencyBound, Metric, Sharing, StepKind
 from controller.spec.loader import load_desired
 from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
@@ -54,9 +54,13 @@ def test_typed_values_and_defaults() -> None:
     assert policy.steps[3].duration == 120
     assert policy.steps[5].duration is None  # waits for a person
     assert policy.analysis is not None
-    assert policy.analysis.interval == 30
+    assert policy.analysis.interval == 15
+    assert policy.analysis.judge is Judge.SEQUENTIAL
+    assert (policy.analysis.false_rollback, policy.analysis.missed_regression) == (0.01, 0.01)
+    assert policy.analysis.error_increase == 0.02  # "2%"
+    assert policy.analysis.latency == LatencyBound(0.25, 1.5)
     assert policy.analysis.checks[1].metric is Metric.LATENCY_P99
-    assert policy.analysis.checks[1].max_ratio_to_stable == 1.2
+    assert policy.analysis.checks[1].max == 2
     assert (policy.warmup_timeout, policy.warmup_hold, policy.progress_deadline) == (120, 5, 600)
 
 

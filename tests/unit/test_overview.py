@@ -65,11 +65,11 @@ def test_over_limit_verdict(make_repo: Callable[..., Path]) -> None:
 
 def test_example_timelines(example: Desired) -> None:
     standard = policy_timeline(example.policies["standard-canary"])
-    # 3x30s + 2m + 3x30s + 5x30s = 7m30s, and one approval
-    assert (standard.min_seconds, standard.approvals) == (450.0, 1)
+    # 3x15s + 2m + 3x15s + 5x15s = 4m45s, and one approval
+    assert (standard.min_seconds, standard.approvals) == (285.0, 1)
     assert standard.steps[0] == "10%"
     assert "wait for approval" in standard.steps
-    assert standard.describe().endswith("(at least 7m30s + 1 approval)")
+    assert standard.describe().endswith("(at least 4m45s + 1 approval)")
     fast = policy_timeline(example.policies["fast"])
     assert (fast.min_seconds, fast.approvals) == (20.0, 0)
     assert (

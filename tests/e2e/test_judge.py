@@ -1,0 +1,138 @@
+"""The sequential judge with real releases behind the router, at the traffic of
+a quiet model (5 requests a second): a healthy canary is promoted, one that
+fails 10% of requests is rolled back, and the judge's verdict text -- the
+canary against the stable, how far the evidence went -- is in the status
+commit and in the PR's comment.
+
+The real ``git daemon``, bentos, ``bentoml serve`` releases, embedded router and
+controller, through :class:`controller.demo.Demo`; the policy is the demo's
+``fast`` one with a weight and a regression size a test can wait for."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.core.canary import CanaryPhase, state_from_dict
+from controller.core.status import Phase
+from controller.demo import PROBE_DOC, RANKER, Demo, Traffic, _bump, git, version_classifier
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+MARKER = "<!-- mdc:plan -->"
+
+POLICY = """\
+apiVersion: mdc.dev/v1alpha1
+kind: RolloutPolicy
+metadata:
+  name: fast
+spec:
+  warmup: {timeout: 1m}
+  progressDeadline: 3m
+  steps:
+    - setWeight: 50
+    - analysis: {intervals: 1}
+  analysis:
+    judge: sequential
+    interval: 5s
+    falseRollback: 1%
+    errorRate: {maxIncrease: 5%}
+"""
+
+FAILING = 0.10  # the share of requests the bad version fails: a document without dwell_time
+
+
+def request(rng: random.Random) -> dict[str, Any]:
+    documents: list[dict[str, Any]] = [PROBE_DOC]
+    for i in range(3):
+        documents.append(
+            {"id": f"d{i}", "bm25": 0.5, "click_rate": 0.5, "freshness": 0.5, "dwell_time": 0.5}
+        )
+    if rng.random() < FAILING:
+        del documents[1]["dwell_time"]
+    return {"documents": documents}
+
+
+def _comment(demo: Demo, number: int) -> str:
+    assert demo.github is not None
+    bodies = [c.body for c in demo.github.comments.get(number, []) if MARKER in c.body]
+    return bodies[0] if bodies else ""
+
+
+def _status_file(demo: Demo) -> str:
+    return git("show", f"mdc/status:models/{RANKER}.yaml", cwd=demo.served / "models.git")
+
+
+def _wait(check: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not true within {timeout}s")
+
+
+def test_a_quiet_models_canaries_are_judged_right(tmp_path: Path) -> None:
+    def prepare(repo: Path) -> None:
+        (repo / "rollouts" / "fast.yaml").write_text(POLICY)
+
+    with Demo(tmp_path / "demo", tick=0.25) as demo:
+        demo.setup(prepare)
+        demo.start_controller()
+        assert demo.reconciler is not None
+        demo.wait_for(RANKER, lambda s: s.phase is Phase.HEALTHY, 240, show=False)
+        url = demo.reconciler.routes[RANKER] + "/rank"
+        demo.traffic = traffic = Traffic(url, request, version_classifier(demo.work), rate=5.0)
+        traffic.start()
+        time.sleep(5)  # the stable's own traffic before the canary
+
+        # -- healthy: promoted once the judge has shown it no worse ---------------------
+        good = demo.open_pr("v2", "search-ranker 2026.11.2", _bump("2026.11.2", "v2.json"))
+        demo.merge("v2")
+        promoted = demo.wait_for(
+            RANKER,
+            lambda s: (
+                s.phase is Phase.HEALTHY
+                and s.stable is not None
+                and s.stable.version == "2026.11.2"
+            ),
+            240,
+            show=False,
+        )
+        assert promoted.canary_state is not None
+        state = state_from_dict(promoted.canary_state)
+        assert state.phase is CanaryPhase.PROMOTED
+        assert "the sequential judge" in state.reason
+        assert "no worse than stable" in state.reason
+        (errors,) = state.evidence
+        assert errors.canary_requests >= 20  # judged on the canary's own answers
+        assert errors.canary_events == 0
+        _wait(lambda: "Healthy" in _comment(demo, good), 30)
+        assert "no worse than stable" in _comment(demo, good)
+        assert "of the way to a pass" in _comment(demo, good)
+        _wait(lambda: "no worse than stable" in _status_file(demo), 30)  # pushed off the loop
+
+        # -- 10% errors: rolled back on the evidence ------------------------------------
+        bad = demo.open_pr(
+            "v3", "search-ranker 2026.11.3", _bump("2026.11.3", "v3.json", probe=True)
+        )
+        demo.merge("v3")
+        rolled = demo.wait_for(RANKER, lambda s: s.phase is Phase.ROLLED_BACK, 240, show=False)
+        assert rolled.stable is not None
+        assert rolled.stable.version == "2026.11.2"
+        assert rolled.canary_state is not None
+        state = state_from_dict(rolled.canary_state)
+        assert "the sequential judge found it worse than stable" in state.reason
+        (errors,) = state.evidence
+        assert errors.canary_events > 0
+        assert errors.stable_events == 0
+        rate = errors.canary_events / errors.canary_requests
+        assert 0.02 < rate < 0.4, rate  # about the 10% the bad version fails
+        _wait(lambda: "RolledBack" in _comment(demo, bad), 30)
+        assert "worse than stable" in _comment(demo, bad)
+        _wait(lambda: "worse than stable" in _status_file(demo), 30)
+        window = traffic.window(0)
+        assert window.get("v2", 0) > 0
