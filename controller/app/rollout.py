@@ -49,7 +49,7 @@ from controller.core.canary import (
     analysis_due,
     start,
 )
-from controller.core.traffic import BackendStats, RouteConfig, router_window
+from controller.core.traffic import BackendStats, BackendWindow, RouteConfig, router_window
 from controller.errors import TransientError
 from controller.spec.kinds import Check, RolloutPolicy
 
@@ -234,14 +234,15 @@ class RolloutDriver:
         if canary_release is not None and canary_release.state is State.FAILED:
             lost = canary_release.reason or "it failed"
         canary_window = router_window(snapshot["canary"], before["canary"], seconds)
+        stable_window = router_window(snapshot["stable"], before["stable"], seconds)
         if lost is None and ready:
-            lost = self._stuck(canary_window.requests, seconds)
+            lost = self._hung(stable_window) or self._stuck(canary_window.requests, seconds)
         observed = Observation(
             canary_lost=lost,
             canary_ready=ready,
             smoke_ok=ready,  # READY means its probe -- a real request -- answered
             canary=canary_window,
-            stable=router_window(snapshot["stable"], before["stable"], seconds),
+            stable=stable_window,
             custom=custom,
         )
         previous = self.state
@@ -262,6 +263,28 @@ class RolloutDriver:
         if self.record is not None and (actions or self.state != previous):
             self.record(self.state, actions)
         return self.state, actions
+
+    def _hung(self, stable: BackendWindow) -> str | None:
+        """Why the canary counts as lost, judged every tick: a request has waited on
+        it for a whole analysis interval and ten times the stable's p99 over the
+        same window (a canary that hangs answers nothing, so this is as soon as a
+        failing one would be judged)."""
+        analysis = self.policy.analysis
+        if analysis is None or self.state is None or self.state.weight <= 0:
+            return None
+        try:
+            waiting = self.router.waiting(self.model)
+        except (KeyError, TransientError):
+            return None
+        oldest = max((waiting.get(a, 0.0) for a in self.addresses(self.canary)), default=0.0)
+        p99 = stable.latency.get(0.99) or 0.0
+        bound = max(analysis.interval, 10 * p99)
+        if oldest < bound:
+            return None
+        return (
+            f"a request has waited {oldest:.1f}s on it (at most {bound:.1f}s: an analysis "
+            f"interval and ten times the stable's p99 of {p99 * 1000:.0f}ms)"
+        )
 
     def _stuck(self, answered: int, seconds: float) -> str | None:
         """Why the canary counts as lost: after a whole analysis interval of traffic,

@@ -126,7 +126,8 @@ class FakeRouter:
         self.stats: dict[str, dict[str, BackendStats]] = {}
         self.closed = False
         self._port = 30000
-        self.waiting: dict[str, int] = {}  # address -> requests in flight (what in_flight says)
+        self.queued: dict[str, int] = {}  # address -> requests in flight (what in_flight says)
+        self.oldest: dict[str, float] = {}  # address -> seconds its oldest request waited
 
     def add_model(self, model: str, port: int = 0) -> str:
         if model not in self.stats:
@@ -151,7 +152,10 @@ class FakeRouter:
         return []
 
     def in_flight(self, model: str) -> dict[str, int]:
-        return dict(self.waiting)
+        return dict(self.queued)
+
+    def waiting(self, model: str) -> dict[str, float]:
+        return dict(self.oldest)
 
     def close(self) -> None:
         self.closed = True

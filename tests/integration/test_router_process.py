@@ -275,3 +275,37 @@ def test_drain_waits_for_what_the_old_backend_still_answers(
         router.shutdown()
         slow.shutdown()
         slow.server_close()
+
+
+@pytest.mark.parametrize("kind", ["in-process", "process"])
+def test_the_router_tells_how_long_the_oldest_request_has_waited(
+    kind: str, backends: dict[str, str], tmp_path: Path
+) -> None:
+    """A release that hangs fails no request the counters see; the age of the
+    oldest request in flight on it is how the rollout sees it."""
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    slow.daemon_threads = True
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    hung = f"127.0.0.1:{slow.server_address[1]}"
+    router: EmbeddedRouter | SupervisedRouter = (
+        EmbeddedRouter() if kind == "in-process" else SupervisedRouter(tmp_path)
+    )
+    try:
+        url = router.add_model("m")
+        router.configure("m", RouteConfig(backends["blue"], hung, 50))
+        assert router.waiting("m") == {}
+        asked = threading.Thread(
+            target=lambda: httpx.get(f"{url}/1.5", headers={"X-MDC-Version": "canary"})
+        )
+        asked.start()
+        time.sleep(0.8)
+        assert httpx.get(url, headers={"X-MDC-Version": "stable"}).text == "blue"
+        waited = router.waiting("m")
+        assert set(waited) == {hung}  # the stable's request was answered
+        assert 0.7 < waited[hung] < 1.5
+        asked.join(5)
+        assert router.waiting("m") == {}  # answered: nothing waits
+    finally:
+        router.shutdown()
+        slow.shutdown()
+        slow.server_close()

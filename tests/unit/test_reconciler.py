@@ -615,11 +615,11 @@ def test_a_canary_that_answers_nothing_while_requests_wait_is_rolled_back(world:
     assert canary is not None
     assert canary.canary is not None
     address = world.runtime.releases[canary.canary.name].address
-    world.router.waiting = {address: 5}  # fewer than minRequests, one interval: not yet
+    world.router.queued = {address: 5}  # fewer than minRequests, one interval: not yet
     world.serve(40, canary_share_hangs=True)
     world.passes(1, step=10)
     assert world.model.phase is Phase.PROGRESSING
-    world.router.waiting = {address: 12}  # sent, never answered (minRequests: 10)
+    world.router.queued = {address: 12}  # sent, never answered (minRequests: 10)
     for _ in range(4):
         world.serve(40, canary_share_hangs=True)
         world.passes(1, step=5)
@@ -642,7 +642,7 @@ def test_a_canary_silent_for_two_intervals_while_a_request_waits_is_rolled_back(
     driver = world.reconciler.runs["m"].driver
     assert driver is not None
     assert driver.canary is not None
-    world.router.waiting = {world.runtime.releases[driver.canary.name].address: 1}
+    world.router.queued = {world.runtime.releases[driver.canary.name].address: 1}
     phases = []
     for _ in range(3):
         world.serve(40, canary_share_hangs=True)
@@ -652,3 +652,34 @@ def test_a_canary_silent_for_two_intervals_while_a_request_waits_is_rolled_back(
     assert Phase.ROLLED_BACK in phases
     reason = (world.model.canary_state or {}).get("reason", "")
     assert "answered no request for two analysis intervals" in reason
+
+
+@pytest.mark.parametrize(
+    ("oldest", "lost"),
+    [
+        (0.5, False),  # slow, not hung
+        (8.0, False),  # under the analysis interval (10s)
+        (12.0, True),  # a whole interval and ten times the stable's p99
+    ],
+)
+def test_a_request_that_waited_a_whole_interval_on_the_canary_loses_it_at_once(
+    world: World, oldest: float, lost: bool
+) -> None:
+    """Found by bench_faults --part disk: a canary hanging on a full disk was rolled
+    back 20 s after a failing one would have been. The router tells how long the
+    oldest request has waited on each backend; past an analysis interval (and ten
+    times the stable's p99) the canary is lost in that tick, mid-interval."""
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(2)
+    assert world.model.weight
+    driver = world.reconciler.runs["m"].driver
+    assert driver is not None
+    assert driver.canary is not None
+    world.router.oldest = {world.runtime.releases[driver.canary.name].address: oldest}
+    world.serve(40)
+    world.passes(1, step=0.5)  # well inside an analysis interval
+    assert (world.model.phase is Phase.ROLLED_BACK) is lost
+    if lost:
+        reason = (world.model.canary_state or {}).get("reason", "")
+        assert f"a request has waited {oldest:.1f}s on it" in reason

@@ -49,6 +49,13 @@ class Router(Protocol):
         (``"127.0.0.1:PORT"``): a release is stopped once its count is 0 (drained)."""
         ...
 
+    def waiting(self, model: str) -> dict[str, float]:
+        """How long (seconds) the oldest request in flight on each of ``model``'s
+        backends has waited, by address; backends with none are left out, and a
+        router that cannot tell answers ``{}``. A release that hangs (on a full
+        disk, say) fails no request the counters see: this is how it shows."""
+        ...
+
     def close(self) -> None:
         """Let go of the routes. A router in a process of its own keeps serving them
         (the next controller adopts it); one in this process stops."""

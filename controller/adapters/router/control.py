@@ -392,6 +392,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(200, {k: stats_to_json(v) for k, v in stats.items()})
             elif method == "GET" and what == "in-flight":
                 self._reply(200, service.engine.in_flight(model))
+            elif method == "GET" and what == "waiting":
+                self._reply(200, service.engine.waiting(model))
             else:
                 self._reply(404, {"error": f"no {method} /{'/'.join(parts)}"})
         else:

@@ -76,6 +76,8 @@ class _Model:
         self.config = RouteConfig()
         self.stats: dict[str, BackendStats] = {"stable": BackendStats(), "canary": BackendStats()}
         self.in_flight: dict[str, int] = {}  # by backend address, every one ever used
+        #: by backend address: each request in flight's token -> when it was sent
+        self.sent: dict[str, dict[int, float]] = {}
         self.server: asyncio.base_events.Server | None = None
         self.url = ""
         self.sampling: SamplingConfig | None = None
@@ -111,6 +113,7 @@ class EmbeddedRouter:
         self.upstreams = Upstreams(self.timeouts, self.watch)
         self.tasks: set[asyncio.Task[None]] = set()  # mirrored requests under way
         self.lock = threading.Lock()
+        self._tokens = itertools.count()  # one per forwarded request (see ``waiting``)
         self.rng = random.Random()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="mdc-router", daemon=True)
@@ -185,6 +188,17 @@ class EmbeddedRouter:
         for address in (*config.backends("stable"), *config.backends("canary")):
             counts.setdefault(address, 0)
         return counts
+
+    def waiting(self, model: str) -> dict[str, float]:
+        """How long the oldest request in flight on each of ``model``'s backends has
+        waited (seconds), by address; backends with none are left out."""
+        now = time.monotonic()
+        out = {}
+        for address, sent in self.models[model].sent.copy().items():
+            started = list(sent.values())  # one C call: safe beside the loop's writes
+            if started:
+                out[address] = now - min(started)
+        return out
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking connections, let the requests in flight be answered (at
@@ -307,10 +321,14 @@ class EmbeddedRouter:
         # copy (:meth:`in_flight`) needs no lock
         counts = model.in_flight
         counts[address] = counts.get(address, 0) + 1
+        token = next(self._tokens)
+        sent = model.sent.setdefault(address, {})
+        sent[token] = time.monotonic()
         try:
             return await self.upstreams.send(address, outgoing, method)
         finally:
             counts[address] -= 1
+            del sent[token]
 
     async def _mirror(self, model: _Model, address: str, outgoing: bytes, method: bytes) -> None:
         started = time.perf_counter()

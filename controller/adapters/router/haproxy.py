@@ -281,6 +281,11 @@ class HAProxyRouter:
     def samples(self, model: str) -> list[Sample]:
         return []
 
+    def waiting(self, model: str) -> dict[str, float]:
+        """Not told: HAProxy's runtime API gives session counts, not the age of the
+        oldest request per server (a hung release shows only through ``in_flight``)."""
+        return {}
+
     def in_flight(self, model: str) -> dict[str, int]:
         """Each server's current sessions (``scur`` of ``show stat``), by address."""
         backend = self._backend(model)

@@ -212,6 +212,9 @@ class SupervisedRouter:
     def in_flight(self, model: str) -> dict[str, int]:
         return {k: int(v) for k, v in self._call("GET", f"/routes/{model}/in-flight").items()}
 
+    def waiting(self, model: str) -> dict[str, float]:
+        return {k: float(v) for k, v in self._call("GET", f"/routes/{model}/waiting").items()}
+
     def routes(self) -> dict[str, str]:
         """Each open route's URL, by model."""
         if not self.pid:
