@@ -44,6 +44,7 @@ class Reason(StrEnum):
     BRANCH_NOT_FOUND = "BranchNotFound"
     BUILD_FAILED = "BuildFailed"
     BUILDING = "Building"
+    DECIDING = "Deciding"  # the sequential judge gathers evidence
     CREDENTIALS_UNREADABLE = "CredentialsUnreadable"
     ERROR = "Error"
     EXPORT_FAILED = "ExportFailed"
@@ -90,6 +91,7 @@ class Reason(StrEnum):
     UNAVAILABLE = "Unavailable"
     UNSAFE_PATH = "UnsafePath"
     WAITING_FOR_GPUS = "WaitingForGPUs"
+    WAITING_FOR_TRAFFIC = "WaitingForTraffic"  # the judge's evidence is neutral at the deadline
     WEBHOOK_SECRET_MISSING = "WebhookSecretMissing"
 
 
@@ -106,6 +108,7 @@ class ConditionType(StrEnum):
     REPORTED = "Reported"
     STATE_SAVED = "StateSaved"
     LEADER = "Leader"
+    JUDGED = "Judged"  # the canary judge has reached its verdict (informational)
 
 
 class MdcError(Exception):

@@ -43,6 +43,7 @@ from controller.core.canary import (
     ActionKind,
     CanaryPhase,
     CanaryState,
+    judge_pending,
     state_to_dict,
 )
 from controller.core.plan import ModelPlan, Move
@@ -449,6 +450,11 @@ class Moves:
         for verdict in state.verdicts[before:]:
             key = (run.name, str(verdict.outcome))
             self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        deciding = judge_pending(driver.policy, state, now)
+        if deciding is not None:
+            waits, message = deciding
+            reason = Reason.WAITING_FOR_TRAFFIC if waits else Reason.DECIDING
+            run.conditions.append(Condition(ConditionType.JUDGED, False, reason, message))
         for manual in driver.manual[previous_manual:]:
             run.event = (
                 f"Manual{manual.command.capitalize()}",

@@ -541,7 +541,8 @@ class Reconciler:
                 waiting_for_gpus=any(c.reason == Reason.WAITING_FOR_GPUS for c in run.conditions),
                 building=any(c.reason == Reason.BUILDING for c in run.conditions),
                 replacing=run.replacing is not None,
-                troubled=bool(run.conditions),
+                # the judge still deciding is news, not trouble
+                troubled=any(c.type != ConditionType.JUDGED for c in run.conditions),
             )
         )
         applied = entry.spec_hash is not None and entry.spec_hash == run.stable_hash

@@ -73,6 +73,7 @@ __all__ = [
     "advance",
     "analysis_due",
     "judge",
+    "judge_pending",
     "start",
     "state_from_dict",
     "state_to_dict",
@@ -80,6 +81,8 @@ __all__ = [
 
 DEFAULT_WARMUP_TIMEOUT = 300.0
 VERDICTS_KEPT = 10
+#: said by a canary whose verdict needs more time than its progress deadline leaves
+WILL_WAIT = "the canary will wait, not fail"
 
 
 class CanaryPhase(StrEnum):
@@ -590,6 +593,20 @@ def _evidence_text(analysis: Analysis, e: Evidence, alpha: float, beta: float) -
     return f"{shown}: {way}"
 
 
+def judge_pending(policy: RolloutPolicy, state: CanaryState, now: float) -> tuple[bool, str] | None:
+    """While the sequential judge still gathers evidence on a canary taking
+    traffic: whether it is past its progress deadline (it waits for traffic),
+    and the state's reason (the evidence, and how long a verdict needs). None
+    once decided, before traffic, or under the threshold judge."""
+    if state.phase.done or state.weight <= 0 or not _neutral(state):
+        return None
+    deadline = policy.progress_deadline
+    waits = deadline is not None and (
+        now - state.progress_at > deadline or WILL_WAIT in state.reason
+    )
+    return waits, state.reason
+
+
 def _neutral(state: CanaryState) -> bool:
     """Whether the sequential judge still gathers evidence (nothing decided)."""
     return bool(state.evidence) and any(e.decision is Decision.UNDECIDED for e in state.evidence)
@@ -632,7 +649,7 @@ def _deciding(policy: RolloutPolicy, state: CanaryState, observed: Observation, 
     text += f"; about {_seconds(more)} more at {rate:.2g} req/s"
     deadline = policy.progress_deadline
     if deadline is not None and now - state.progress_at + more > deadline:
-        text += f", past the {deadline:g}s progress deadline: the canary will wait, not fail"
+        text += f", past the {deadline:g}s progress deadline: {WILL_WAIT}"
     return text
 
 

@@ -683,3 +683,68 @@ def test_a_request_that_waited_a_whole_interval_on_the_canary_loses_it_at_once(
     if lost:
         reason = (world.model.canary_state or {}).get("reason", "")
         assert f"a request has waited {oldest:.1f}s on it" in reason
+
+
+SEQUENTIAL = POLICY.replace(
+    "    failureLimit: 0\n",
+    "    judge: sequential\n    errorRate: {maxIncrease: 5%}\n    failureLimit: 0\n",
+).replace(
+    "    minRequests: 10\n    checks:\n      - {name: errors, metric: errorRate, max: 0.05}\n",
+    "    minRequests: 10\n",
+)
+
+
+def test_a_quiet_canary_under_the_sequential_judge_waits_instead_of_failing(
+    world: World,
+) -> None:
+    """Traffic stops before the judge can decide, for longer than the progress
+    deadline. The canary is not rolled back and not Degraded: it is Progressing,
+    with a Judged condition saying it decides (then waits for traffic), and how
+    long a verdict needs."""
+    world.repo.commit({"rollouts/quick.yaml": SEQUENTIAL})
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(2)
+    assert world.model.weight == 50
+    for _ in range(3):  # ten canary requests an interval: a verdict in a minute or two
+        world.serve(20)
+        world.passes(1, step=10)
+    assert world.model.phase is Phase.PROGRESSING
+    (judged,) = [c for c in world.model.conditions if c.type == ConditionType.JUDGED]
+    assert judged.reason == Reason.DECIDING
+    assert "of the way to a pass" in judged.message
+    assert "more at" in judged.message  # how long, at this traffic
+    for _ in range(62):  # then no traffic, past the 10m deadline
+        world.serve(0)
+        world.passes(1, step=10)
+    assert world.model.phase is Phase.PROGRESSING
+    (judged,) = [c for c in world.model.conditions if c.type == ConditionType.JUDGED]
+    assert judged.reason == Reason.WAITING_FOR_TRAFFIC
+    assert "passed with the evidence neutral" in judged.message
+    for _ in range(40):  # traffic at last: decided, promoted
+        world.serve(400)
+        world.passes(1, step=10)
+        if world.model.phase is Phase.HEALTHY:
+            break
+    assert world.model.phase is Phase.HEALTHY
+    assert world.model.stable is not None
+    assert world.model.stable.version == "2"
+    assert not [c for c in world.model.conditions if c.type == ConditionType.JUDGED]
+
+
+def test_a_canary_whose_verdict_needs_longer_than_its_deadline_says_it_will_wait(
+    world: World,
+) -> None:
+    """One canary request an interval: a verdict needs about 90 requests, past the
+    10m progress deadline. Said at once, before the deadline."""
+    world.repo.commit({"rollouts/quick.yaml": SEQUENTIAL})
+    deployed(world)
+    bump(world.repo, "2")
+    world.passes(2)
+    for _ in range(3):
+        world.serve(2)
+        world.passes(1, step=10)
+    assert world.model.phase is Phase.PROGRESSING
+    (judged,) = [c for c in world.model.conditions if c.type == ConditionType.JUDGED]
+    assert judged.reason == Reason.WAITING_FOR_TRAFFIC
+    assert "past the 600s progress deadline: the canary will wait, not fail" in judged.message
