@@ -171,6 +171,7 @@ class RolloutDriver:
         self.manual: list[ManualAction] = []
         self._since: tuple[float, dict[str, BackendStats]] | None = None
         self._silent = 0  # analysis intervals in a row the canary answered none of
+        self._hangs = False  # this tick found the canary hung: its requests never drain
 
     def addresses(self, spec: ReleaseSpec | None) -> tuple[str, ...]:
         """Where ``spec``'s ready replicas listen (none: not ready)."""
@@ -235,8 +236,11 @@ class RolloutDriver:
             lost = canary_release.reason or "it failed"
         canary_window = router_window(snapshot["canary"], before["canary"], seconds)
         stable_window = router_window(snapshot["stable"], before["stable"], seconds)
+        self._hangs = False
         if lost is None and ready:
-            lost = self._hung(stable_window) or self._stuck(canary_window.requests, seconds)
+            lost = self._hung(stable_window)
+            self._hangs = lost is not None
+            lost = lost or self._stuck(canary_window.requests, seconds)
         observed = Observation(
             canary_lost=lost,
             canary_ready=ready,
@@ -323,8 +327,11 @@ class RolloutDriver:
             canary = self.addresses(self.canary)
             self.route(self.model, RouteConfig.of(self.addresses(self.stable)))
             crash_point("rollback.after-route")
-            drain_all(self.router, self.model, canary)
-            stop_release(self.runtime, self.canary, drain=5.0)
+            if self._hangs:  # what waits on a hung canary is never answered: stop it now
+                stop_release(self.runtime, self.canary, drain=0.0)
+            else:
+                drain_all(self.router, self.model, canary)
+                stop_release(self.runtime, self.canary, drain=5.0)
             crash_point("rollback.after-stop-canary")
             if self.pins is not None:
                 try:

@@ -53,6 +53,7 @@ class FakeRuntime:
         self._releases: dict[str, Release] = dict(releases or {})
         self.started: list[str] = []  # release names, in order
         self.stopped: list[str] = []
+        self.drains: list[tuple[str, float]] = []  # (release, drain seconds) per stop
         self.never_ready: dict[str, str] = {}  # model -> why its releases fail
         self._port = max((r.port for r in self._releases.values()), default=20000)
         self._events: list[Event] = [
@@ -81,6 +82,7 @@ class FakeRuntime:
         stopped = replace(current, state=State.STOPPED)
         self._releases[name] = stopped
         self.stopped.append(name)
+        self.drains.append((name, drain))
         return stopped
 
     def stop_all(self, drain: float = 10.0) -> None:

@@ -683,6 +683,8 @@ def test_a_request_that_waited_a_whole_interval_on_the_canary_loses_it_at_once(
     if lost:
         reason = (world.model.canary_state or {}).get("reason", "")
         assert f"a request has waited {oldest:.1f}s on it" in reason
+        # what waits on a hung canary is never answered: stopped at once, not drained
+        assert (driver.canary.name, 0.0) in world.runtime.drains
 
 
 SEQUENTIAL = POLICY.replace(
