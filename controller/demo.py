@@ -46,7 +46,7 @@ import httpx
 from controller.adapters.github.client import GitHubReporter
 from controller.app.daemon import Config, Daemon
 from controller.app.reconciler import PassResult, Reconciler
-from controller.app.reporting import PullRequests
+from controller.app.reporting import PullRequests, Reporter
 from controller.app.wiring import build_controller
 from controller.core.status import ModelStatus, Phase
 from controller.testing import FakeGitHub
@@ -210,7 +210,7 @@ class Demo:
     github: FakeGitHub | None = None
     daemon: Daemon | None = None
     reconciler: Reconciler | None = None
-    reporter: PullRequests | None = None
+    reporter: Reporter | None = None
     traffic: Traffic | None = None
     passes: list[PassResult] = field(default_factory=list)
     hook_url: str | None = None  # a controller run elsewhere (mdc run): its webhook URL
@@ -322,11 +322,11 @@ class Demo:
             GITHUB_REPO, self.github.token, api_url=self.github.url, max_attempts=3, max_wait=10.0
         )
         reporter = PullRequests(github, branch="main", revert_prs=True)
-        self.reporter = reporter
         controller = build_controller(
             config, secret=self.secret, reporter=reporter, on_event=reporter, clock=self.clock
         )
         self.reconciler, self.daemon = controller.reconciler, controller.daemon
+        self.reporter = controller.reporter  # GitHub off the loop, as mdc run reports
         self._thread = threading.Thread(
             target=self.daemon.run, kwargs={"on_pass": self.passes.append}, daemon=True
         )
@@ -485,8 +485,9 @@ class Demo:
                 self._thread.join(timeout=30)
         if self.reconciler is not None:
             self.reconciler.close(stop_releases=True)
-        if self.reporter is not None:
-            self.reporter.close()
+        close = getattr(self.reporter, "close", None)
+        if callable(close):
+            close()
         if self.github is not None:
             self.github.stop()
         for proc in self.processes:

@@ -24,7 +24,7 @@ import logging
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -35,6 +35,7 @@ from controller.adapters.git.source import (
 )
 from controller.adapters.runtime.base import ReleaseSpec, State, replica_names
 from controller.app.background import Pusher
+from controller.app.commit_statuses import revision_sha
 from controller.app.crashpoints import crash_point
 from controller.app.finishing import Finisher
 from controller.app.intents import Journal
@@ -512,6 +513,25 @@ class Reconciler:
             faults.append(Condition(ConditionType.REPORTED, False, reason, message))
         return faults + self.writes.conditions()
 
+    def _late_pull(self, run: Run) -> None:
+        """The PR behind the release being rolled out, when the reporter did not know
+        it yet as the release started (GitHub slow: it answers off the loop)."""
+        record = run.canary_record or run.stable_record
+        sha = revision_sha(record.revision) if record is not None else None
+        if record is None or sha is None or record.pull_request is not None:
+            return
+        try:
+            number = self.reporter.pull_request_for(sha)
+        except MdcError:
+            return
+        if number is None:
+            return
+        run.pull = number
+        if run.canary_record is record:
+            run.canary_record = replace(record, pull_request=number)
+        else:
+            run.stable_record = replace(record, pull_request=number)
+
     def _summarize(  # noqa: PLR0917
         self,
         entry: ModelPlan,
@@ -522,6 +542,8 @@ class Reconciler:
         now: float,
     ) -> ModelStatus:
         holds = self.book.holds(run.name)
+        if run.pull is None:
+            self._late_pull(run)
         state = run.driver.state if run.driver is not None else run.finished
         policy = None
         if model is not None and self.load is not None:

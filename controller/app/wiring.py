@@ -43,6 +43,7 @@ from controller.adapters.packaging import Packager
 from controller.adapters.router import make_router
 from controller.adapters.router.base import Router
 from controller.adapters.runtime import make_runtime
+from controller.app.courier import Courier
 from controller.app.daemon import Config, Daemon
 from controller.app.pages import dashboard_route
 from controller.app.parts import Parts, Settings
@@ -165,6 +166,11 @@ def build_controller(
     :func:`reporter_for`'s."""
     if reporter is None:
         reporter, on_event = reporter_for(config)
+    if isinstance(reporter, PullRequests):  # GitHub is called off the loop
+        courier = Courier(reporter)
+        if on_event is reporter:
+            on_event = courier
+        reporter = courier
     parts = build_parts(config, reporter=reporter, router=router, clock=clock)
     reconciler = Reconciler(
         parts,
