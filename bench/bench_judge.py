@@ -333,6 +333,50 @@ def main() -> None:
                     f"{seconds(limit):>8}{ratio:>7}"
                 )
         print()
+    summary(rows)
+
+
+def summary(rows: list[dict[str, object]]) -> None:
+    """The issue's bars, read off the table: the sequential judge's worst false
+    rollbacks, worst detection where a decision fits before the deadline, and
+    worst time to decision against the fixed-sample limit (the threshold judge's
+    false rollbacks beside it)."""
+    seq = [r for r in rows if r["judge"] == "sequential"]
+    thr = [r for r in rows if r["judge"] == "threshold"]
+
+    def worst(cells: list[dict[str, object]], key: str, pick: object) -> str:
+        values = [(float(str(r[key])), r) for r in cells]
+        value, row = pick(values, key=lambda v: v[0])  # type: ignore[operator]
+        return f"{value:.1%} ({row['policy']}, {row['rate']:g} req/s, {row['canary']})"
+
+    healthy = [r for r in seq if r["canary"] in ("healthy", "noisy")]
+    print("sequential judge, false rollbacks, worst cell:", worst(healthy, "rollback", max))
+    print(
+        "threshold judge, false rollbacks, worst cell: ",
+        worst([r for r in thr if r["canary"] in ("healthy", "noisy")], "rollback", max),
+    )
+    fits = [
+        r
+        for r in seq
+        if r["canary"] in ("+2pt", "lat x1.5")
+        and isinstance(r["limit"], float | int)
+        and isinstance(r["deadline"], float | int)
+        and r["limit"] <= r["deadline"]
+    ]
+    print(
+        "sequential judge, detection where it fits the deadline, worst:",
+        worst(fits, "rollback", min),
+    )
+    ratios = [
+        (float(str(r["median"])) / float(str(r["limit"])), r)
+        for r in seq
+        if isinstance(r["limit"], float | int) and isinstance(r["median"], float | int)
+    ]
+    ratio, row = max(ratios, key=lambda v: v[0])
+    print(
+        f"sequential judge, time to decision / fixed-sample limit, worst: {ratio:.2f} "
+        f"({row['policy']}, {row['rate']:g} req/s, {row['canary']})"
+    )
 
 
 if __name__ == "__main__":
