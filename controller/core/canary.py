@@ -379,11 +379,12 @@ def advance(
             )
             worse = [e for e in state.evidence if e.decision is Decision.WORSE]
             if worse:
+                judged = results[: len(state.evidence)]  # the judge's own, before the guardrails
                 return _rollback(
                     state,
                     now,
                     "the sequential judge found it worse than stable: "
-                    + "; ".join(r.message for r in results if r.check in {e.metric for e in worse}),
+                    + "; ".join(r.message for r in judged if r.outcome is Outcome.FAIL),
                 )
             if outcome is Outcome.FAIL:
                 state = replace(state, failures=state.failures + 1)
@@ -451,6 +452,12 @@ def advance(
             continue
         if _neutral(state) and now - state.progress_at <= (deadline or math.inf):
             state = replace(state, reason=_deciding(policy, state, observed, now))
+        elif state.evidence and state.reason.startswith("deciding:"):
+            state = replace(
+                state,
+                reason=f"no worse than stable; {state.passed_in_step} of "
+                f"{current.intervals or 1} intervals at {state.weight}%",
+            )
         return state, tuple(actions)
     return state, tuple(actions)  # pragma: no cover - the loop always returns
 
@@ -530,8 +537,8 @@ def _sequential(
         or any(e.decision is Decision.WORSE for e in evidence)
     ):
         outcome = Outcome.FAIL
-    elif all(e.decision is Decision.NO_WORSE for e in evidence):
-        outcome = Outcome.PASS
+    elif canary.requests > 0 and all(e.decision is Decision.NO_WORSE for e in evidence):
+        outcome = Outcome.PASS  # decided, and the canary served in this interval
     else:
         outcome = Outcome.NO_DATA
     return outcome, (*results, *guardrails), state

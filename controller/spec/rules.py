@@ -184,6 +184,8 @@ class Rules:
                             )
                         )
             out += _check_judge(doc, policy.analysis)
+            if policy.analysis.judge is Judge.SEQUENTIAL:
+                out += _check_weights_compared(policy)
         return out
 
     def check_model(
@@ -500,6 +502,26 @@ def _known(objects: Mapping[str, Any]) -> str:
 _SEQUENTIAL_ONLY = ("falseRollback", "missedRegression", "errorRate", "latency")
 
 
+def _check_weights_compared(policy: RolloutPolicy) -> list[Diagnostic]:
+    """An analysis step at weight 100 leaves the stable version nothing to compare."""
+    out: list[Diagnostic] = []
+    weight = 0
+    for i, step in enumerate(policy.steps):
+        if step.kind is StepKind.SET_WEIGHT:
+            weight = step.weight or 0
+        elif step.kind is StepKind.ANALYSIS and weight >= 100:
+            out.append(
+                policy.source.diagnostic(
+                    ("spec", "steps", i, "analysis"),
+                    "an analysis step at weight 100 leaves the stable version no traffic to "
+                    "compare with: the sequential judge needs the weight below 100 (the "
+                    "canary is promoted after the last step anyway)",
+                    "analysis.judge",
+                )
+            )
+    return out
+
+
 def _check_judge(doc: Document, analysis: Analysis) -> list[Diagnostic]:
     """The combinations of ``spec.analysis`` a judge cannot honour."""
     out: list[Diagnostic] = []
@@ -543,7 +565,7 @@ def _check_judge(doc: Document, analysis: Analysis) -> list[Diagnostic]:
             out.append(
                 doc.diagnostic(
                     (*base, key),
-                    f"{key} must be above 0 and at most {top:.0%} (got {value:.4g})",
+                    f"{key} must be above 0 and at most {top:.0%} (got {value * 100:g}%)",
                     "analysis.budget",
                 )
             )
@@ -552,7 +574,7 @@ def _check_judge(doc: Document, analysis: Analysis) -> list[Diagnostic]:
             doc.diagnostic(
                 (*base, "errorRate", "maxIncrease"),
                 "errorRate.maxIncrease must be above 0 and at most 50% "
-                f"(got {analysis.error_increase:.4g})",
+                f"(got {analysis.error_increase * 100:g}%)",
                 "analysis.budget",
             )
         )
@@ -561,7 +583,7 @@ def _check_judge(doc: Document, analysis: Analysis) -> list[Diagnostic]:
             doc.diagnostic(
                 (*base, "latency", "threshold"),
                 f"latency.threshold must be above 0 and at most {LATENCY_THRESHOLD_MAX:g}s, "
-                "the router's largest latency bucket",
+                f"the router's largest latency bucket (got {analysis.latency.threshold:g}s)",
                 "analysis.budget",
             )
         )
