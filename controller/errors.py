@@ -64,6 +64,7 @@ class Reason(StrEnum):
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     MODEL_NOT_FOUND = "ModelNotFound"
     NVML_UNAVAILABLE = "NVMLUnavailable"
+    PASS_FAILED = "PassFailed"  # a reconcile pass failed as a whole
     NODE_LOST = "NodeLost"
     NODE_UNAVAILABLE = "NodeUnavailable"
     NOT_A_COMMIT = "NotACommit"

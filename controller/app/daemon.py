@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -70,6 +71,9 @@ class Config:
     prometheus: str | None = None  # Prometheus' URL, for PromQL checks in rollout policies
     bentoml_home: Path | None = None  # the BentoML store; else $BENTOML_HOME, else STATE/bentoml
     lease_ttl: float = 15.0  # seconds a controller's lease on the repository lasts; 0: no lease
+    # addresses artifact URLs may reach though not public (loopback, private, link-local):
+    artifact_networks: tuple[str, ...] = ()  # CIDRs or addresses, e.g. 10.20.0.0/16
+    artifact_timeout: float = 600.0  # seconds one artifact download may take in all
 
     @property
     def host(self) -> str:
@@ -106,6 +110,7 @@ _TYPES: dict[str, type] = {
     "state_dir": Path,
     "webhook_secret_file": Path,
     "bentoml_home": Path,
+    "artifact_networks": list,
 }
 
 
@@ -115,6 +120,7 @@ _CHOICES = {"router": ("embedded", "haproxy"), "runtime": ("local", "ray")}
 _KIND_NAMES = {
     Path: "a path (text)",
     dict: "a mapping of model name to port",
+    list: "a list of addresses or networks (text, e.g. 10.0.0.0/8)",
     bool: "true or false",
     float: "a number",
     str: "text",
@@ -140,6 +146,15 @@ def _convert(name: str, value: Any) -> Any:
         if not all(_port(v) for v in value.values()):
             raise ValueError("a port (0-65535) for each model")
         return {str(k): v for k, v in value.items()}
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"addresses or networks (CIDR); {item!r} is neither") from None
+        return tuple(item.strip() for item in value)
     if kind is bool:
         if not isinstance(value, bool):
             raise TypeError
@@ -147,6 +162,8 @@ def _convert(name: str, value: Any) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError
+        if name == "artifact_timeout" and not 0 < value <= 86400:
+            raise ValueError("a number of seconds above 0 and at most 86400")
         return float(value)
     if not isinstance(value, str):
         raise TypeError
@@ -327,6 +344,7 @@ class Daemon:
         self._serving = False
         self.webhooks = 0  # verified deliveries taken
         self.crashes = 0  # passes that raised (bugs): logged, and the loop went on
+        self.pass_failure: str | None = None  # why the last pass failed as a whole
         self._extra_events = on_event
         self._lock = threading.Lock()  # passes and the few readers of the live reconciler
         self.fetcher: Fetcher | None = None
@@ -438,8 +456,11 @@ class Daemon:
         except Exception as exc:
             log.exception("reconcile pass failed")
             self.crashes += 1
+            self.pass_failure = f"{type(exc).__name__}: {exc}"[:300]
             result = PassResult(None, (), (f"pass: {type(exc).__name__}: {exc}",), None, 0.0)
             result = replace(result, seconds=time.monotonic() - started)
+        else:
+            self.pass_failure = None
         self.stats.add(result, self.clock())
         try:
             with self._lock:
@@ -454,6 +475,16 @@ class Daemon:
         own = getattr(self.reconciler, "faults", None)
         standby = self._standby()
         faults = ([standby] if standby else []) + (own() if callable(own) else [])
+        if self.pass_failure is not None:  # no model was reconciled or ticked
+            faults.insert(
+                0,
+                Condition(
+                    ConditionType.READY,
+                    False,
+                    Reason.PASS_FAILED,
+                    f"the last pass failed as a whole: {self.pass_failure}",
+                ),
+            )
         self._published = {
             "statuses": list(self.reconciler.statuses.values()),
             "metrics": metrics_text(self.reconciler, self.stats, faults),

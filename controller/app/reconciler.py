@@ -219,7 +219,13 @@ class Reconciler:
                 f"{allocation.release} lost its GPUs with its node",
             )
         hashes = self._spec_hashes(desired.models, tree)
-        invalid = frozenset(ref.name for ref in load.invalid if ref.kind == "Model")
+        # a model whose spec cannot be hashed is held as invalid, never pruned as gone
+        unhashed = {n: err for n, (_, _, err) in self._hashes.items() if err}
+        for name, why in unhashed.items():
+            self.runs.setdefault(name, Run(name)).conditions.append(
+                Condition(ConditionType.SPEC_VALID, False, Reason.SPEC_INVALID, why)
+            )
+        invalid = frozenset(ref.name for ref in load.invalid if ref.kind == "Model") | set(unhashed)
         plan = make_plan(
             PlanInput(
                 desired={name: h for name, (h, _) in hashes.items()},
@@ -368,6 +374,10 @@ class Reconciler:
                 except MdcError as exc:
                     computed[name] = ("", "", exc.message)
                     continue
+                except Exception as exc:  # a bug or a value nothing caught: this model only
+                    log.error("%s: spec hash: %s\n%s", name, exc, traceback.format_exc())
+                    computed[name] = ("", "", f"{type(exc).__name__}: {exc}")
+                    continue
                 computed[name] = (spec_hash(model, bento), bento, "")
             self._hashes, self._hash_tree = computed, self.snapshot.tree
         return {n: (h, b) for n, (h, b, err) in self._hashes.items() if not err}
@@ -442,7 +452,13 @@ class Reconciler:
                     del self.statuses[entry.model]
                 self.runs.pop(entry.model, None)
                 continue
-            status = self._summarize(entry, run, models.get(entry.model), previous, revision, now)
+            try:
+                status = self._summarize(
+                    entry, run, models.get(entry.model), previous, revision, now
+                )
+            except Exception as exc:  # a bug: this model's status waits, the others go on
+                log.error("%s: status: %s\n%s", entry.model, exc, traceback.format_exc())
+                continue
             if previous is None or render(status) != render(previous):
                 self.statuses[entry.model] = status
                 changes.append((status, render(status), previous))

@@ -855,3 +855,23 @@ def test_run_refuses_a_working_copy_at_start_and_takes_its_bare_clone(tmp_path: 
     assert done.returncode == 0, done.stderr
     assert SERVING in done.stderr
     assert (tmp_path / "state" / "mirrors").is_dir()
+
+
+def test_readyz_says_a_pass_that_fails_as_a_whole(
+    serve: Callable[[Daemon], httpx.Client],
+) -> None:
+    """One value nothing caught made every pass raise: no model was reconciled or
+    ticked, yet /readyz said 200. Now it says why until a pass goes through."""
+    reconciler = FakeReconciler([ok_pass(), ValueError("not a duration: '5s\\n'"), ok_pass()])
+    daemon = make_daemon(reconciler)
+    client = serve(daemon)
+    daemon.one_pass(fetch=True)
+    assert client.get("/readyz").status_code == 200
+    daemon.one_pass(fetch=True)
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert "PassFailed: the last pass failed as a whole: ValueError: not a duration" in answer.text
+    text = client.get("/metrics").text
+    assert metric_value(text, "mdc_controller_fault", type="Ready", reason="PassFailed") == 1
+    daemon.one_pass(fetch=True)
+    assert client.get("/readyz").status_code == 200

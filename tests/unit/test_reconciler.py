@@ -750,3 +750,56 @@ def test_a_canary_whose_verdict_needs_longer_than_its_deadline_says_it_will_wait
     (judged,) = [c for c in world.model.conditions if c.type == ConditionType.JUDGED]
     assert judged.reason == Reason.WAITING_FOR_TRAFFIC
     assert "past the 600s progress deadline: the canary will wait, not fail" in judged.message
+
+
+def test_a_spec_that_cannot_be_hashed_is_held_with_its_reason_not_pruned(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever one model's spec does to the code that hashes it, the pass goes on:
+    the model is held (what runs keeps running) with a SpecInvalid condition that
+    says why, never taken for removed from git and pruned."""
+    from controller.app import reconciler as module
+
+    deployed(world)
+    running = world.model.stable
+    assert running is not None
+    real = module.planned_bento_tag
+
+    def hostile(model: object, tree: object) -> str:
+        if getattr(model, "version", "") == "2":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(model, tree)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "planned_bento_tag", hostile)
+    bump(world.repo, "2")
+    world.passes(2)
+    assert world.reconciler.last is not None
+    assert world.reconciler.last.failed == ()  # the pass itself went through
+    assert world.model.stable == running  # held: still the release that ran
+    assert running.name is not None
+    assert world.runtime.releases[running.name].state.value == "ready"
+    reasons = [
+        (c.reason, c.message) for c in world.model.conditions if c.type == ConditionType.SPEC_VALID
+    ]
+    assert (Reason.SPEC_INVALID, "RecursionError: maximum recursion depth exceeded") in reasons
+
+
+def test_a_status_that_cannot_be_built_does_not_stop_the_pass(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployed(world)
+    before = world.model
+    calls = {"n": 0}
+    real = world.reconciler._summarize
+
+    def broken(*args: object, **kwargs: object) -> ModelStatus:
+        calls["n"] += 1
+        raise ValueError("a value nothing caught")
+
+    monkeypatch.setattr(world.reconciler, "_summarize", broken)
+    world.passes(1)
+    assert calls["n"] == 1
+    assert world.model == before  # kept, not lost
+    monkeypatch.setattr(world.reconciler, "_summarize", real)
+    world.passes(1)
+    assert world.model.phase is Phase.HEALTHY
