@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.adapters.git.source import Credentials, GitSource, SourcePoller
+from controller.app import reconciler as module
 from controller.app.daemon import _PassStats, metrics_text
 from controller.app.manual import Pins
 from controller.app.parts import Parts, Settings
@@ -758,8 +759,6 @@ def test_a_spec_that_cannot_be_hashed_is_held_with_its_reason_not_pruned(
     """Whatever one model's spec does to the code that hashes it, the pass goes on:
     the model is held (what runs keeps running) with a SpecInvalid condition that
     says why, never taken for removed from git and pruned."""
-    from controller.app import reconciler as module
-
     deployed(world)
     running = world.model.stable
     assert running is not None
