@@ -53,7 +53,8 @@ from controller.app.commit_statuses import PendingCommits, revision_sha, rollout
 from controller.app.manual import Pins, send_command
 from controller.core.canary import state_from_dict
 from controller.core.pr_plan import MARKER, plan_change, render_markdown
-from controller.core.status import ModelStatus, Phase, model_path
+from controller.core.safe_text import md_code, md_text, visible
+from controller.core.status import HistoryEntry, ModelStatus, Phase, model_path
 from controller.core.traffic import ObservedTraffic
 from controller.errors import MdcError, PermanentError, Reason, TransientError
 
@@ -108,13 +109,13 @@ def render_rollout(statuses: list[ModelStatus]) -> str:
         version = status.canary.version if status.canary else None
         if version is None and status.stable is not None:
             version = status.stable.version
-        head = f"### `{status.name}` {version or ''}: **{status.phase}**"
+        head = f"### {md_code(status.name)} {md_text(version or '')}: **{md_text(status.phase)}**"
         if status.step is not None and status.steps:
             head += f", step {status.step}/{status.steps}, weight {status.weight}%"
         parts.append(head)
         for condition in status.conditions:
             if not condition.status:
-                parts.append(f"- {condition.reason}: {condition.message}")
+                parts.append(f"- {md_text(condition.reason)}: {md_text(condition.message)}")
         state = None
         if status.canary_state is not None:
             try:
@@ -125,20 +126,24 @@ def render_rollout(statuses: list[ModelStatus]) -> str:
             parts += ["", "| interval ended | weight | outcome | checks |", "|---|---|---|---|"]
             for verdict in state.verdicts:
                 checks = "; ".join(
-                    f"{c.check} {_MARKS.get(str(c.outcome), '…')} {c.message}"
+                    f"{md_text(c.check)} {_MARKS.get(str(c.outcome), '…')} {md_text(c.message)}"
                     for c in verdict.checks
                 )
                 at = time.strftime("%H:%M:%S", time.gmtime(verdict.at))
                 parts.append(
-                    f"| {at} | {verdict.weight}% | {verdict.outcome} | {checks.replace('|', '/')} |"
+                    f"| {at} | {md_text(verdict.weight)}% | {md_text(verdict.outcome)} | {checks} |"
                 )
         if state is not None and state.reason:
-            parts.append(f"\n{state.reason}")
+            parts.append(f"\n{md_text(state.reason)}")
         if status.history:
             parts.append("\n<details><summary>history</summary>\n")
-            parts += [f"- {h.at} {h.event}: {h.message}" for h in status.history[:10]]
+            parts += [_history_line(h) for h in status.history[:10]]
             parts.append("\n</details>")
     return "\n".join(parts) + "\n"
+
+
+def _history_line(h: HistoryEntry) -> str:
+    return f"- {md_text(h.at)} {md_text(h.event)}: {md_text(h.message)}"
 
 
 def render_monitor(statuses: list[ModelStatus]) -> str:
@@ -150,17 +155,22 @@ def render_monitor(statuses: list[ModelStatus]) -> str:
         breached = record.get("breached") or {}
         drifting = record.get("drifting") or {}
         if breached or drifting:
-            parts.append(f"### `{status.name}` {version}: ❌ **needs attention**")
+            parts.append(f"### {md_code(status.name)} {md_text(version)}: ❌ **needs attention**")
             parts += [
-                f"- objective **{name}** breached since {at}" for name, at in breached.items()
+                f"- objective **{md_text(name)}** breached since {md_text(at)}"
+                for name, at in breached.items()
             ]
             parts += [
-                f"- predictions (`{key}`) drifting since {at}" for key, at in drifting.items()
+                f"- predictions ({md_code(key)}) drifting since {md_text(at)}"
+                for key, at in drifting.items()
             ]
         else:
-            parts.append(f"### `{status.name}` {version}: ✅ objectives met, predictions steady")
+            parts.append(
+                f"### {md_code(status.name)} {md_text(version)}: ✅ objectives met, "
+                "predictions steady"
+            )
         events = [h for h in status.history if h.event in _MONITOR_EVENTS][:6]
-        parts += [f"- {h.at} {h.event}: {h.message}" for h in events]
+        parts += [_history_line(h) for h in events]
     return "\n".join(parts) + "\n"
 
 
@@ -392,11 +402,12 @@ class PullRequests:
         for number, commits in sorted(told.items()):
             notes = self._force_notes.setdefault(number, [])
             for sha, models in sorted(commits.items()):
-                listed = ", ".join(f"`{name}`" for name in sorted(models))
+                listed = ", ".join(md_code(name) for name in sorted(models))
                 notes.append(
-                    f"- `{self.branch}` was force-pushed from `{previous[:7]}` to "
-                    f"`{current[:7]}`: the rollout of {listed} at `{sha[:7]}` ended, as that "
-                    f"commit left the branch; mdc follows `{current[:7]}` now."
+                    f"- {md_code(self.branch)} was force-pushed from {md_code(previous[:7])} "
+                    f"to {md_code(current[:7])}: the rollout of {listed} at {md_code(sha[:7])} "
+                    f"ended, as that commit left the branch; mdc follows "
+                    f"{md_code(current[:7])} now."
                 )
         self._send_endings()
         self._send_force_notes()
@@ -576,8 +587,9 @@ class PullRequests:
         if status.canary_state is not None:
             reason = str(status.canary_state.get("reason", ""))
         body = (
-            f"mdc rolled back `{status.name}` (see #{number}): {reason}\n\n"
-            f"This puts back `{path}` as it was at {applied[:12]}, the last revision that "
+            f"mdc rolled back {md_code(status.name)} (see #{number}): {md_text(reason)}\n\n"
+            f"This puts back {md_code(path)} as it was at {md_code(applied[:12])}, the last "
+            "revision that "
             "ran well, so that git again says what runs. The failed spec stays pinned "
             "until git changes or someone comments `/mdc retry`."
         )
@@ -586,7 +598,7 @@ class PullRequests:
                 self.branch,
                 path,
                 good,
-                f"Revert {status.name} to its last good spec",
+                f"Revert {visible(status.name)} to its last good spec",
                 body,
                 f"mdc/revert-{status.name}-{key.rsplit('@', 1)[1][:10]}",
             )
@@ -643,7 +655,7 @@ class PullRequests:
         if not self.github.can_write(event.user):
             self.github.comment(
                 number,
-                f"@{event.user}: `/mdc {verb}` needs write access to this repository, so "
+                f"@{md_text(event.user)}: `/mdc {verb}` needs write access to this repository, so "
                 "mdc did not act on it. Ask a maintainer to comment instead.",
             )
             return
@@ -652,7 +664,8 @@ class PullRequests:
         )
         if not models:
             self.github.comment(
-                number, f"@{event.user}: no model is being rolled out from this pull request."
+                number,
+                f"@{md_text(event.user)}: no model is being rolled out from this pull request.",
             )
             return
         state_dir = self.reconciler.state_dir
@@ -660,7 +673,8 @@ class PullRequests:
             if verb == "retry":
                 Pins(state_dir).unpin(model)
             send_command(state_dir, model, verb, f"{event.user} (GitHub)")
-        listed = ", ".join(f"`{m}`" for m in models)
+        listed = ", ".join(md_code(m) for m in models)
         self.github.comment(
-            number, f"@{event.user}: `{verb}` sent for {listed}; mdc acts on its next pass."
+            number,
+            f"@{md_text(event.user)}: `{verb}` sent for {listed}; mdc acts on its next pass.",
         )

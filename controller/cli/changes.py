@@ -32,7 +32,7 @@ from controller.core.pr_plan import MARKER, plan_change, render_markdown, render
 from controller.core.traffic import ObservedTraffic
 from controller.errors import MdcError
 from controller.spec.loader import SnapshotLoader
-from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, json_result
+from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, json_result, visible
 
 __all__ = ["change_plan", "watch"]
 
@@ -76,9 +76,10 @@ def watch(args: argparse.Namespace) -> int:
             print(json.dumps(line), flush=True)
             return
         what = "force-pushed" if result.forced else "changed" if result.changed else "unchanged"
-        print(f"{line.get('revision', '-')}  {what}  {result.condition}", flush=True)
+        revision = visible(line.get("revision", "-"))
+        print(f"{revision}  {visible(what)}  {visible(result.condition)}", flush=True)
         for error in line.get("errors", []):
-            print(f"    {error}", flush=True)
+            print(f"    {visible(error)}", flush=True)
 
     logging.basicConfig(level=logging.WARNING, format="mdc watch: %(message)s")
     trigger = Trigger()
@@ -124,9 +125,10 @@ def _post_plan(args: argparse.Namespace, plan: Any, head: str) -> int:
             text = "the plan applies" if plan.applicable else "the change cannot be applied"
             github.set_status(args.status_sha or head, "mdc/plan", state, text, comment.html_url)
     except MdcError as exc:
-        print(f"mdc plan: GitHub: {exc.message}", file=sys.stderr)
+        print(f"mdc plan: GitHub: {visible(exc.message)}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"mdc plan: posted on {repository}#{args.comment}: {comment.html_url}", file=sys.stderr)
+    where = f"{visible(repository)}#{args.comment}: {visible(comment.html_url)}"
+    print(f"mdc plan: posted on {where}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -47,6 +47,8 @@ from controller.ui.terminal import (
     progress,
     report,
     silence_stdout,
+    visible,
+    visible_lines,
 )
 
 __all__ = ["FOLLOW_INTERVAL", "build", "logs", "manual", "pool"]
@@ -156,7 +158,7 @@ def _build_one(
     seconds = round(time.perf_counter() - started, 2)
     if fmt == "text":
         what = f"built in {seconds:g}s" if built.built else "present"
-        print(f"{model.name:<24} {built.bento_tag:<40} {what}", flush=True)
+        print(f"{visible(model.name):<24} {visible(built.bento_tag):<40} {what}", flush=True)
     return {
         "model": model.name,
         "bento": built.bento_tag,
@@ -251,7 +253,7 @@ def _follow(path: Path, at: int, write: Callable[[str], object]) -> None:
                 f.seek(at)
                 chunk = f.read(size - at)
             at += len(chunk)
-            write(decoder.decode(chunk))
+            write(visible_lines(decoder.decode(chunk)))
             sys.stdout.flush()
         time.sleep(FOLLOW_INTERVAL)
 
@@ -280,7 +282,7 @@ def logs(args: argparse.Namespace) -> int:
         print(f"mdc logs: release {name} has written no log yet ({path})", file=sys.stderr)
         return EXIT_INVALID
     text, end = _tail(path, max(0, args.lines))
-    sys.stdout.write(text.decode(errors="replace"))
+    sys.stdout.write(visible_lines(text.decode(errors="replace")))
     if not args.follow:
         return EXIT_OK
     try:

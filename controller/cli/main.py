@@ -58,6 +58,7 @@ from controller.ui.terminal import (
     json_result,
     report,
     silence_stdout,
+    visible,
 )
 
 __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "main", "verbs"]
@@ -392,13 +393,18 @@ def _plan(path: str, result: LoadResult, fmt: str) -> int:
                 f"nodes from the cluster ({chosen or 'every node'}), "
                 f"GPUs {'read with NVML' if pool.cluster.discovery == 'NVML' else 'declared'}"
             )
-        print(f"\n{style.bold('Pool ' + pool.name)}  sharing {pool.sharing}, {gpus}", file=out)
+        print(
+            f"\n{style.bold('Pool ' + visible(pool.name))}  sharing {visible(pool.sharing)}, "
+            f"{visible(gpus)}",
+            file=out,
+        )
         for node in pool.nodes:
             groups = ", ".join(
-                f"{g.count} x {g.product} ({format_bytes(g.memory)})" for g in node.gpus
+                f"{g.count} x {visible(g.product)} ({format_bytes(g.memory)})" for g in node.gpus
             )
             print(
-                f"  node {node.name:<12} {node.discovery:<9} {groups or '(read from NVML)'}",
+                f"  node {visible(node.name):<12} {visible(node.discovery):<9} "
+                f"{groups or '(read from NVML)'}",
                 file=out,
             )
         rows = [r for r in team_usage(desired) if r.pool == pool.name]
@@ -411,7 +417,7 @@ def _plan(path: str, result: LoadResult, fmt: str) -> int:
             verdict = r.verdict
             colour = style.green if verdict in ("ok", "borrows") else style.yellow
             print(
-                f"  {r.team:<14}{r.guaranteed:>11g}{r.limit:>7g}{r.priority:>9}"
+                f"  {visible(r.team):<14}{r.guaranteed:>11g}{r.limit:>7g}{r.priority:>9}"
                 f"{r.requested:>11g}{r.canary_peak:>13g}{per_day(r.requested):>11g}"
                 f"  {colour(verdict)}",
                 file=out,
@@ -420,17 +426,20 @@ def _plan(path: str, result: LoadResult, fmt: str) -> int:
     if checks:
         print(f"\n{style.bold('Canaries')}", file=out)
         for check in checks:
-            line = check.describe()
+            line = visible(check.describe())
             print(f"  {line if check.fits else style.yellow(line)}", file=out)
     print(f"\n{style.bold('Rollout policies')}", file=out)
     for policy in sorted(desired.policies.values(), key=lambda p: p.name):
-        print(f"  {policy.name}: {policy_timeline(policy).describe()}", file=out)
+        print(f"  {visible(policy.name)}: {visible(policy_timeline(policy).describe())}", file=out)
     print(f"\n{style.bold('Models')}", file=out)
     for model in sorted(desired.models.values(), key=lambda m: m.name):
         print(
-            f"  {model.name} {model.version}: team {model.team}, {model.resources.describe()} "
-            f"from pool {model.pool}, rolled out by {model.rollout}",
+            visible(
+                f"  {model.name} {model.version}: team {model.team}, "
+                f"{model.resources.describe()} from pool {model.pool}, rolled out by "
+                f"{model.rollout}"
+            ),
             file=out,
         )
-        print(f"    service {model.service_module}:{model.service_class}", file=out)
+        print(visible(f"    service {model.service_module}:{model.service_class}"), file=out)
     return code

@@ -37,7 +37,7 @@ from controller.spec.loader import load_desired
 from controller.ui.dashboard import render_status_table
 from controller.ui.monitor_view import view_from_record, view_text
 from controller.ui.status_table import status_document
-from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style
+from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style, visible
 
 __all__ = [
     "RepoError",
@@ -162,11 +162,14 @@ def history(args: argparse.Namespace) -> int:
         style = Style(sys.stdout)
         for e in events:
             label = style.bold("spec  ") if e.kind == "spec" else style.green("status")
-            print(f"{e.when}  {label}  {e.commit[:10]}  {e.subject}  ({e.author})")
+            print(
+                f"{visible(e.when)}  {label}  {visible(e.commit[:10])}  {visible(e.subject)}"
+                f"  ({visible(e.author)})"
+            )
             for change in e.changes:
-                print(f"    {change}")
+                print(f"    {visible(change)}")
             if e.source_revision:
-                print(f"    for {e.source_revision}")
+                print(f"    for {visible(e.source_revision)}")
     if not events:
         print(f"mdc history: no change to model {args.model!r} found", file=sys.stderr)
         return EXIT_INVALID
@@ -251,6 +254,6 @@ def monitor(args: argparse.Namespace) -> int:
     else:
         style = Style(sys.stdout)
         lines = view_text(view)
-        print(style.bold(lines[0]) + f"  (from the {view['source']})")
+        print(style.bold(lines[0]) + f"  (from the {visible(view['source'])})")
         print("\n".join(lines[1:]))
     return EXIT_OK

@@ -32,7 +32,7 @@ from controller.app.reconciler import PassResult, Reconciler
 from controller.app.wiring import bento_home, build_controller
 from controller.demo import run_demo
 from controller.errors import MdcError
-from controller.ui.terminal import EXIT_INVALID, EXIT_USAGE
+from controller.ui.terminal import EXIT_INVALID, EXIT_USAGE, visible
 
 __all__ = ["demo", "down", "run_controller"]
 
@@ -132,7 +132,7 @@ def _serve(config: Config, secret: bytes | None, once: bool, timeout: float) -> 
                     line += f" (step {status.step}/{status.steps}, weight {status.weight}%)"
             if shown.get(entry.model) != line:
                 shown[entry.model] = line
-                print(f"mdc run: {line}", file=sys.stderr)
+                print(f"mdc run: {visible(line)}", file=sys.stderr)
         for name, status in sorted(reconciler.statuses.items()):
             key = f"endpoint of {name}"
             if status.endpoint and shown.get(key) != status.endpoint:

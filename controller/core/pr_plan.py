@@ -31,6 +31,7 @@ from controller.core.demand import (
     team_usage,
     verdict_estimate,
 )
+from controller.core.safe_text import md_code, md_html, md_text, visible
 from controller.core.traffic import ObservedTraffic
 from controller.spec.documents import Diagnostic
 from controller.spec.identity import field_changes, planned_bento_tag
@@ -166,45 +167,53 @@ def plan_change(
 
 
 def render_text(plan: ChangePlan) -> str:
+    """The plan as terminal lines; every value from the repository made :func:`visible`."""
+    v = visible
     lines = [
-        f"Plan for {plan.head or 'head'} against {plan.base or 'base'}: "
+        f"Plan for {v(plan.head or 'head')} against {v(plan.base or 'base')}: "
         + ("can be applied" if plan.applicable else "CANNOT be applied")
     ]
     for reason in plan.reasons:
-        lines.append(f"  ! {reason}")
+        lines.append(f"  ! {v(reason)}")
     for m in plan.models:
         if m.change == "unchanged" and not m.new_bento:
             continue
-        bento = f", new bento {m.bento}" if m.new_bento else ""
+        bento = f", new bento {v(m.bento)}" if m.new_bento else ""
         lines.append(
-            f"  {m.model}: {m.change}{bento} ({m.gpus:g} GPU, {per_day(m.gpus):g} GPU-h/day)"
+            f"  {v(m.model)}: {v(m.change)}{bento} ({m.gpus:g} GPU, {per_day(m.gpus):g} GPU-h/day)"
         )
-        lines += [f"      {f}" for f in m.fields]
+        lines += [f"      {v(f)}" for f in m.fields]
         if m.canary is not None:
-            lines.append(f"      {m.canary.describe()}")
+            lines.append(f"      {v(m.canary.describe())}")
         if m.timeline:
-            lines.append(f"      rollout: {m.timeline}")
+            lines.append(f"      rollout: {v(m.timeline)}")
         if m.verdict:
-            lines.append(f"      {'! ' if m.verdict_waits else ''}verdict: {m.verdict}")
+            lines.append(f"      {'! ' if m.verdict_waits else ''}verdict: {v(m.verdict)}")
     for t in plan.teams:
         lines.append(
-            f"  team {t['team']} ({t['pool']}): {t['requested']:g} of limit {t['limit']:g} "
+            f"  team {v(t['team'])} ({v(t['pool'])}): {t['requested']:g} of limit {t['limit']:g} "
             f"GPUs, canary peak {t['canary_peak']:g}, headroom {t['headroom']:g}"
         )
     return "\n".join(lines)
 
 
 def render_markdown(plan: ChangePlan) -> str:
-    """The PR comment. Starts with :data:`MARKER`; stays under GitHub's 65,536 characters."""
+    """The PR comment. Starts with :data:`MARKER`; stays under GitHub's 65,536 characters.
+
+    Every value from the repository or the PR (revisions, file names, messages, model,
+    team and pool names, field paths) goes through :mod:`controller.core.safe_text`:
+    it can close no code span, open no heading, link, image, mention or HTML, and
+    split no table cell."""
     status = "✅ can be applied" if plan.applicable else "❌ cannot be applied"
     out = [MARKER, f"### mdc plan: {status}", ""]
     if plan.base or plan.head:
-        out += [f"`{plan.base[:12]}` → `{plan.head[:12]}`", ""]
+        out += [f"{md_code(plan.base[:12])} → {md_code(plan.head[:12])}", ""]
     if plan.reasons:
-        out += ["**Problems**", ""] + [f"- `{r}`" for r in plan.reasons] + [""]
+        out += ["**Problems**", ""] + [f"- {md_code(r)}" for r in plan.reasons] + [""]
     waits = [m for m in plan.models if m.verdict_waits]
     if waits:
-        out += ["**Warnings**", ""] + [f"- ⚠️ {m.model}: {m.verdict}" for m in waits] + [""]
+        out += ["**Warnings**", ""]
+        out += [f"- ⚠️ {md_text(m.model)}: {md_text(m.verdict)}" for m in waits] + [""]
     touched = [m for m in plan.models if m.change != "unchanged" or m.new_bento]
     if touched:
         out += [
@@ -213,20 +222,20 @@ def render_markdown(plan: ChangePlan) -> str:
         ]
         for m in touched:
             canary = m.canary.describe().split(": ", 1)[1] if m.canary is not None else ""
-            bento = f"`{m.bento}` (new)" if m.new_bento else "unchanged"
+            bento = f"{md_code(m.bento, in_table=True)} (new)" if m.new_bento else "unchanged"
             out.append(
-                f"| {m.model} | {m.change} | {bento} | {m.gpus:g} | {per_day(m.gpus):g} | "
-                f"{canary} |"
+                f"| {md_text(m.model)} | {md_text(m.change)} | {bento} | {m.gpus:g} | "
+                f"{per_day(m.gpus):g} | {md_text(canary)} |"
             )
         out.append("")
         for m in touched:
             if m.fields or m.timeline:
-                out.append(f"<details><summary>{m.model}</summary>\n")
-                out += [f"- `{f}`" for f in m.fields]
+                out.append(f"<details><summary>{md_html(m.model)}</summary>\n")
+                out += [f"- {md_code(f)}" for f in m.fields]
                 if m.timeline:
-                    out.append(f"- rollout: {m.timeline}")
+                    out.append(f"- rollout: {md_text(m.timeline)}")
                 if m.verdict:
-                    out.append(f"- verdict: {m.verdict}")
+                    out.append(f"- verdict: {md_text(m.verdict)}")
                 out.append("\n</details>")
         out.append("")
     else:
@@ -236,8 +245,8 @@ def render_markdown(plan: ChangePlan) -> str:
         "|---|---|---|---|---|---|",
     ]
     out += [
-        f"| {t['team']} | {t['pool']} | {t['requested']:g} | {t['canary_peak']:g} | "
-        f"{t['limit']:g} | {t['headroom']:g} |"
+        f"| {md_text(t['team'])} | {md_text(t['pool'])} | {t['requested']:g} | "
+        f"{t['canary_peak']:g} | {t['limit']:g} | {t['headroom']:g} |"
         for t in plan.teams
     ]
     text = "\n".join(out) + "\n"

@@ -18,6 +18,7 @@ Called by :mod:`controller.spec.kinds`; pure (no I/O).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,10 @@ class Limits:
     max_documents: int = 200
     max_nodes: int = 50_000
     max_depth: int = 64
+    #: numbers beyond this magnitude, NaN and infinities are refused (None:
+    #: allowed). The spec loader sets it: no spec field means anything near
+    #: it, and bigger ones overflow arithmetic or compare false.
+    max_number: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,6 +216,11 @@ def parse_yaml(
     return documents, problems
 
 
+#: a number written with more characters than this is refused unread (int()
+#: of thousands of digits is slow, or refused by Python)
+_MAX_NUMBER_CHARS = 40
+
+
 class _Abort(Exception):
     """The document is beyond a cap: stop building it."""
 
@@ -244,7 +254,8 @@ class _Builder:
             Diagnostic(self.file, where.line, where.column, format_path(path), message, rule)
         )
 
-    def value(self, node: Node, path: Path, depth: int) -> Any:
+    def tick(self, node: Node, path: Path) -> None:
+        """Count one value (or one merged key) against the expansion budget."""
         self.count += 1
         if self.count > self.limits.max_nodes:
             self.refuse(
@@ -255,6 +266,9 @@ class _Builder:
                 "yaml.alias-limit",
             )
             raise _Abort
+
+    def value(self, node: Node, path: Path, depth: int) -> Any:
+        self.tick(node, path)
         if depth > self.limits.max_depth:
             self.refuse(
                 node,
@@ -287,11 +301,34 @@ class _Builder:
             return None
         if tag == "bool":
             return self.scalars.construct_yaml_bool(node)
-        if tag == "int":
-            return self.scalars.construct_yaml_int(node)
-        if tag == "float":
-            return self.scalars.construct_yaml_float(node)
+        if tag in ("int", "float"):
+            return self.number(node, path, tag)
         self.refuse(node, path, f"YAML tag {node.tag!r} is not allowed", "yaml.tag")
+        return None
+
+    def number(self, node: ScalarNode, path: Path, tag: str) -> Any:
+        """An int or float; with :attr:`Limits.max_number` set, one that is
+        finite and within it (anything else is refused here, before it can
+        overflow or compare false). Numbers written with more characters than
+        any bound needs are refused unread either way."""
+        bound = self.limits.max_number
+        text = str(node.value)
+        number: Any = None
+        if len(text.replace("_", "")) <= _MAX_NUMBER_CHARS:
+            try:
+                if tag == "int":
+                    number = self.scalars.construct_yaml_int(node)
+                else:
+                    number = self.scalars.construct_yaml_float(node)
+            except (ValueError, OverflowError):
+                number = None
+        if number is not None and (
+            bound is None or (math.isfinite(number) and abs(number) <= bound)
+        ):
+            return number
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        limit = f" of magnitude at most {bound:g}" if bound is not None else ""
+        self.refuse(node, path, f"must be a finite number{limit} (got {shown!r})", "yaml.number")
         return None
 
     def mapping(self, node: MappingNode, path: Path, depth: int) -> dict[str, Any]:
@@ -300,7 +337,7 @@ class _Builder:
         merged: list[tuple[Node, Node]] = []
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE:
-                merged.extend(self.merge_sources(value_node, path))
+                merged.extend(self.merge_sources(value_node, path, depth))
                 continue
             if not isinstance(key_node, ScalarNode):
                 self.refuse(key_node, path, "mapping keys must be plain strings", "yaml.key")
@@ -325,13 +362,35 @@ class _Builder:
             out[key] = self.value(value_node, (*path, key), depth + 1)
         return out
 
-    def merge_sources(self, node: Node, path: Path) -> Iterator[tuple[Node, Node]]:
+    def merge_sources(self, node: Node, path: Path, depth: int) -> Iterator[tuple[Node, Node]]:
+        """The key/value pairs ``<<: node`` merges in, nested merges flattened.
+
+        Every source and every pair counts against the same budget as the
+        values aliases expand to (``<<: [*a, *a, ...]`` costs what it reads,
+        even where its keys are already set), and nested merges against the
+        depth cap.
+        """
+        if depth > self.limits.max_depth:
+            self.refuse(
+                node,
+                path,
+                f"merges nested deeper than {self.limits.max_depth} levels (a recursive alias?)",
+                "yaml.depth-limit",
+            )
+            raise _Abort
+        self.tick(node, path)
         sources = node.value if isinstance(node, SequenceNode) else [node]
         for source in sources:
+            self.tick(source, path)
             if not isinstance(source, MappingNode):
                 self.refuse(source, path, "'<<' merges only mappings", "yaml.merge")
                 continue
-            yield from source.value
+            for key_node, value_node in source.value:
+                self.tick(key_node, path)
+                if key_node.tag == _MERGE:
+                    yield from self.merge_sources(value_node, path, depth + 1)
+                else:
+                    yield key_node, value_node
 
 
 def _loc(node: Node) -> Location:

@@ -24,6 +24,7 @@ reconciler.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ from controller.spec.tree import EntryKind, Tree
 __all__ = ["LoadResult", "ParseCache", "SnapshotLoader", "load_desired"]
 
 _API_GROUP = API_VERSION.split("/")[0] + "/"
+
+#: The largest magnitude a number in a spec may have (NaN and infinities are
+#: refused too): every field's own bound is far below it.
+MAX_SPEC_NUMBER = 1e15
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,10 @@ def load_desired(
     change since the previous call are not parsed or schema-checked again; the
     cross-object rules always run over everything.
     """
-    return _Loader(tree, limits or Limits(), cache).run()
+    limits = limits or Limits()
+    if limits.max_number is None:
+        limits = dataclasses.replace(limits, max_number=MAX_SPEC_NUMBER)
+    return _Loader(tree, limits, cache).run()
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,15 @@ def _prepare(path: str, raw: bytes, strict: bool, limits: Limits) -> _Prepared:
             problems.extend(schema_problems)
             invalid.extend(_ref_of(document, kind))
             continue
-        objects.append((kind, BUILDERS[kind](document)))
+        try:
+            objects.append((kind, BUILDERS[kind](document)))
+        except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
+            # a value the schema let through that the builder cannot use: this
+            # object is refused, never the whole pass
+            problems.append(
+                document.diagnostic(("spec",), f"a value cannot be used: {exc}"[:300], "spec.value")
+            )
+            invalid.extend(_ref_of(document, kind))
     return _Prepared(
         tuple(problems), bool(parse_problems) and not documents, tuple(objects), tuple(invalid)
     )
@@ -220,6 +236,9 @@ class _Memo:
     def readlink(self, path: str) -> str:
         return self.inner.readlink(path)
 
+    def refusals(self) -> list[tuple[str, str]]:
+        return self.inner.refusals()
+
 
 class _Loader:
     def __init__(self, tree: Tree, limits: Limits, cache: ParseCache | None) -> None:
@@ -250,6 +269,8 @@ class _Loader:
                 self.unreadable.add(path)
             for kind, obj in prepared.objects:
                 by_kind[kind].append(obj)
+        for path, why in self.tree.refusals():
+            self.problems.append(Diagnostic(path, 1, 1, "", why, "tree.limit"))
         if self.cache is not None:
             self.cache.end_load()
 

@@ -32,13 +32,14 @@ from controller.spec.kinds import (
     Sharing,
     StepKind,
 )
+from controller.spec.pysource import MAX_MODULE_BYTES, parse_module
 from controller.spec.schema import suggest
-from controller.spec.tree import EntryKind, Tree, clean_reference, resolve
+from controller.spec.tree import MAX_BLOB_BYTES, EntryKind, Tree, clean_reference, resolve
 from controller.spec.units import format_bytes
 
 __all__ = ["Rules"]
 
-_MAX_SERVICE_BYTES = 1 << 20
+_MAX_SERVICE_BYTES = MAX_MODULE_BYTES
 
 
 class Rules:
@@ -293,7 +294,19 @@ class Rules:
                 ]
             return []
         if art.path:
-            return self.check_in_repo(doc, (*base, "path"), art.path, "ref.artifact", "artifact")
+            found = self.check_in_repo(doc, (*base, "path"), art.path, "ref.artifact", "artifact")
+            if found:
+                return found
+            target, kind = self.resolve(art.path)
+            if kind is EntryKind.FILE and self.tree.size(target) > MAX_BLOB_BYTES:
+                return [
+                    doc.diagnostic(
+                        (*base, "path"),
+                        f"artifact {art.path!r} is over {MAX_BLOB_BYTES} bytes; "
+                        "serve it over https with a sha256",
+                        "artifact.size",
+                    )
+                ]
         return []
 
     def check_in_repo(
@@ -314,11 +327,9 @@ class Rules:
     def classes_in(self, target: str, shown: str) -> list[str] | str:
         """Top-level class names of a Python module (parsed, never run), or why not."""
         if target not in self.modules:
-            try:
-                module = ast.parse(self.tree.read(target), filename=shown)
-            except (SyntaxError, ValueError) as exc:
-                line = getattr(exc, "lineno", None) or "?"
-                self.modules[target] = f"cannot parse {shown} (line {line}): {exc}"
+            module = parse_module(self.tree.read(target), shown)
+            if isinstance(module, str):
+                self.modules[target] = module
             else:
                 self.modules[target] = [n.name for n in module.body if isinstance(n, ast.ClassDef)]
         return self.modules[target]

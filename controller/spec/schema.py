@@ -15,13 +15,16 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path as FilePath
 from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
+from jsonschema.validators import extend
 
 from controller.spec.documents import Diagnostic, Document, Path
+from controller.spec.units import format_duration, parse_duration
 
 __all__ = ["KINDS", "check", "schema_dir", "schemas", "suggest"]
 
@@ -51,12 +54,62 @@ def schemas() -> dict[str, dict[str, Any]]:
 
 
 @functools.cache
-def _validators() -> dict[str, Draft202012Validator]:
+def _anchored(pattern: str) -> re.Pattern[str]:
+    """``pattern`` with ``\\A...\\Z`` semantics: a final ``$`` matches only at
+    the very end (in Python's ``re`` it also matches before a final newline,
+    so ``"fraud-scorer\\n"`` would pass ``^[a-z-]+$``)."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if isinstance(instance, str) and not _anchored(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _duration_bound(
+    validator: Any, bound: str, instance: Any, schema: Mapping[str, Any], *, lowest: bool
+) -> Iterator[ValidationError]:
+    if not isinstance(instance, str):
+        return
+    try:
+        seconds = parse_duration(instance)
+    except ValueError:
+        return  # the pattern says what is wrong
+    limit = parse_duration(bound)
+    if (seconds < limit) if lowest else (seconds > limit):
+        word = "at least" if lowest else "at most"
+        yield ValidationError(f"must be {word} {format_duration(limit)} (got {instance!r})")
+
+
+def _min_duration(
+    validator: Any, bound: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    return _duration_bound(validator, bound, instance, schema, lowest=True)
+
+
+def _max_duration(
+    validator: Any, bound: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    return _duration_bound(validator, bound, instance, schema, lowest=False)
+
+
+#: Draft 2020-12 with anchored patterns and two keywords of ours for the
+#: ``duration`` strings (``minDuration``, ``maxDuration``; other validators
+#: ignore them as unknown keywords).
+_Validator = extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    {"pattern": _pattern, "minDuration": _min_duration, "maxDuration": _max_duration},
+)
+
+
+@functools.cache
+def _validators() -> dict[str, Any]:
     loaded = schemas()
-    return {
-        kind: Draft202012Validator(_inline(loaded[name], name, loaded))
-        for kind, name in KINDS.items()
-    }
+    return {kind: _Validator(_inline(loaded[name], name, loaded)) for kind, name in KINDS.items()}
 
 
 def _inline(node: Any, base: str, loaded: Mapping[str, Any]) -> Any:
@@ -151,6 +204,8 @@ def _explain(error: ValidationError) -> Iterator[tuple[Path, str, str]]:
             yield path, f"must be {_article(title)}{like} (got {instance!r})", rule
         else:
             yield path, f"must match the pattern {value} (got {instance!r})", rule
+    elif keyword in ("minDuration", "maxDuration"):
+        yield path, error.message, "schema.duration"
     elif keyword == "propertyNames":
         yield path, f"has an invalid key: {error.message}", rule
     else:

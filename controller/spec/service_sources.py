@@ -45,6 +45,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from controller.errors import PermanentError, Reason, UnsafePath
+from controller.spec.pysource import parse_module
 from controller.spec.tree import EntryKind, Tree, clean_reference, resolve
 
 __all__ = ["MAX_BYTES", "MAX_FILES", "MAX_FILE_BYTES", "imported_names", "service_sources"]
@@ -167,9 +168,8 @@ class _Scan:
         self.queue.append(module)
 
     def follow(self, module: _Module) -> None:
-        try:
-            parsed = ast.parse(self.files[_context(module)], filename=module.path)
-        except (SyntaxError, ValueError, RecursionError):
+        parsed = parse_module(self.files[_context(module)], module.path)
+        if isinstance(parsed, str):
             return  # taken as it is; the build will say what is wrong with it
         for name, relative in imported_names(parsed, module.name, module.package):
             self.request(name, (module.root,) if relative else self.roots)

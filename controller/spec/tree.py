@@ -27,6 +27,9 @@ from typing import Protocol
 from controller.errors import UnsafePath
 
 __all__ = [
+    "MAX_BLOB_BYTES",
+    "MAX_TREE_DEPTH",
+    "MAX_TREE_ENTRIES",
     "DirTree",
     "EntryKind",
     "Tree",
@@ -35,6 +38,12 @@ __all__ = [
 ]
 
 MAX_SYMLINK_HOPS = 8
+#: A repository tree deeper than this (path segments) is not walked below it.
+MAX_TREE_DEPTH = 64
+#: A tree with more entries (files and directories) than this is walked no further.
+MAX_TREE_ENTRIES = 100_000
+#: The largest file read from a tree (GitHub refuses files over 100 MiB).
+MAX_BLOB_BYTES = 100 << 20
 
 
 class EntryKind(StrEnum):
@@ -65,6 +74,11 @@ class Tree(Protocol):
 
     def readlink(self, path: str) -> str:
         """The target written in the symlink at ``path``."""
+        ...
+
+    def refusals(self) -> list[tuple[str, str]]:
+        """``(path, why)`` for each part of the tree :meth:`walk` left out for
+        being over a bound (:data:`MAX_TREE_DEPTH`, :data:`MAX_TREE_ENTRIES`)."""
         ...
 
 
@@ -132,22 +146,54 @@ class DirTree:
         self.root = Path(root)
         if not self.root.is_dir():
             raise NotADirectoryError(f"{self.root} is not a directory")
+        self._walked: list[str] | None = None
+        self._refused: list[tuple[str, str]] = []
 
     def _abs(self, path: str) -> Path:
         return self.root / clean_reference(path)
 
     def walk(self) -> Iterator[str]:
+        if self._walked is None:
+            self._walked = self._scan()
+        yield from self._walked
+
+    def refusals(self) -> list[tuple[str, str]]:
+        if self._walked is None:
+            self._walked = self._scan()
+        return list(self._refused)
+
+    def _scan(self) -> list[str]:
+        """Every file and symlink, iteratively, within the depth and entry bounds."""
         found: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            prefix = "" if rel == "." else rel + "/"
-            if ".git" in dirnames:
-                dirnames.remove(".git")
-            for name in list(dirnames):
-                if os.path.islink(os.path.join(dirpath, name)):
-                    found.append(prefix + name)
-            found.extend(prefix + name for name in filenames)
-        yield from sorted(found)
+        entries = 0
+        stack: list[tuple[str, int]] = [("", 0)]
+        while stack:
+            rel, depth = stack.pop()
+            with os.scandir(self.root / rel if rel else self.root) as listing:
+                for entry in listing:
+                    path = f"{rel}/{entry.name}" if rel else entry.name
+                    if entry.name == ".git" and entry.is_dir(follow_symlinks=False):
+                        continue
+                    entries += 1
+                    if entries > MAX_TREE_ENTRIES:
+                        self._refused.append(
+                            (
+                                path,
+                                f"the tree has more than {MAX_TREE_ENTRIES} entries; "
+                                "the rest is not read",
+                            )
+                        )
+                        return sorted(found)
+                    if entry.is_dir(follow_symlinks=False):
+                        if depth + 1 >= MAX_TREE_DEPTH:
+                            self._refused.append(
+                                (path, f"nested deeper than {MAX_TREE_DEPTH} directories; not read")
+                            )
+                        else:
+                            stack.append((path, depth + 1))
+                    else:
+                        found.append(path)
+        return sorted(found)
 
     def kind(self, path: str) -> EntryKind | None:
         try:

@@ -25,9 +25,9 @@ __all__ = [
 ]
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$"
+MEMORY_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,15})?(Ki|Mi|Gi|Ti|K|M|G|T)?$"
 
-SHARE_PATTERN = r"^[0-9]+(\.[0-9]+)?%$"
+SHARE_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,15})?%$"
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -270,10 +270,9 @@ def _commit_pulls(request: RouteRequest) -> Reply:
         p.merge_commit_sha for p in repo.pulls.values() if p.merge_commit_sha
     }
     if sha not in repo.commits and sha not in repo.commit_pulls and sha not in known:
-        raise invalid_reply(
-            {"resource": "Commit", "code": "invalid", "field": "commit_sha"},
-            message=f"No commit found for SHA: {request.params['sha']}",
-        )
+        # GitHub itself answers 422 here; its description documents only 200 and 409
+        # (basic-error), so the fake answers 409: the client takes both as "no PR".
+        raise error_reply(409, f"No commit found for SHA: {request.params['sha']}")
     numbers = set(repo.commit_pulls.get(sha, []))
     numbers |= {p.number for p in repo.pulls.values() if sha in {p.head_sha, p.merge_commit_sha}}
     pulls = [repo.pulls[n] for n in sorted(numbers) if n in repo.pulls]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from controller.core.safe_text import visible
 from controller.spec.kinds import DriftWatch, Objective
 
 __all__ = ["view_from_record", "view_text"]
@@ -96,7 +97,7 @@ def view_text(view: Mapping[str, Any], rows: int = 6) -> list[str]:
                 f"{_ms(latency.get('p50')):>7} {_ms(latency.get('p99')):>7} "
                 f"{r.get('gpuHours', 0):>6.2f} {_score(r.get('driftScore')):>6}  {worst}"
             )
-    return lines
+    return [visible(line) for line in lines]
 
 
 def _ms(seconds: float | None) -> str:

@@ -18,6 +18,7 @@ from controller.core.allocation import Placed, ReleaseKind, request_for
 from controller.core.costs import model_cost, per_day, team_totals
 from controller.core.inventory import Inventory
 from controller.core.ledger import Ledger
+from controller.core.safe_text import visible
 from controller.core.status import ModelStatus
 from controller.spec.kinds import Desired, GPUPool
 from controller.spec.units import format_bytes
@@ -155,10 +156,12 @@ def render(report: dict[str, Any], emphasis: Callable[[str], str] = str) -> list
     """The report as lines of text, with one bar of ``CELLS`` characters per GPU."""
     letters = _letters(h["team"] for g in report["gpus"] for h in g["held"])
     lines = [
-        emphasis(f"Pool {report['pool']}")
-        + f"  sharing {report['sharing']}, {len(report['gpus'])} GPUs "
-        f"({report['discovered']} discovered, {report['declared']} declared); "
-        f"holdings {report['holdings']}"
+        emphasis(visible(f"Pool {report['pool']}"))
+        + visible(
+            f"  sharing {report['sharing']}, {len(report['gpus'])} GPUs "
+            f"({report['discovered']} discovered, {report['declared']} declared); "
+            f"holdings {report['holdings']}"
+        )
     ]
     nodes: dict[str, list[dict[str, Any]]] = {}
     for g in report["gpus"]:
@@ -189,7 +192,7 @@ def render(report: dict[str, Any], emphasis: Callable[[str], str] = str) -> list
         lines.append(f"  ! {text}")
     for text in report["waiting"]:
         lines.append(f"  waits: {text}")
-    return lines
+    return lines[:1] + [visible(line) for line in lines[1:]]
 
 
 def _bar(gpu: dict[str, Any], letters: dict[str, str]) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 from controller.core.canary import CanaryState, Outcome, state_from_dict
 from controller.core.status import ModelStatus, Phase
-from controller.ui.terminal import Style
+from controller.ui.terminal import Style, visible
 from controller.ui.values import as_int, as_number, as_text, epoch_of, format_age
 
 __all__ = [
@@ -149,14 +149,9 @@ def status_document(statuses: Sequence[ModelStatus], now: float) -> dict[str, An
     return {"models": status_rows(statuses, now)}
 
 
-def _printable(value: object) -> str:
-    """Text safe for a terminal: control characters (escapes) become ``?``."""
-    return "".join(ch if ch.isprintable() else "?" for ch in str(value))
-
-
 def _cells(row: Mapping[str, Any]) -> list[str]:
     def text(value: object) -> str:
-        return "-" if value is None or value == "" else _printable(value)
+        return "-" if value is None or value == "" else visible(value)
 
     weight = row.get("weight")
     shown_weight = f"{weight}%" if row.get("canary") is not None or weight else "-"

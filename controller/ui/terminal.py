@@ -3,9 +3,12 @@
 Owns the exit codes, terminal styling (colour only on a terminal, never with
 ``NO_COLOR``), the progress line of long work (:func:`progress`: a ``rich``
 spinner on a terminal, nothing at all on a pipe or with ``NO_COLOR``),
-compiler-style error listings, the JSON shape of a load result and what to do
-with stdout once its reader has gone (:func:`silence_stdout`). Shared by the
-modules of :mod:`controller.cli`.
+compiler-style error listings (each value from a spec or a file name shown
+through :func:`visible`, the one terminal escaper, defined in
+:mod:`controller.core.safe_text` so the plan's text uses it too: a control
+character in a file name can forge no line and send no escape sequence), the
+JSON shape of a load result and what to do with stdout once its reader has
+gone (:func:`silence_stdout`). Shared by the modules of :mod:`controller.cli`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.spinner import Spinner
 
+from controller.core.safe_text import visible, visible_lines
 from controller.spec.documents import Diagnostic
 from controller.spec.loader import LoadResult
 
@@ -36,6 +40,8 @@ __all__ = [
     "progress",
     "report",
     "silence_stdout",
+    "visible",
+    "visible_lines",
 ]
 
 EXIT_OK = 0
@@ -122,9 +128,9 @@ def plural(n: int, one: str, many: str | None = None) -> str:
 def report(diagnostics: Sequence[Diagnostic], stream: TextIO) -> None:
     style = Style(stream)
     for d in diagnostics:
-        where = style.bold(f"{d.file}:{d.line}:{d.column}:")
-        path = f" {d.path}:" if d.path else ""
-        print(f"{where}{path} {style.red(d.message)} [{d.rule}]", file=stream)
+        where = style.bold(f"{visible(d.file)}:{d.line}:{d.column}:")
+        path = f" {visible(d.path)}:" if d.path else ""
+        print(f"{where}{path} {style.red(visible(d.message))} [{visible(d.rule)}]", file=stream)
     files = len({d.file for d in diagnostics})
     print(
         f"{plural(len(diagnostics), 'error')} in {plural(files, 'file')}",

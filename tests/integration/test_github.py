@@ -444,10 +444,42 @@ def test_pulls_for_commit(github: FakeGitHub, reporter: GitHubReporter) -> None:
     assert sorted(reporter.pulls_for_commit(shared)) == many
     assert calls(github, "GET", "/pulls$") == 2
 
-    with pytest.raises(PermanentError) as caught:
-        reporter.pulls_for_commit("f" * 40)
-    assert caught.value.reason == "GitHubInvalid"
-    assert "No commit found" in str(caught.value)
+    # a commit GitHub does not know belongs to no PR
+    assert reporter.pulls_for_commit("f" * 40) == []
+
+
+def test_the_fake_answers_an_unknown_commit_as_documented(
+    github: FakeGitHub, reporter: GitHubReporter
+) -> None:
+    """GitHub's description lists 200 and 409 for the pulls of a commit: the fake answers
+    an unknown commit with one of them (409, GitHub's basic-error), never 422."""
+    github.clear_requests()
+    assert reporter.pulls_for_commit("e" * 40) == []
+    (record,) = [r for r in github.requests if r.path.endswith("/pulls")]
+    declared = operation_for(record.method, record.path)["responses"]
+    assert sorted(declared) == ["200", "409"]
+    assert record.status == 409
+    assert "No commit found" in json.loads(record.response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        # what GitHub answers for an unknown commit (not in its description)
+        (422, {"message": "No commit found for SHA: ffff", "documentation_url": "d"}),
+        # what its description documents (Conflict: an empty repository)
+        (409, {"message": "Git Repository is empty.", "documentation_url": "d"}),
+    ],
+)
+def test_pulls_for_commit_reads_422_and_409_as_no_pull_request(
+    github: FakeGitHub, reporter: GitHubReporter, status: int, body: dict[str, str]
+) -> None:
+    github.fail_next(status, body=body, method="GET", path="/commits/.*/pulls$")
+    assert reporter.pulls_for_commit(SHA) == []
+    # any other refusal is still an error
+    github.fail_next(404, method="GET", path="/commits/.*/pulls$")
+    with pytest.raises(PermanentError):
+        reporter.pulls_for_commit(SHA)
 
 
 @pytest.mark.parametrize(
@@ -730,8 +762,8 @@ def test_refusals_are_permanent_and_not_retried(
     said: str,
 ) -> None:
     github.fail_next(**fault)
-    with pytest.raises(PermanentError) as caught:
-        reporter.pulls_for_commit(SHA)
+    with pytest.raises(PermanentError) as caught:  # (on commits/{sha}/pulls 409 is "no PR")
+        reporter.find_comment(7, "<!-- marker -->")
     assert (caught.value.reason, naps, len(github.requests)) == (reason, [], 1)
     assert said in str(caught.value)
 

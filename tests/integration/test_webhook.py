@@ -625,3 +625,53 @@ def test_lifecycle(client: httpx.Client) -> None:
         client.post(url, content=b"{}")
     with pytest.raises(ValueError, match="empty"):
         WebhookServer(b"", lambda event: None)
+
+
+# -- forge checks: another repository, deep or huge bodies ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "payload"),
+    [
+        ("pull_request", pr_payload()),
+        ("push", push_payload()),
+        ("issue_comment", comment_payload()),
+    ],
+)
+def test_events_about_another_repository_are_ignored_with_a_log_line(
+    serve: Serve,
+    client: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+    event: str,
+    payload: dict[str, Any],
+) -> None:
+    server, received = serve(repository="ACME/Specs")  # GitHub compares names without case
+    assert deliver(client, server.url, payload, event).status_code == 202
+    assert len(received) == 1
+    foreign = {**payload, "repository": {"full_name": "mallory/specs"}}
+    caplog.set_level(logging.WARNING)
+    answer = deliver(client, server.url, foreign, event)
+    assert answer.status_code == 202
+    assert answer.json() == {"ignored": event, "repository": "mallory/specs"}
+    assert len(received) == 1
+    assert "'mallory/specs', not ACME/Specs" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "deeper than 64"),  # the parser's limit
+        (b'{"a":' * 65 + b"1" + b"}" * 65, "deeper than 64"),  # under it, over ours
+        (b'{"zen": ' + b"[" * 80 + b"]" * 80 + b"}", "deeper than 64"),  # arrays count too
+        (b'{"n": ' + b"9" * 5000 + b"}", "digits"),  # an integer too big to read
+    ],
+)
+def test_deep_or_huge_json_is_answered_400(
+    serve: Serve, client: httpx.Client, body: bytes, error: str
+) -> None:
+    server, received = serve(max_body=1 << 21)
+    answer = deliver(client, server.url, body, "push")
+    assert answer.status_code == 400
+    assert error in answer.json()["error"]
+    assert received == []
+    assert deliver(client, server.url, push_payload()).status_code == 202  # and it lives on

@@ -192,6 +192,19 @@ CASES = [
     ("weights-not-rising", "rollouts/policy.yaml", 9, 7, "spec.steps[2].setWeight", "steps.weight"),
     ("yaml-bool-team", "models/model.yaml", 7, 3, "spec.team", "schema.type"),
     ("yaml-syntax", "models/model.yaml", 7, 2, "", "yaml.syntax"),
+    # issue 18: numbers and strings that mean what they say, bounded work
+    ("number-nan", "models/model.yaml", 12, 10, "spec.resources.gpu", "yaml.number"),
+    ("pattern-trailing-newline", "models/model.yaml", 4, 3, "metadata.name", "schema.pattern"),
+    (
+        "duration-out-of-range",
+        "rollouts/policy.yaml",
+        11,
+        5,
+        "spec.analysis.interval",
+        "schema.duration",
+    ),
+    ("merge-key-bomb", "models/bomb.yaml", 1, 10205, "b", "yaml.alias-limit"),
+    ("service-misplaced-future", "models/model.yaml", 10, 3, "spec.service", "ref.service"),
 ]
 
 

@@ -4,6 +4,7 @@ rollout section of its comment, and how it behaves while GitHub is down."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 
 import pytest
@@ -93,7 +94,9 @@ def test_render_rollout_tables_each_interval() -> None:
     assert "| 20% | fail |" in row
     assert "errors ❌" in row
     assert "latency …" in row
-    assert "max 0.05 / x" in row  # a pipe in a message cannot break the table
+    # a pipe in a message cannot break the table: escaped, so the row keeps its 4 cells
+    assert r"max 0.05 \| x" in row
+    assert len(re.findall(r"(?<!\\)\|", row)) == 5
 
 
 class FlakyGitHub:

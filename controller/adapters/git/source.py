@@ -38,8 +38,8 @@ from pygit2.enums import CredentialType
 
 from controller.adapters.git.signing import SigningMode, SigningPolicy, Verdict, verify_commit
 from controller.core.backoff import backoff_delay
-from controller.errors import PermanentError, Reason, TransientError
-from controller.spec.tree import EntryKind
+from controller.errors import PermanentError, Reason, TransientError, UnsafePath
+from controller.spec.tree import MAX_BLOB_BYTES, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, EntryKind
 
 __all__ = [
     "Credentials",
@@ -418,22 +418,46 @@ class GitTree:
         self.repo = repo
         self.tree_id = tree_id
         self._entries: dict[str, tuple[int, str]] | None = None
+        self._refused: list[tuple[str, str]] = []
 
     def entries(self) -> dict[str, tuple[int, str]]:
-        """Every path in the tree -> (file mode, object id), directories included."""
+        """Every path in the tree -> (file mode, object id), directories included.
+
+        Walked iteratively, at most :data:`MAX_TREE_DEPTH` directories deep and
+        :data:`MAX_TREE_ENTRIES` entries in all; what is left out is named by
+        :meth:`refusals`.
+        """
         if self._entries is None:
             found: dict[str, tuple[int, str]] = {}
-
-            def visit(tree: Any, prefix: str) -> None:
+            stack: list[tuple[Any, str, int]] = [(self.repo[self.tree_id], "", 0)]
+            while stack:
+                tree, prefix, depth = stack.pop()
                 for entry in tree:
                     path = prefix + entry.name
+                    if len(found) >= MAX_TREE_ENTRIES:
+                        self._refused.append(
+                            (
+                                path,
+                                f"the tree has more than {MAX_TREE_ENTRIES} entries; "
+                                "the rest is not read",
+                            )
+                        )
+                        stack.clear()
+                        break
                     found[path] = (entry.filemode, str(entry.id))
                     if entry.filemode == _MODE_TREE:
-                        visit(self.repo[entry.id], path + "/")
-
-            visit(self.repo[self.tree_id], "")
+                        if depth + 1 >= MAX_TREE_DEPTH:
+                            self._refused.append(
+                                (path, f"nested deeper than {MAX_TREE_DEPTH} directories; not read")
+                            )
+                        else:
+                            stack.append((self.repo[entry.id], path + "/", depth + 1))
             self._entries = found
         return self._entries
+
+    def refusals(self) -> list[tuple[str, str]]:
+        self.entries()
+        return list(self._refused)
 
     def walk(self) -> Iterator[str]:
         yield from sorted(p for p, (mode, _) in self.entries().items() if mode != _MODE_TREE)
@@ -451,17 +475,25 @@ class GitTree:
             return EntryKind.OTHER
         return EntryKind.FILE
 
-    def _blob(self, path: str) -> Any:
+    def _oid(self, path: str) -> str:
         entry = self.entries().get(path)
         if entry is None:
             raise FileNotFoundError(path)
-        return self.repo[entry[1]]
+        return entry[1]
 
     def size(self, path: str) -> int:
-        return int(self._blob(path).size)
+        """The blob's size, from its object header: the content is not inflated."""
+        _, size = self.repo.odb.read_header(self._oid(path))
+        return int(size)
 
     def read(self, path: str) -> bytes:
-        return bytes(self._blob(path).data)
+        """The blob's bytes; one over :data:`MAX_BLOB_BYTES` (by its header) is
+        refused with :class:`~controller.errors.UnsafePath` before it is read."""
+        size = self.size(path)
+        if size > MAX_BLOB_BYTES:
+            raise UnsafePath(f"{path} is {size} bytes, over the limit of {MAX_BLOB_BYTES} bytes")
+        _, data = self.repo.odb.read(self._oid(path))
+        return bytes(data)
 
     def readlink(self, path: str) -> str:
         return self.read(path).decode("utf-8", "replace")

@@ -293,11 +293,16 @@ class GitHubReporter:
     # -- pull requests and permissions -----------------------------------------------------
 
     def pulls_for_commit(self, sha: str) -> list[int]:
-        """Numbers of the pull requests ``sha`` belongs to, merged ones included."""
+        """Numbers of the pull requests ``sha`` belongs to, merged ones included.
+
+        A commit GitHub does not know belongs to none: GitHub answers 422 ("No commit
+        found for SHA"), which its REST description does not list; the description
+        lists 409 (Conflict: an empty repository), which means the same here."""
         if not sha:
             raise ValueError("a commit sha is needed")
         numbers: list[int] = []
-        for page in self._api.pages(f"{self._repo_path}/commits/{quote(sha, safe='')}/pulls"):
+        path = f"{self._repo_path}/commits/{quote(sha, safe='')}/pulls"
+        for page in self._api.pages(path, empty_on=_NO_SUCH_COMMIT):
             for item in page:
                 if (
                     number := as_int(field_of(item, "number"))
@@ -422,6 +427,11 @@ class GitHubReporter:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+#: What GitHub answers on ``commits/{sha}/pulls`` when the commit is unknown (422, in
+#: practice) or the repository is empty (409, as documented): no pull request.
+_NO_SUCH_COMMIT = (409, 422)
 
 
 def _number(data: Any) -> int:

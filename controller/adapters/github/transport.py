@@ -119,13 +119,22 @@ class GitHubAPI:
         if self._own_client:
             self._client.close()
 
-    def pages(self, path: str, params: Mapping[str, str] | None = None) -> Iterator[list[Any]]:
-        """Each page of a list, following ``Link: <...>; rel="next"``."""
+    def pages(
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        empty_on: tuple[int, ...] = (),
+    ) -> Iterator[list[Any]]:
+        """Each page of a list, following ``Link: <...>; rel="next"``; an answer whose
+        status is in ``empty_on`` ends the list (nothing more in it)."""
         url = path
         query: dict[str, str] | None = {**(params or {}), "per_page": str(PER_PAGE)}
         seen: set[str] = set()
         while True:
-            response = self.request("GET", url, params=query)
+            response = self.request("GET", url, params=query, accept=empty_on)
+            if response.status_code in empty_on:
+                return
             data = response_json(response)
             if not isinstance(data, list):
                 raise bad_response(f"{path} did not answer a list")

@@ -9,7 +9,13 @@ ids, and hands each event to a callback: the watch loop's records it and fires a
 timestamp and deliveries get lost: polling keeps mdc correct, webhooks make it prompt.
 
 The same server answers the controller's GET ``routes`` (``/healthz``, ``/readyz``,
-``/metrics``, the dashboard) on the same port, so one port serves everything.
+``/metrics``, the dashboard) on the same port, so one port serves everything. Every
+answer, errors included, carries :data:`SECURITY_HEADERS` and a Content-Security-Policy
+that allows nothing (inline styles only on HTML pages, which the dashboard needs).
+
+Forge checks: an event about a repository other than the one configured
+(``repository=``) is answered 202 and ignored, with a log line; a body nested
+deeper than :data:`MAX_DEPTH` (or too deep for the parser) is answered 400.
 
 Called by the controller's watch loop and by ``mdc run``. Standard library only.
 """
@@ -39,6 +45,10 @@ from urllib.parse import urlsplit
 from controller.errors import PermanentError, Reason
 
 __all__ = [
+    "CSP",
+    "CSP_HTML",
+    "MAX_DEPTH",
+    "SECURITY_HEADERS",
     "Event",
     "IssueCommentEvent",
     "PullRequestEvent",
@@ -57,6 +67,17 @@ log = logging.getLogger(__name__)
 Route = Callable[[], tuple[int, str, bytes]]
 
 MAX_BODY = 1 << 20
+#: Deepest nesting of arrays and objects accepted in a delivery (GitHub's are under 10).
+MAX_DEPTH = 64
+#: Sent on every HTTP answer: no sniffing, no framing, no referrer.
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
+#: The Content-Security-Policy of every answer; HTML pages may also use inline styles.
+CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+CSP_HTML = CSP + "; style-src 'unsafe-inline'"
 DELIVERY_MEMORY = 1000
 READ_TIMEOUT = 10.0  # seconds a client may take to send its request
 _PREFIX = "sha256="
@@ -219,11 +240,43 @@ def load_secret(
     return secret
 
 
+def _too_deep(payload: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``payload`` (parsed JSON) nests arrays and objects deeper than ``limit``;
+    walked without recursion."""
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # TCP_NODELAY on every accepted socket
     timeout = READ_TIMEOUT
     server: _Server
+    _html = False  # the answer being sent is an HTML page
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._html = False
+        super().send_response(code, message)
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if keyword.lower() == "content-type":
+            self._html = value.split(";", maxsplit=1)[0].strip().lower() == "text/html"
+        super().send_header(keyword, value)
+
+    def end_headers(self) -> None:
+        """Every answer -- routes, webhooks, and the errors the standard library sends
+        itself -- leaves with the security headers."""
+        for keyword, value in SECURITY_HEADERS:
+            super().send_header(keyword, value)
+        super().send_header("Content-Security-Policy", CSP_HTML if self._html else CSP)
+        super().end_headers()
 
     def do_POST(self) -> None:
         if not self._on_path():
@@ -342,6 +395,7 @@ class WebhookServer:
         path: str = "/webhook",
         max_body: int = MAX_BODY,
         routes: Mapping[str, Route] | None = None,
+        repository: str | None = None,
     ) -> None:
         if secret is not None and not secret:
             raise ValueError("the webhook secret must not be empty")
@@ -351,6 +405,9 @@ class WebhookServer:
         self._secret = secret or b""
         self.on_event = on_event
         self.host, self.port, self.path, self.max_body = host, port, path, max_body
+        #: ``owner/name`` events must be about (GitHub compares them without case);
+        #: None: any repository (``mdc watch``, which knows no GitHub repository)
+        self.repository = repository
         self._seen, self._seen_lock = OrderedDict[str, None](), threading.Lock()  # oldest first
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -375,15 +432,28 @@ class WebhookServer:
             payload = json.loads(body)
             if not isinstance(payload, dict):
                 raise ValueError("body is not a JSON object")
+            if _too_deep(payload):
+                raise RecursionError
             event = parse_event(event_name, payload)
         except json.JSONDecodeError as exc:
             return 400, {"error": f"body is not valid JSON: {exc}"}
-        except ValueError as exc:
+        except RecursionError:
+            return 400, {"error": f"body nests deeper than {MAX_DEPTH} levels"}
+        except ValueError as exc:  # also an integer of too many digits
             return 400, {"error": str(exc)}
         if event_name == "ping":
             return 200, {"pong": True}
         if event is None:
             return 202, {"ignored": event_name}
+        if self.repository is not None and event.repository.lower() != self.repository.lower():
+            log.warning(
+                "webhook %s delivery %s ignored: it is about %r, not %s",
+                event_name,
+                headers.get("X-GitHub-Delivery"),
+                event.repository,
+                self.repository,
+            )
+            return 202, {"ignored": event_name, "repository": event.repository}
         delivery = headers.get("X-GitHub-Delivery")
         with self._seen_lock:  # claimed before the call, so concurrent replays lose too
             if delivery in self._seen:
