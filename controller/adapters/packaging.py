@@ -5,9 +5,14 @@ Owns:
 
 * **Artifacts.** A file or directory inside the spec repo (read through the
   :class:`~controller.spec.tree.Tree`, so a git snapshot works without a checkout),
-  an http(s) URL (streamed with httpx under a size cap, sha256-checked before
-  anything is imported, retried on transient errors), or an existing model
-  tag. The model tag's version is the artifact's content hash, so the same
+  an http(s) URL (fetched on a leash, :class:`FetchPolicy`: only to public
+  addresses unless ``artifactNetworks`` allows more, checked after DNS on every
+  hop; redirects only within the URL's origin; connect, read and total
+  deadlines; the size capped while streaming; sha256-checked before anything
+  is imported; retried on transient errors while the deadline lasts), or an
+  existing model tag. A Git LFS pointer (in the repo or served) and an HTML page
+  served instead of the artifact are refused with a message saying so.
+  The model tag's version is the artifact's content hash, so the same
   bytes never make two models. A single file is stored in the model as
   ``artifact<suffix>`` (``artifact.json``); a directory as it is.
 * **Bentos.** The service module and the repository modules it imports
@@ -25,24 +30,31 @@ Owns:
   left in the store.
 
 BentoML runs in subprocesses (with ``BENTOML_HOME`` set and telemetry off), so
-mdc itself never imports it. Called by ``mdc build`` and the reconciler.
+mdc itself never imports it; they start with the minimal environment of
+:func:`~controller.core.environment.bentoml_env` (the repository's code runs
+there: never the controller's credentials). Called by ``mdc build`` and the reconciler.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import os
 import posixpath
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import httpcore
 import httpx
 import yaml
 
@@ -60,10 +72,13 @@ from controller.spec.kinds import Model
 from controller.spec.tree import EntryKind, Tree, clean_reference, resolve
 
 __all__ = [
+    "LFS_POINTER",
     "BuildResult",
     "Builder",
+    "FetchPolicy",
     "Packager",
     "Source",
+    "parse_networks",
 ]
 
 MAX_ARTIFACT_BYTES = 4 << 30
@@ -81,6 +96,263 @@ with bentoml.models.create(tag, labels=labels) as model:
         shutil.copytree(source, model.path, dirs_exist_ok=True)
 print(model.tag)
 """
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: The first bytes of a Git LFS pointer file: the artifact's placeholder, not the artifact.
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+_HTML_START = (b"<!doctype html", b"<html", b"<head", b"<body")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: The variables an artifact credential comes from (nothing else is ever sent).
+TOKEN_ENV = "MDC_ARTIFACT_TOKEN"
+TOKEN_HOST_ENV = "MDC_ARTIFACT_TOKEN_HOST"
+
+
+def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """``values`` (``10.0.0.0/8``, ``127.0.0.1``, ``fd00::/8``) as networks;
+    :class:`ValueError` naming the first that is not one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address or network (CIDR)") from None
+    return tuple(networks)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    scheme = url.scheme.lower()
+    return scheme, url.host.lower(), url.port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def _shown(url: httpx.URL | str) -> str:
+    """``url`` as messages show it: no user-info, no query (presigned URLs carry keys there)."""
+    url = httpx.URL(url)
+    return str(url.copy_with(query=None, fragment=None, username=None, password=None))
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """How far an artifact fetch may reach, and how long it may take.
+
+    ``networks``: addresses that are not public (loopback, link-local such as
+    the cloud metadata service, private, multicast, reserved) that fetches may
+    reach all the same (``artifactNetworks``); public addresses always may.
+    ``token`` is sent (``Authorization: Bearer``) only to ``token_origin``
+    (scheme, host, port), never to another host, and redirects never leave the
+    origin they start at.
+    """
+
+    networks: tuple[IPNetwork, ...] = ()
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    total_timeout: float = 600.0
+    max_bytes: int = MAX_ARTIFACT_BYTES
+    max_redirects: int = 5
+    token: str | None = field(default=None, repr=False)
+    token_origin: tuple[str, str, int] | None = None
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        networks: Iterable[str] = (),
+        total_timeout: float = 600.0,
+    ) -> FetchPolicy:
+        """The policy with the credential of ``MDC_ARTIFACT_TOKEN`` (or
+        ``MDC_ARTIFACT_TOKEN_FILE``) for the host ``MDC_ARTIFACT_TOKEN_HOST`` names
+        (``host``, ``host:port``: https; or an origin, ``http://host:port``). A token
+        without its host is refused (:class:`PermanentError`, BadConfig)."""
+        env = os.environ if env is None else env
+        try:
+            nets = parse_networks(networks)
+        except ValueError as exc:
+            raise PermanentError(f"artifactNetworks: {exc}", reason=Reason.BAD_CONFIG) from None
+        token = env.get(TOKEN_ENV) or None
+        if token is None and env.get(f"{TOKEN_ENV}_FILE"):
+            try:
+                token = Path(env[f"{TOKEN_ENV}_FILE"]).read_text().strip() or None
+            except OSError as exc:
+                raise PermanentError(
+                    f"{TOKEN_ENV}_FILE: cannot read ({exc.strerror})",
+                    reason=Reason.CREDENTIALS_UNREADABLE,
+                ) from None
+        origin = None
+        if token is not None:
+            host = env.get(TOKEN_HOST_ENV, "").strip()
+            if not host:
+                raise PermanentError(
+                    f"{TOKEN_ENV} is set but {TOKEN_HOST_ENV} is not: name the host the "
+                    "artifact token belongs to (it is sent nowhere else)",
+                    reason=Reason.BAD_CONFIG,
+                )
+            try:
+                url = httpx.URL(host if "://" in host else f"https://{host}")
+            except httpx.InvalidURL:
+                url = httpx.URL("")
+            if url.scheme not in _DEFAULT_PORTS or not url.host:
+                raise PermanentError(
+                    f"{TOKEN_HOST_ENV}: {host!r} is not a host or an http(s) origin",
+                    reason=Reason.BAD_CONFIG,
+                )
+            origin = _origin(url)
+        return cls(networks=nets, total_timeout=total_timeout, token=token, token_origin=origin)
+
+    def allows(self, address: IPAddress) -> bool:
+        """Whether a fetch may connect to ``address``."""
+        address = _unmapped(address)
+        if any(address in net for net in self.networks):
+            return True
+        return address.is_global and not address.is_multicast
+
+    def headers_for(self, url: httpx.URL) -> dict[str, str]:
+        """The credential for ``url``: only when it is the token's origin."""
+        if self.token and self.token_origin is not None and _origin(url) == self.token_origin:
+            return {"Authorization": f"Bearer {self.token}"}
+        return {}
+
+
+def _unmapped(address: IPAddress) -> IPAddress:
+    """``::ffff:a.b.c.d`` as ``a.b.c.d`` (so it is judged, and named, as what it is)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _kind_of(address: IPAddress) -> str:
+    for kind in ("loopback", "link_local", "unspecified", "multicast", "reserved", "private"):
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return "non-public"
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def bound(self, timeout: float | None) -> float:
+        """``timeout`` cut to what is left; :class:`httpcore.ReadTimeout` when nothing is."""
+        left = self.left()
+        if left <= 0:
+            raise httpcore.ReadTimeout(f"the total deadline of {self.seconds:g} s passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the fetch's total deadline
+    (a server that drips a byte at a time never resets it)."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self.inner, self.deadline = inner, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, self.deadline.bound(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, self.deadline.bound(timeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        tls = self.inner.start_tls(ssl_context, server_hostname, self.deadline.bound(timeout))
+        return _DeadlineStream(tls, self.deadline)
+
+    def get_extra_info(self, info: str) -> object:
+        return self.inner.get_extra_info(info)
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """Connects only to addresses the policy allows: the host is resolved here,
+    every address it resolves to is checked, and the connection goes to a checked
+    address (so a second lookup cannot answer differently)."""
+
+    def __init__(self, policy: FetchPolicy, deadline: _Deadline) -> None:
+        self.policy, self.deadline = policy, deadline
+        self.inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+        addresses = list(
+            dict.fromkeys(_unmapped(ipaddress.ip_address(info[4][0])) for info in infos)
+        )
+        for address in addresses:
+            if not self.policy.allows(address):
+                raise PermanentError(
+                    f"{host} resolves to {address} ({_kind_of(address)}): artifact fetches "
+                    "go to public addresses only, unless artifactNetworks allows it",
+                    reason=Reason.ARTIFACT_UNAVAILABLE,
+                )
+        error: Exception = httpcore.ConnectError(f"{host} has no address")
+        for address in addresses:
+            try:
+                stream = self.inner.connect_tcp(
+                    str(address), port, self.deadline.bound(timeout), local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+                continue
+            return _DeadlineStream(stream, self.deadline)
+        raise error
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("artifact fetches do not use unix sockets")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class _GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport on :class:`_GuardedBackend`: no proxy, no environment."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(), network_backend=backend
+        )
+
+
+def _refuse_placeholder(head: bytes, what: str, *, html: bool) -> None:
+    """A Git LFS pointer, or (``html``) an HTML page, where an artifact should be."""
+    if head.startswith(LFS_POINTER):
+        raise PermanentError(
+            f"{what} is a Git LFS pointer, not the artifact: fetch the LFS object "
+            "(git lfs pull) into the repository, or point the artifact at its URL",
+            reason=Reason.ARTIFACT_MISSING,
+        )
+    if html and head.lstrip()[:16].lower().startswith(_HTML_START):
+        raise PermanentError(
+            f"{what} is an HTML page, not the artifact (a login or error page?)",
+            reason=Reason.ARTIFACT_UNAVAILABLE,
+        )
 
 
 @dataclass(frozen=True)
@@ -117,14 +389,14 @@ class Packager:
         state_dir: Path,
         *,
         python: str = sys.executable,
-        http: httpx.Client | None = None,
+        fetch: FetchPolicy | None = None,
         retries: int = 3,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.home = Path(home).absolute()  # builds run elsewhere (cwd: their context)
         self.state = Path(state_dir)
         self.python = python
-        self.http = http
+        self.fetch = fetch if fetch is not None else FetchPolicy.from_env()
         self.retries = retries
         self.sleep = sleep
         for sub in ("models", "bentos"):
@@ -177,6 +449,7 @@ class Packager:
         target, kind = resolve(tree, path)
         if kind is EntryKind.FILE:
             data = tree.read(target)
+            _refuse_placeholder(data[:512], f"{model.name}: artifact {path!r}", html=False)
             digest = _sha256(data)
             staged = self.state / "staging" / digest
             staged.write_bytes(data)
@@ -191,6 +464,8 @@ class Packager:
             raise PermanentError(
                 f"{model.name}: artifact over the size cap", reason=Reason.ARTIFACT_TOO_BIG
             )
+        for rel, data in files.items():
+            _refuse_placeholder(data[:512], f"{model.name}: artifact file {rel!r}", html=False)
         digest = _digest_of_files(files)
         staged = self.state / "staging" / digest
         shutil.rmtree(staged, ignore_errors=True)
@@ -206,57 +481,153 @@ class Packager:
         if final.is_file() and _file_sha256(final) == expected:
             return final
         partial = final.with_suffix(".part")
-        client = self.http or httpx.Client(timeout=httpx.Timeout(30.0), follow_redirects=True)
-        try:
+        policy = self.fetch
+        deadline = _Deadline(policy.total_timeout)  # for every attempt together
+        timeout = httpx.Timeout(
+            policy.read_timeout, connect=policy.connect_timeout, pool=policy.connect_timeout
+        )
+        with httpx.Client(
+            transport=_GuardedTransport(_GuardedBackend(policy, deadline)),
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,
+        ) as client:
             for attempt in range(1, self.retries + 1):
                 try:
-                    self._fetch(client, url, partial)
+                    self._fetch(client, url, partial, deadline)
                     break
                 except TransientError:
-                    if attempt == self.retries:
+                    pause = min(30.0, 2.0**attempt)
+                    if attempt == self.retries or deadline.left() <= pause:
                         raise
-                    self.sleep(min(30.0, 2.0**attempt))
-        finally:
-            if self.http is None:
-                client.close()
+                    self.sleep(pause)
         got = _file_sha256(partial)
         if got != expected:
             partial.unlink(missing_ok=True)
             raise PermanentError(
-                f"{model.name}: artifact from {url} has sha256 {got}, the spec says {expected}; "
-                "nothing was imported",
+                f"{model.name}: artifact from {_shown(url)} has sha256 {got}, the spec says "
+                f"{expected}; nothing was imported",
                 reason=Reason.ARTIFACT_DIGEST_MISMATCH,
             )
         partial.replace(final)
         return final
 
-    def _fetch(self, client: httpx.Client, url: str, into: Path) -> None:
+    def _fetch(self, client: httpx.Client, url: str, into: Path, deadline: _Deadline) -> None:
+        """GET ``url`` into ``into``, following redirects within its origin only."""
+        shown = _shown(url)
         try:
-            with client.stream("GET", url) as answer:
-                if answer.status_code >= 500 or answer.status_code == 429:
-                    raise TransientError(
-                        f"GET {url}: HTTP {answer.status_code}", reason=Reason.ARTIFACT_UNAVAILABLE
-                    )
-                if answer.status_code != 200:
-                    raise PermanentError(
-                        f"GET {url}: HTTP {answer.status_code}", reason=Reason.ARTIFACT_UNAVAILABLE
-                    )
-                size = 0
-                with into.open("wb") as out:
-                    for chunk in answer.iter_bytes(1 << 20):
-                        size += len(chunk)
-                        if size > MAX_ARTIFACT_BYTES:
-                            raise PermanentError(
-                                f"GET {url}: over the {MAX_ARTIFACT_BYTES} byte cap",
-                                reason=Reason.ARTIFACT_TOO_BIG,
-                            )
-                        out.write(chunk)
-        except httpx.TransportError as exc:
+            current = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise PermanentError(f"{shown}: {exc}", reason=Reason.ARTIFACT_UNAVAILABLE) from None
+        if current.scheme not in _DEFAULT_PORTS or not current.host:
+            raise PermanentError(
+                f"{shown}: only http(s) URLs are fetched", reason=Reason.ARTIFACT_UNAVAILABLE
+            )
+        if current.userinfo:
+            raise PermanentError(
+                f"{shown}: credentials in an artifact URL are refused; use {TOKEN_ENV}",
+                reason=Reason.ARTIFACT_UNAVAILABLE,
+            )
+        origin, hops = _origin(current), [current]
+        try:
+            while True:
+                with client.stream("GET", current, headers=self.fetch.headers_for(current)) as got:
+                    if got.has_redirect_location:
+                        current = self._redirect(
+                            shown, hops, current.join(got.headers["location"]), origin
+                        )
+                        continue
+                    self._receive(got, shown, into, deadline)
+                    return
+        except httpx.TimeoutException as exc:
             into.unlink(missing_ok=True)
-            raise TransientError(f"GET {url}: {exc}", reason=Reason.ARTIFACT_UNAVAILABLE) from None
-        except PermanentError:
+            why = (
+                f"not done within the total deadline of {deadline.seconds:g} s"
+                if deadline.left() <= 0
+                else f"timed out ({type(exc).__name__})"
+            )
+            raise TransientError(
+                f"GET {shown}: {why}", reason=Reason.ARTIFACT_UNAVAILABLE
+            ) from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            into.unlink(missing_ok=True)
+            raise TransientError(
+                f"GET {shown}: {exc}", reason=Reason.ARTIFACT_UNAVAILABLE
+            ) from None
+        except PermanentError as exc:
+            into.unlink(missing_ok=True)
+            if exc.message.startswith(("GET ", shown)):
+                raise
+            raise PermanentError(f"GET {shown}: {exc.message}", reason=exc.reason) from None
+        except TransientError:
             into.unlink(missing_ok=True)
             raise
+
+    def _redirect(
+        self, shown: str, hops: list[httpx.URL], target: httpx.URL, origin: tuple[str, str, int]
+    ) -> httpx.URL:
+        """The next hop of a redirect: within ``origin``, not seen before, not too many."""
+        chain = " -> ".join(_shown(u) for u in [*hops, target])
+        if _origin(target) != origin:
+            raise PermanentError(
+                f"GET {shown}: redirected to another origin ({_shown(target)}); artifact "
+                "fetches follow redirects only within the URL's own scheme, host and port",
+                reason=Reason.ARTIFACT_UNAVAILABLE,
+            )
+        if target in hops:
+            raise PermanentError(
+                f"GET {shown}: redirect loop ({chain})", reason=Reason.ARTIFACT_UNAVAILABLE
+            )
+        if len(hops) > self.fetch.max_redirects:
+            raise PermanentError(
+                f"GET {shown}: more than {self.fetch.max_redirects} redirects ({chain})",
+                reason=Reason.ARTIFACT_UNAVAILABLE,
+            )
+        hops.append(target)
+        return target
+
+    def _receive(self, got: httpx.Response, shown: str, into: Path, deadline: _Deadline) -> None:
+        """The body of a final answer into ``into``: refused when it is an error, an
+        HTML page or an LFS pointer, or once it passes the size cap or the deadline."""
+        status, cap = got.status_code, self.fetch.max_bytes
+        if status >= 500 or status == 429:
+            raise TransientError(f"GET {shown}: HTTP {status}", reason=Reason.ARTIFACT_UNAVAILABLE)
+        if status != 200:
+            raise PermanentError(f"GET {shown}: HTTP {status}", reason=Reason.ARTIFACT_UNAVAILABLE)
+        if got.headers.get("content-type", "").split(";")[0].strip().lower() == "text/html":
+            raise PermanentError(
+                f"GET {shown}: the server sent an HTML page (Content-Type: text/html), not "
+                "the artifact (a login or error page?)",
+                reason=Reason.ARTIFACT_UNAVAILABLE,
+            )
+        length = got.headers.get("content-length", "")
+        if length.isdigit() and int(length) > cap:
+            raise PermanentError(
+                f"GET {shown}: {length} bytes, over the {cap} byte cap",
+                reason=Reason.ARTIFACT_TOO_BIG,
+            )
+        size, head, checked = 0, b"", False
+        with into.open("wb") as out:
+            for chunk in got.iter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise PermanentError(
+                        f"GET {shown}: over the {cap} byte cap", reason=Reason.ARTIFACT_TOO_BIG
+                    )
+                if deadline.left() <= 0:
+                    raise TransientError(
+                        f"GET {shown}: not done within the total deadline of "
+                        f"{deadline.seconds:g} s",
+                        reason=Reason.ARTIFACT_UNAVAILABLE,
+                    )
+                if not checked:
+                    head += chunk
+                    if len(head) >= 512:
+                        _refuse_placeholder(head, f"GET {shown}", html=True)
+                        checked = True
+                out.write(chunk)
+        if not checked:
+            _refuse_placeholder(head, f"GET {shown}", html=True)
 
     # -- bentos -----------------------------------------------------------------
 

@@ -105,6 +105,7 @@ _TYPES: dict[str, type] = {
     "poll_interval": float,
     "tick": float,
     "lease_ttl": float,
+    "artifact_timeout": float,
     "revert_prs": bool,
     "router_ports": dict,
     "state_dir": Path,
@@ -369,6 +370,7 @@ class Daemon:
             host=config.host,
             port=config.port,
             routes=all_routes,
+            repository=config.github_repository,  # events about another one are ignored
         )
         self._publish()  # what the controller recovered, served before its first pass
 

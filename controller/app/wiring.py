@@ -9,7 +9,9 @@ each setting picks:
   credentials from the environment), and the status branch (``statusBranch``);
 * the packager, with the BentoML store that every command resolves the same way
   (:func:`bento_home`: ``bentomlHome``, else ``$BENTOML_HOME``, else
-  ``STATE/bentoml``), so ``bentoModel:`` tags a user imported are found;
+  ``STATE/bentoml``), so ``bentoModel:`` tags a user imported are found, and
+  its leash on artifact fetches (``artifactNetworks``, ``artifactTimeout``; the
+  credential from ``MDC_ARTIFACT_TOKEN`` for ``MDC_ARTIFACT_TOKEN_HOST``);
 * the runtime (``runtime``: local or ray, with ``rayAddress``/``rayNamespace``) and
   the router (``router``: embedded or haproxy), through their factories;
 * the metrics provider for PromQL checks (``prometheus``: the server's URL, else
@@ -39,7 +41,7 @@ from controller.adapters.github.client import GitHubReporter
 from controller.adapters.github.webhook import Event, Route
 from controller.adapters.metrics import make_provider
 from controller.adapters.nvml import read_nvml
-from controller.adapters.packaging import Packager
+from controller.adapters.packaging import FetchPolicy, Packager
 from controller.adapters.router import make_router
 from controller.adapters.router.base import Router
 from controller.adapters.runtime import make_runtime
@@ -135,7 +137,13 @@ def build_parts(
         source=source,
         poller=SourcePoller(source, interval=config.poll_interval),
         status=StatusBranch(source, config.status_branch),
-        packager=Packager(home, state / "packager"),
+        packager=Packager(
+            home,
+            state / "packager",
+            fetch=FetchPolicy.from_env(
+                networks=config.artifact_networks, total_timeout=config.artifact_timeout
+            ),
+        ),
         runtime=make_runtime(
             config.runtime,
             state,

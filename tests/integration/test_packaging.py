@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.adapters.packaging import Packager, Source
+from controller.adapters.packaging import FetchPolicy, Packager, Source, parse_networks
 from controller.errors import PermanentError
 from controller.spec.identity import planned_bento_tag
 from controller.spec.loader import load_desired
@@ -207,7 +207,8 @@ def test_url_artifact_is_checked_before_import(
     tree = DirTree(repo)
     result = load_desired(tree)
     assert result.ok, result.diagnostics
-    packager = Packager(tmp_path / "home", tmp_path / "state")
+    loopback = FetchPolicy(networks=parse_networks(["127.0.0.0/8"]))  # tests allow it
+    packager = Packager(tmp_path / "home", tmp_path / "state", fetch=loopback)
     model = result.desired.models["fraud-scorer"]
     if good:
         tag = packager.import_artifact(model, tree)

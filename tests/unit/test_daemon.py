@@ -50,6 +50,8 @@ rayNamespace: mdc-staging
 prometheus: http://prometheus.example.invalid:9090
 bentomlHome: /var/lib/bentoml
 leaseTtl: 30
+artifactNetworks: [10.20.0.0/16, 127.0.0.1]
+artifactTimeout: 120
 """
 
 FULL_EXPECTED = Config(
@@ -73,6 +75,8 @@ FULL_EXPECTED = Config(
     prometheus="http://prometheus.example.invalid:9090",
     bentoml_home=Path("/var/lib/bentoml"),
     lease_ttl=30.0,
+    artifact_networks=("10.20.0.0/16", "127.0.0.1"),
+    artifact_timeout=120.0,
 )
 
 
