@@ -138,12 +138,18 @@ def format_path(path: Path, limit: int = 12) -> str:
 
 
 def parse_yaml(
-    file: str, raw: bytes, limits: Limits | None = None
+    file: str,
+    raw: bytes,
+    limits: Limits | None = None,
+    refused: list[tuple[str, str]] | None = None,
 ) -> tuple[list[Document], list[Diagnostic]]:
     """Every well-formed document of ``raw`` and a diagnostic for each problem.
 
     A document with any problem is left out of the result, so nothing acts on
-    half-read input; documents before a syntax error are still returned.
+    half-read input; documents before a syntax error are still returned. With
+    ``refused`` given, the (kind, name) of each document left out for a value it
+    holds (one whose kind and name could still be read) is added to it, so the
+    object can be shown as invalid rather than unknown.
     """
     limits = limits or Limits()
     if len(raw) > limits.max_file_bytes:
@@ -210,10 +216,21 @@ def parse_yaml(
             builder = _Builder(file, index, limits)
             document = builder.build(node)
             problems.extend(builder.problems)
+            if document is None and refused is not None:
+                refused.extend(_identity(builder.partial))
             if document is not None and document.data is not None:  # skip empty documents
                 documents.append(document)
         index += 1
     return documents, problems
+
+
+def _identity(data: Any) -> list[tuple[str, str]]:
+    """[(kind, name)] of a document's data, when both are plain strings."""
+    if not isinstance(data, dict):
+        return []
+    kind, meta = data.get("kind"), data.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return [(kind, name)] if isinstance(kind, str) and isinstance(name, str) else []
 
 
 #: a number written with more characters than this is refused unread (int()
@@ -237,6 +254,7 @@ class _Builder:
         self.keys: dict[Path, Location] = {}
         self.count = 0
         self.scalars = SafeConstructor()
+        self.partial: Any = None  # what was read of a document refused for a value
 
     def build(self, root: Node) -> Document | None:
         before = len(self.problems)
@@ -245,6 +263,7 @@ class _Builder:
         except _Abort:
             return None
         if len(self.problems) > before:
+            self.partial = data
             return None
         return Document(self.file, self.index, data, _loc(root), self.values, self.keys)
 

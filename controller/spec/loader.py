@@ -144,10 +144,12 @@ class ParseCache:
 
 
 def _prepare(path: str, raw: bytes, strict: bool, limits: Limits) -> _Prepared:
-    documents, parse_problems = parse_yaml(path, raw, limits)
+    refused: list[tuple[str, str]] = []
+    documents, parse_problems = parse_yaml(path, raw, limits, refused)
     problems = list(parse_problems)
     objects: list[tuple[str, Any]] = []
-    invalid: list[ObjectRef] = []
+    # an object refused for a value it holds is invalid (shown, held), not unknown
+    invalid = [ObjectRef(kind, name) for kind, name in refused if kind in KINDS]
     for document in documents:
         kind, why = _classify(document, strict)
         if why is not None:
@@ -284,6 +286,13 @@ class _Loader:
             self.drop_if("RolloutPolicy", policy.name, rules.check_policy(policy), policies)
         for model in list(models.values()):
             self.drop_if("Model", model.name, rules.check_model(model, pools, policies), models)
+        for model in list(models.values()):
+            # a model whose pool or policy is invalid is held with it (its own spec
+            # may be fine: no second error about it, but nothing acts on it)
+            needs = (ObjectRef("GPUPool", model.pool), ObjectRef("RolloutPolicy", model.rollout))
+            if any(ref in self.invalid for ref in needs):
+                self.invalid.add(ObjectRef("Model", model.name))
+                del models[model.name]
 
         self.problems.sort(key=lambda d: (d.file, d.line, d.column, d.rule))
         return LoadResult(

@@ -18,6 +18,7 @@ from controller.errors import UnsafePath
 from controller.spec import kinds, loader
 from controller.spec import tree as spec_tree
 from controller.spec.documents import parse_yaml
+from controller.spec.kinds import ObjectRef
 from controller.spec.loader import LoadResult, load_desired
 from controller.spec.service_sources import service_sources
 from controller.spec.tree import DirTree
@@ -52,6 +53,8 @@ def test_gpu_that_is_not_a_finite_number_is_refused(repo: Path, value: str) -> N
     assert _rules(result) == [("models/model.yaml", "spec.resources.gpu", "yaml.number")]
     assert result.diagnostics[0].line == 12
     assert "model-a" not in result.desired.models
+    # refused for a value it holds, the model is invalid (held and shown), not unknown
+    assert ObjectRef("Model", "model-a") in result.invalid
 
 
 @pytest.mark.parametrize("field", ["guaranteed: 1", "limit: 2"])
@@ -67,10 +70,12 @@ def test_quota_that_is_not_a_finite_number_is_refused(repo: Path, field: str, va
 def test_check_bound_of_nan_is_refused_so_no_canary_passes_on_it(repo: Path) -> None:
     _edit(repo, "rollouts/policy.yaml", "max: 0.01", "max: .nan")
     result = load_desired(DirTree(repo))
+    # the policy is invalid (known, refused), so the model naming it is held with
+    # it rather than told its policy does not exist
     assert _rules(result) == [
-        ("models/model.yaml", "spec.rollout", "ref.rollout"),
         ("rollouts/policy.yaml", "spec.analysis.checks[0].max", "yaml.number"),
     ]
+    assert ObjectRef("RolloutPolicy", "canary") in result.invalid
     assert "canary" not in result.desired.policies
     assert "model-a" not in result.desired.models
 
