@@ -72,7 +72,7 @@ from controller.core.status import (
 from controller.core.timestamps import iso
 from controller.core.traffic import ObservedTraffic
 from controller.errors import ConditionType, MdcError, Reason, TransientError
-from controller.spec.documents import Diagnostic
+from controller.spec.documents import Diagnostic, Limits
 from controller.spec.identity import planned_bento_tag
 from controller.spec.kinds import GPUPool, Model
 from controller.spec.loader import LoadResult, SnapshotLoader
@@ -117,7 +117,8 @@ class Reconciler:
         self.router = parts.router
         self.reporter = parts.reporter
         self.pins = Pins(self.state_dir)
-        self.loader = SnapshotLoader()
+        # untrusted files are read under a time budget (each refused past it)
+        self.loader = SnapshotLoader(Limits(clock=time.monotonic))
         self.book = PoolBook(self.runtime, self.status, nvml=parts.nvml, node=settings.node)
         self.runs: dict[str, Run] = {}
         self.statuses: dict[str, ModelStatus] = {}

@@ -19,7 +19,7 @@ Called by :mod:`controller.spec.kinds`; pure (no I/O).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +93,11 @@ class Limits:
     #: allowed). The spec loader sets it: no spec field means anything near
     #: it, and bigger ones overflow arithmetic or compare false.
     max_number: float | None = None
+    #: seconds one file may take to read, on ``clock``; past it the file is
+    #: refused (the other caps keep a file far under it: this is the backstop).
+    #: No clock (the default): no time budget, and parsing stays pure.
+    max_seconds: float = 5.0
+    clock: Callable[[], float] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,6 +187,7 @@ def parse_yaml(
 
     documents: list[Document] = []
     problems: list[Diagnostic] = []
+    deadline = limits.clock() + limits.max_seconds if limits.clock else float("inf")
     nodes = yaml.compose_all(text, Loader=yaml.CSafeLoader)
     index = 0
     while True:
@@ -213,7 +219,7 @@ def parse_yaml(
             )
             break
         if node is not None:
-            builder = _Builder(file, index, limits)
+            builder = _Builder(file, index, limits, deadline)
             document = builder.build(node)
             problems.extend(builder.problems)
             if document is None and refused is not None:
@@ -245,10 +251,13 @@ class _Abort(Exception):
 class _Builder:
     """Builds plain values from a composed node graph, recording locations."""
 
-    def __init__(self, file: str, index: int, limits: Limits) -> None:
+    def __init__(
+        self, file: str, index: int, limits: Limits, deadline: float = float("inf")
+    ) -> None:
         self.file = file
         self.index = index
         self.limits = limits
+        self.deadline = deadline
         self.problems: list[Diagnostic] = []
         self.values: dict[Path, Location] = {}
         self.keys: dict[Path, Location] = {}
@@ -283,6 +292,15 @@ class _Builder:
                 f"document expands to more than {self.limits.max_nodes} values "
                 "(aliases are expanded; is this an alias bomb?)",
                 "yaml.alias-limit",
+            )
+            raise _Abort
+        clock = self.limits.clock
+        if self.count % 1024 == 0 and clock is not None and clock() > self.deadline:
+            self.refuse(
+                node,
+                path,
+                f"the file took more than {self.limits.max_seconds:g}s to read",
+                "file.time",
             )
             raise _Abort
 

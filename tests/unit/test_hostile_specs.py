@@ -17,7 +17,7 @@ from controller.adapters.git.source import GitTree
 from controller.errors import UnsafePath
 from controller.spec import kinds, loader
 from controller.spec import tree as spec_tree
-from controller.spec.documents import parse_yaml
+from controller.spec.documents import Limits, parse_yaml
 from controller.spec.kinds import ObjectRef
 from controller.spec.loader import LoadResult, load_desired
 from controller.spec.service_sources import service_sources
@@ -367,3 +367,23 @@ def test_a_value_the_builder_cannot_use_refuses_that_object_not_the_load(
     assert result.desired.pools  # the other kinds loaded
     assert not result.desired.policies
     assert real is kinds.BUILDERS["RolloutPolicy"]
+
+
+def test_a_file_that_takes_longer_than_its_time_budget_is_refused() -> None:
+    """The backstop behind the size and expansion caps: a file whose reading runs
+    past ``max_seconds`` on the given clock is refused (file.time), not waited for;
+    without a clock parsing stays pure and has no budget."""
+    ticks = iter(range(10**6))
+
+    def clock() -> float:
+        return float(next(ticks))  # every look at the clock: one more second
+
+    many = "items:\n" + "".join(f"  - {i}\n" for i in range(5000))
+    limits = Limits(max_seconds=2.0, clock=clock)
+    documents, problems = parse_yaml("models/slow.yaml", many.encode(), limits)
+    assert documents == []
+    assert [(p.file, p.rule) for p in problems] == [("models/slow.yaml", "file.time")]
+    assert "more than 2s to read" in problems[0].message
+    documents, problems = parse_yaml("models/slow.yaml", many.encode(), Limits(max_seconds=2.0))
+    assert problems == []
+    assert len(documents) == 1
