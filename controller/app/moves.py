@@ -591,11 +591,12 @@ class Moves:
 
 
 def _on(spec: ReleaseSpec, replica: tuple[Slice, ...]) -> ReleaseSpec:
-    """``spec`` placed on one replica's share of the GPUs the ledger booked."""
+    """``spec`` placed on one replica's share of the GPUs the ledger booked; a
+    CPU-only replica (no slice) on none: it is started seeing no GPU."""
     return replace(
         spec,
         env=launch_env(replica),
         gpus=tuple(s.gpu for s in replica),
-        node=replica[0].node,
+        node=replica[0].node if replica else None,
         gpu_share=sum(s.units for s in replica) / 1000,
     )

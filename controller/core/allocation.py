@@ -56,7 +56,8 @@ class ReleaseKind(StrEnum):
 
 @dataclass(frozen=True)
 class Demand:
-    """What one replica needs: exactly one of the three is set."""
+    """What one replica needs: at most one of the three is set; none for a
+    CPU-only model (:attr:`cpu_only`), which is placed on no GPU."""
 
     gpus: int = 0  # whole GPUs, all on one node
     fraction: float = 0.0  # a share of one GPU, 0 < fraction < 1
@@ -69,11 +70,18 @@ class Demand:
         gpu = resources.gpu or 0.0
         return cls(gpus=int(gpu)) if gpu >= 1 else cls(fraction=gpu)
 
+    @property
+    def cpu_only(self) -> bool:
+        """No GPU at all: placed without booking anything, seeing no GPU."""
+        return not (self.gpus or self.fraction or self.memory)
+
     def describe(self) -> str:
         if self.gpus:
             return f"{self.gpus} GPU" + ("s" if self.gpus > 1 else "")
         if self.fraction:
             return f"{self.fraction:g} GPU"
+        if self.cpu_only:
+            return "no GPU (CPU only)"
         return f"{format_bytes(self.memory)} of one GPU"
 
 
@@ -120,7 +128,8 @@ class Allocation:
 
 def launch_env(replica: tuple[Slice, ...]) -> dict[str, str]:
     """The environment a replica's process starts with: the GPUs it may see,
-    by UUID, and for a share of a GPU its memory bound.
+    by UUID (none, ``CUDA_VISIBLE_DEVICES=""``, for a CPU-only replica, whatever
+    the controller itself sees), and for a share of a GPU its memory bound.
 
     The bound is advisory: without MIG or MPS, processes sharing a GPU are not
     isolated; the serving code must keep within ``MDC_GPU_MEMORY_LIMIT_BYTES``

@@ -143,6 +143,8 @@ def gpu_equivalent(model: Model, pool: GPUPool) -> float:
     as its share of the smallest declared GPU that can hold it (1 when unknown).
     """
     res = model.resources
+    if res.cpu_only:
+        return 0.0
     if res.gpu is not None:
         return res.gpu * res.replicas
     memory = res.gpu_memory or 0
@@ -184,9 +186,12 @@ class CanaryCheck:
     preempted: tuple[str, ...]  # borrowed releases that would give their GPUs back
     reason: str  # why it would wait, when it would
     gpu_hours_per_day: float  # what the canary adds while it runs
+    cpu_only: bool = False  # the model asks for no GPU: its canary holds none
 
     def describe(self) -> str:
         cost = f"+{self.gpu_hours_per_day:g} GPU-h/day while it runs"
+        if self.cpu_only and self.fits:
+            return f"{self.model}: CPU only: a canary holds no GPU"
         if not self.fits:
             return f"{self.model}: a canary would wait: {self.reason}"
         if self.preempted:
@@ -221,6 +226,7 @@ def canary_checks(desired: Desired) -> list[CanaryCheck]:
                         decision.preempted,
                         "",
                         per_day(decision.allocation.gpus),
+                        model.resources.cpu_only,
                     )
                 )
             else:

@@ -20,6 +20,8 @@ A pure, deterministic allocator over an :class:`~controller.core.inventory.Inven
   traffic (it is replaced before it is stopped, not preempted).
 * **Never over-commits**: a request that does not fit waits, with a reason
   naming the numbers.
+* **CPU-only** requests (no GPU demand) are placed at once on no GPU and are
+  not booked: they hold nothing, count against no quota, preempt nothing.
 
 Every decision is all-or-nothing; :meth:`Ledger.clone` gives a copy to ask
 "would this fit, and what would it displace?" without changing anything.
@@ -264,6 +266,18 @@ class Ledger:
         quota = self.quotas.get(request.team)
         if quota is None:
             return Waiting(f"team {request.team} has no quota in this pool")
+        if request.demand.cpu_only:  # no GPU: every replica on none, nothing booked
+            return Placed(
+                Allocation(
+                    request.release,
+                    request.model,
+                    request.team,
+                    request.kind,
+                    request.serving,
+                    borrowed=False,
+                    replicas=((),) * request.replicas,
+                )
+            )
         estimate = self._estimate_units(request)
         limit = round(quota.limit * UNITS)
         held = self.used[request.team]

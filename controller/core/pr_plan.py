@@ -58,6 +58,11 @@ class ModelChange:
     #: how long the sequential judge needs at the model's observed traffic
     verdict: str | None = None
     verdict_waits: bool = False  # past the progress deadline: a warning
+    cpu_only: bool = False  # asks for no GPU (head; base for a removal)
+
+    def gpu_text(self) -> str:
+        """The GPUs it holds as the plan says them: a number, or that it is CPU-only."""
+        return "CPU only" if self.cpu_only else f"{self.gpus:g} GPU"
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,19 @@ def plan_change(
                 continue  # invalid in head: reported with the diagnostics
             pool = before.desired.pools.get(was.pool) if before is not None else None
             gpus = gpu_equivalent(was, pool) if pool is not None else 0.0
-            changes.append(ModelChange(name, "removed", (), None, False, gpus, None, None))
+            changes.append(
+                ModelChange(
+                    name,
+                    "removed",
+                    (),
+                    None,
+                    False,
+                    gpus,
+                    None,
+                    None,
+                    cpu_only=was.resources.cpu_only,
+                )
+            )
             continue
         bento = _bento(now, head)
         fields = field_changes(was.source.data, now.source.data) if was is not None else ()
@@ -138,6 +155,7 @@ def plan_change(
                 else None,
                 estimate.describe() if estimate is not None else None,
                 estimate is not None and estimate.waits,
+                now.resources.cpu_only,
             )
         )
     teams = tuple(
@@ -180,7 +198,7 @@ def render_text(plan: ChangePlan) -> str:
             continue
         bento = f", new bento {v(m.bento)}" if m.new_bento else ""
         lines.append(
-            f"  {v(m.model)}: {v(m.change)}{bento} ({m.gpus:g} GPU, {per_day(m.gpus):g} GPU-h/day)"
+            f"  {v(m.model)}: {v(m.change)}{bento} ({m.gpu_text()}, {per_day(m.gpus):g} GPU-h/day)"
         )
         lines += [f"      {v(f)}" for f in m.fields]
         if m.canary is not None:
@@ -223,8 +241,9 @@ def render_markdown(plan: ChangePlan) -> str:
         for m in touched:
             canary = m.canary.describe().split(": ", 1)[1] if m.canary is not None else ""
             bento = f"{md_code(m.bento, in_table=True)} (new)" if m.new_bento else "unchanged"
+            gpus = f"{m.gpus:g} (CPU only)" if m.cpu_only else f"{m.gpus:g}"
             out.append(
-                f"| {md_text(m.model)} | {md_text(m.change)} | {bento} | {m.gpus:g} | "
+                f"| {md_text(m.model)} | {md_text(m.change)} | {bento} | {gpus} | "
                 f"{per_day(m.gpus):g} | {md_text(canary)} |"
             )
         out.append("")

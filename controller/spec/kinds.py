@@ -50,6 +50,7 @@ __all__ = [
     "Sharing",
     "Step",
     "StepKind",
+    "parse_cpu",
 ]
 
 SPEC_DIRS = ("models", "pools", "rollouts")
@@ -110,24 +111,44 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Resources:
-    """Per replica: ``gpu`` (whole count or fraction) or ``gpu_memory`` bytes."""
+    """Per replica: ``gpu`` (whole count or fraction) or ``gpu_memory`` bytes, or
+    neither: a CPU-only model, which holds no GPU. ``cpu``
+    (cores) and ``memory`` (bytes) are what a replica says it needs of the host."""
 
     gpu: float | None
     gpu_memory: int | None
     replicas: int
+    cpu: float | None = None
+    memory: int | None = None
 
     @property
     def whole_gpus(self) -> int:
-        """Whole GPUs per replica; 0 for a fractional or memory request."""
+        """Whole GPUs per replica; 0 for a fractional, memory or CPU-only request."""
         return int(self.gpu) if self.gpu is not None and self.gpu >= 1 else 0
 
+    @property
+    def cpu_only(self) -> bool:
+        """Whether it asks for no GPU at all (neither ``gpu`` nor ``gpuMemory``)."""
+        return self.gpu is None and self.gpu_memory is None
+
     def describe(self) -> str:
-        each = (
-            f"{self.gpu:g} GPU"
-            if self.gpu is not None
-            else f"{format_bytes(self.gpu_memory or 0)} GPU memory"
-        )
+        if self.cpu_only:
+            host = [f"{self.cpu:g} CPU"] if self.cpu is not None else []
+            host += [format_bytes(self.memory)] if self.memory is not None else []
+            each = "CPU only" + (f" ({', '.join(host)})" if host else "")
+        elif self.gpu is not None:
+            each = f"{self.gpu:g} GPU"
+        else:
+            each = f"{format_bytes(self.gpu_memory or 0)} GPU memory"
         return each if self.replicas == 1 else f"{self.replicas} x {each}"
+
+
+def parse_cpu(value: float | int | str) -> float:
+    """CPU cores as Kubernetes writes them: a number (``2``, ``0.5``) or
+    millicores (``"500m"``)."""
+    if isinstance(value, str) and value.endswith("m"):
+        return int(value[:-1]) / 1000
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -358,6 +379,8 @@ def _model(doc: Document) -> Model:
             gpu=float(res["gpu"]) if "gpu" in res else None,
             gpu_memory=parse_memory(res["gpuMemory"]) if "gpuMemory" in res else None,
             replicas=res.get("replicas", 1),
+            cpu=parse_cpu(res["cpu"]) if "cpu" in res else None,
+            memory=parse_memory(res["memory"]) if "memory" in res else None,
         ),
         pool=spec["pool"],
         rollout=spec["rollout"],

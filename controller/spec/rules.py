@@ -199,15 +199,8 @@ class Rules:
         out += _check_monitor(model)
         res = model.resources
         res_path: Path = ("spec", "resources")
-        if (res.gpu is None) == (res.gpu_memory is None):
-            out.append(
-                doc.diagnostic(
-                    res_path,
-                    "set exactly one of gpu (a count or fraction) or gpuMemory",
-                    "resources.gpu",
-                )
-            )
-        elif res.gpu is not None and res.gpu > 1 and res.gpu != int(res.gpu):
+        out += _check_resources(model)
+        if res.gpu is not None and res.gpu > 1 and res.gpu != int(res.gpu):
             out.append(
                 doc.diagnostic(
                     (*res_path, "gpu"),
@@ -447,8 +440,48 @@ def _check_monitor(model: Model) -> list[Diagnostic]:
     return out
 
 
+def _check_resources(model: Model) -> list[Diagnostic]:
+    """A GPU request (one of gpu or gpuMemory) or a CPU-only one (neither, with
+    cpu and/or memory); the amounts above 0."""
+    res, doc = model.resources, model.source
+    base: Path = ("spec", "resources")
+    out: list[Diagnostic] = []
+    if res.gpu is not None and res.gpu_memory is not None:
+        out.append(
+            doc.diagnostic(
+                base, "set only one of gpu (a count or fraction) or gpuMemory", "resources.gpu"
+            )
+        )
+    elif res.gpu is None and res.gpu_memory is None and res.cpu is None and res.memory is None:
+        out.append(
+            doc.diagnostic(
+                base,
+                "say what each replica needs: gpu (a count or fraction) or gpuMemory, or "
+                "cpu and/or memory for a CPU-only model (such as cpu: 2, memory: 2Gi)",
+                "resources.gpu",
+            )
+        )
+    if res.cpu is not None and not 0 < res.cpu <= 1024:
+        out.append(
+            doc.diagnostic(
+                (*base, "cpu"),
+                f"must be more than 0 and at most 1024 CPU cores (got {res.cpu:g})",
+                "resources.cpu",
+            )
+        )
+    if res.memory is not None and res.memory <= 0:
+        out.append(
+            doc.diagnostic(
+                (*base, "memory"), "must be more than 0 bytes (got 0)", "resources.memory"
+            )
+        )
+    return out
+
+
 def _check_fit(model: Model, pool: GPUPool) -> list[Diagnostic]:
     res, doc = model.resources, model.source
+    if res.cpu_only:
+        return []  # no GPU: it fits any pool
     fractional = res.gpu_memory is not None or (res.gpu is not None and res.gpu < 1)
     if fractional and pool.sharing is Sharing.WHOLE:
         return [

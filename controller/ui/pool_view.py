@@ -139,6 +139,15 @@ def pool_report(
         "disagreements": list(inventory.disagreements)
         + [f"status records name GPU {u}, which the inventory does not have" for u in unknown],
         "waiting": list(waiting),
+        # every recorded model, with the GPUs it holds: 0 for a CPU-only one
+        "models": [
+            {
+                "model": s.name,
+                "team": s.team or "?",
+                "held": round(sum(h.share for h in holdings if h.model == s.name), 4),
+            }
+            for s in sorted(statuses, key=lambda s: s.name)
+        ],
     }
 
 
@@ -188,6 +197,9 @@ def render(report: dict[str, Any], emphasis: Callable[[str], str] = str) -> list
             f"{t['held']:>7g}{t['borrowed']:>10g}{t['gpuHoursPerDay']:>11g}"
             f"{t['stableHours']:>14g}{t['canaryHours']:>9g}"
         )
+    idle = [m["model"] for m in report.get("models", []) if not m["held"]]
+    if idle:
+        lines.append(f"  holding no GPU: {', '.join(idle)}")
     for text in report["disagreements"]:
         lines.append(f"  ! {text}")
     for text in report["waiting"]:

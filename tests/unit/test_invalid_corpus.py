@@ -84,6 +84,7 @@ CASES = [
     ("gpu-and-memory", "models/model.yaml", 11, 3, "spec.resources", "resources.gpu"),
     ("gpu-memory-too-large", "models/model.yaml", 12, 5, "spec.resources.gpuMemory", "fit.node"),
     ("gpu-negative", "models/model.yaml", 12, 5, "spec.resources.gpu", "schema.exclusiveMinimum"),
+    ("cpu-negative", "models/model.yaml", 12, 5, "spec.resources.cpu", "schema.exclusiveMinimum"),
     ("gpu-not-whole", "models/model.yaml", 12, 5, "spec.resources.gpu", "resources.gpu"),
     (
         "judge-false-rollback-too-high",
