@@ -383,7 +383,9 @@ def advance(
                 return _rollback(
                     state,
                     now,
-                    "the sequential judge found it worse than stable: "
+                    "the sequential judge found "
+                    + " and ".join(e.metric for e in worse)
+                    + " worse than stable: "
                     + "; ".join(r.message for r in judged if r.outcome is Outcome.FAIL),
                 )
             if outcome is Outcome.FAIL:

@@ -195,7 +195,7 @@ def test_a_quiet_models_canaries_are_judged_right_beside_a_hostile_spec(
         assert rolled.stable.version == "2026.11.2"
         assert rolled.canary_state is not None
         state = state_from_dict(rolled.canary_state)
-        assert "the sequential judge found it worse than stable" in state.reason
+        assert "the sequential judge found errorRate worse than stable" in state.reason
         (errors,) = state.evidence
         assert errors.canary_events > 0
         assert errors.stable_events == 0

@@ -188,7 +188,8 @@ def test_rollback_in_the_tick_the_evidence_crosses_the_budget(
     assert rates(state)[metric] is Decision.WORSE
     assert actions == (ActionKind.SET_WEIGHT, ActionKind.ROLLBACK)
     assert state.weight == 0
-    assert state.reason.startswith("the sequential judge found it worse than stable: " + named)
+    found = f"the sequential judge found {metric} worse than stable: {named}"
+    assert state.reason.startswith(found)
     assert f">= {1 / alpha:g}, budget {alpha:.2%} false rollbacks)" in state.reason
     assert state.verdicts[-1].outcome is Outcome.FAIL
 
@@ -203,7 +204,7 @@ def test_worse_rolls_back_even_while_a_person_is_awaited() -> None:
             break
     assert state.phase is CanaryPhase.ROLLED_BACK
     assert actions == (ActionKind.SET_WEIGHT, ActionKind.ROLLBACK)
-    assert "the sequential judge found it worse" in state.reason
+    assert "the sequential judge found errorRate worse" in state.reason
 
 
 # -- analysis steps wait for "no worse" ---------------------------------------------
@@ -475,7 +476,7 @@ def test_the_rollback_reason_gives_the_evidence_and_the_budget() -> None:
     assert state.phase is CanaryPhase.ROLLED_BACK
     evidence = 50 * (5 / 3) ** 3 * (25 / 27) ** 4  # 170.1
     assert state.reason == (
-        "the sequential judge found it worse than stable: error rate 0.86% vs 0.44% "
+        "the sequential judge found errorRate worse than stable: error rate 0.86% vs 0.44% "
         f"(912 requests): worse than stable (evidence {evidence:.3g} >= 100, "
         "budget 1.00% false rollbacks)"
     )

@@ -650,7 +650,7 @@ def test_the_standard_canary_rolls_back_two_error_points_before_its_last_step(se
     phase, step, reason = simulate(POLICY, seed, 50.0, canary_errors=0.025, stable_errors=0.005)
     assert phase is CanaryPhase.ROLLED_BACK
     assert step < len(POLICY.steps) - 1
-    assert reason.startswith("the sequential judge found it worse than stable: ")
+    assert reason.startswith("the sequential judge found errorRate worse than stable: ")
 
 
 def test_the_standard_canary_promotes_healthy_canaries_within_the_budget() -> None:
