@@ -45,6 +45,8 @@ class Reason(StrEnum):
     BUILD_FAILED = "BuildFailed"
     BUILDING = "Building"
     DECIDING = "Deciding"  # the sequential judge gathers evidence
+    DEPENDENCIES_FAILED = "DependenciesFailed"  # a model's packages did not resolve or install
+    DEPENDENCIES_UNAVAILABLE = "DependenciesUnavailable"  # no index and no local wheel
     CREDENTIALS_UNREADABLE = "CredentialsUnreadable"
     ERROR = "Error"
     EXPORT_FAILED = "ExportFailed"
@@ -63,6 +65,8 @@ class Reason(StrEnum):
     METRICS_AMBIGUOUS = "MetricsAmbiguous"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     MODEL_NOT_FOUND = "ModelNotFound"
+    MODEL_VERSION_NOT_FOUND = "ModelVersionNotFound"  # the registry has no such version
+    NOT_AN_MLFLOW_MODEL = "NotAnMLflowModel"  # no MLmodel, or no python_function flavor
     NVML_UNAVAILABLE = "NVMLUnavailable"
     PASS_FAILED = "PassFailed"  # a reconcile pass failed as a whole
     NODE_LOST = "NodeLost"
@@ -75,6 +79,8 @@ class Reason(StrEnum):
     PROXY_MISSING = "ProxyMissing"
     PROXY_UNAVAILABLE = "ProxyUnavailable"
     PULL_REQUEST_UNREADABLE = "PullRequestUnreadable"
+    REGISTRY_NOT_CONFIGURED = "RegistryNotConfigured"  # artifact.mlflow with no tracking URI
+    REGISTRY_UNAVAILABLE = "RegistryUnavailable"  # the tracking server did not answer well
     REPLICAS_NOT_READY = "ReplicasNotReady"
     RETRY_LATER = "RetryLater"
     ROUTER_FEATURE_UNSUPPORTED = "RouterFeatureUnsupported"

@@ -59,6 +59,7 @@ import httpx
 import yaml
 
 from controller.core.environment import bentoml_env
+from controller.core.registry import FetchedVersion
 from controller.errors import PermanentError, Reason, TransientError
 from controller.spec.identity import (
     _digest_of_files,
@@ -68,11 +69,12 @@ from controller.spec.identity import (
     bento_tag,
     service_files,
 )
-from controller.spec.kinds import Model
+from controller.spec.kinds import MlflowVersion, Model
 from controller.spec.tree import EntryKind, Tree, clean_reference, resolve
 
 __all__ = [
     "LFS_POINTER",
+    "ArtifactRegistry",
     "BuildResult",
     "Builder",
     "FetchPolicy",
@@ -89,9 +91,21 @@ import shutil, sys
 import bentoml
 tag, source, kind, name = sys.argv[1:5]
 labels = dict(arg.split("=", 1) for arg in sys.argv[5:])
-with bentoml.models.create(tag, labels=labels) as model:
+extra = {}
+if kind == "mlflow":
+    # the layout bentoml.mlflow.import_model writes, so bentoml.mlflow.load_model(tag)
+    # serves it (with mlflow in the model's own environment, not the controller's)
+    from bentoml._internal.models.model import ModelContext
+    extra = dict(
+        module="bentoml.mlflow",
+        signatures={"predict": {"batchable": False}},
+        context=ModelContext(framework_name="mlflow", framework_versions={"mlflow": name}),
+    )
+with bentoml.models.create(tag, labels=labels, **extra) as model:
     if kind == "file":
         shutil.copyfile(source, model.path_of(name))
+    elif kind == "mlflow":
+        shutil.copytree(source, model.path_of("mlflow_model"))
     else:
         shutil.copytree(source, model.path, dirs_exist_ok=True)
 print(model.tag)
@@ -380,6 +394,18 @@ class Builder(Protocol):
         ...
 
 
+class ArtifactRegistry(Protocol):
+    """Where ``artifact.mlflow`` versions come from
+    (:class:`controller.adapters.model_registry.MlflowRegistry`)."""
+
+    display: str
+
+    def fetch(self, model: str, version: str, root: Path) -> FetchedVersion:
+        """The version's files under ``root``; transient when the registry is down,
+        permanent (ModelVersionNotFound) when it has no such version."""
+        ...
+
+
 class Packager:
     """Builds bentos into the BentoML store at ``home``; work files under ``state_dir``."""
 
@@ -392,6 +418,7 @@ class Packager:
         fetch: FetchPolicy | None = None,
         retries: int = 3,
         sleep: Callable[[float], None] = time.sleep,
+        registry: ArtifactRegistry | None = None,
     ) -> None:
         self.home = Path(home).absolute()  # builds run elsewhere (cwd: their context)
         self.state = Path(state_dir)
@@ -399,6 +426,8 @@ class Packager:
         self.fetch = fetch if fetch is not None else FetchPolicy.from_env()
         self.retries = retries
         self.sleep = sleep
+        self.registry = registry
+        self._provenance: dict[str, dict[str, str]] = {}
         for sub in ("models", "bentos"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         for sub in ("staging", "build", "logs", "downloads"):
@@ -427,6 +456,8 @@ class Packager:
                     reason=Reason.MODEL_NOT_FOUND,
                 )
             return art.bento_model
+        if art.mlflow is not None:
+            return self._import_mlflow(model, art.mlflow)
         if art.url:
             staged, name = self._download(model), "artifact" + _suffix(art.url)
             digest = art.sha256 or ""
@@ -443,6 +474,67 @@ class Packager:
                 reason=Reason.ARTIFACT_IMPORT_FAILED,
             )
         return tag
+
+    def _import_mlflow(self, model: Model, ref: MlflowVersion) -> str:
+        """The model tag of an MLflow version's files, fetched once and imported in
+        the layout of ``bentoml.mlflow`` (so ``bentoml.mlflow.load_model`` serves it)."""
+        where = model.source.locate(("spec", "artifact", "mlflow", "version"))
+        field = f"{model.source.file}:{where.line}: spec.artifact.mlflow"
+        if self.registry is None:
+            raise PermanentError(
+                f"{field}: no MLflow tracking server is configured for the controller: set "
+                "mlflowTrackingUri in mdc.yaml or MLFLOW_TRACKING_URI",
+                reason=Reason.REGISTRY_NOT_CONFIGURED,
+            )
+        try:
+            fetched = self.registry.fetch(
+                ref.model, ref.version or "", self.state / "downloads" / "mlflow"
+            )
+        except PermanentError as exc:
+            if exc.reason != Reason.MODEL_VERSION_NOT_FOUND:
+                raise
+            raise PermanentError(
+                f"{field}.version: MLflow at {self.registry.display} has no version "
+                f"{ref.version} of {ref.model!r} ({exc.message})",
+                reason=exc.reason,
+            ) from None
+        tag = f"{model.name}:{_safe_version(fetched.digest)}"
+        self._provenance[tag] = fetched.labels()
+        if not self.model_exists(tag):
+            labels = [f"{k}={v}" for k, v in fetched.labels().items()]
+            labels.append(f"mdc.dev/model={model.name}")
+            self._run(
+                [
+                    self.python,
+                    "-c",
+                    _IMPORT_MODEL,
+                    tag,
+                    str(fetched.path),
+                    "mlflow",
+                    fetched.mlflow_version or "unknown",
+                    *labels,
+                ],
+                log=self.state
+                / "logs"
+                / f"import-{model.name}-{_safe_version(fetched.digest)}.log",
+                failure=f"{model.name}: importing MLflow {ref} into the model store failed",
+                reason=Reason.ARTIFACT_IMPORT_FAILED,
+            )
+        return tag
+
+    def provenance(self, model_tag: str) -> dict[str, str]:
+        """Where the model ``model_tag`` came from (its store labels ``mdc.dev/*``)."""
+        if model_tag not in self._provenance:
+            name, _, version = model_tag.partition(":")
+            info = self.home / "models" / name / version / "model.yaml"
+            try:
+                labels = (yaml.safe_load(info.read_text()) or {}).get("labels") or {}
+            except (OSError, yaml.YAMLError, AttributeError):
+                labels = {}
+            self._provenance[model_tag] = {
+                str(k): str(v) for k, v in labels.items() if str(k).startswith("mdc.dev/mlflow")
+            }
+        return self._provenance[model_tag]
 
     def _stage_from_tree(self, model: Model, tree: Tree) -> tuple[Path, str, str, str]:
         path = clean_reference(model.artifact.path or "")
@@ -664,6 +756,7 @@ class Packager:
             "mdc.dev/revision": source.revision,
             "mdc.dev/spec": model.source.file,
             "mdc.dev/model-version": model.version,
+            **self.provenance(model_tag),
         }
         argv = [
             self.python,

@@ -74,6 +74,9 @@ class Config:
     # addresses artifact URLs may reach though not public (loopback, private, link-local):
     artifact_networks: tuple[str, ...] = ()  # CIDRs or addresses, e.g. 10.20.0.0/16
     artifact_timeout: float = 600.0  # seconds one artifact download may take in all
+    # the MLflow tracking server of artifact.mlflow (else $MLFLOW_TRACKING_URI); its
+    # credentials only from the environment (MLFLOW_TRACKING_TOKEN, or _USERNAME/_PASSWORD)
+    mlflow_tracking_uri: str | None = None
 
     @property
     def host(self) -> str:

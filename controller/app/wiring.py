@@ -40,6 +40,7 @@ from controller.adapters.git.status_branch import StatusBranch
 from controller.adapters.github.client import GitHubReporter
 from controller.adapters.github.webhook import Event, Route
 from controller.adapters.metrics import make_provider
+from controller.adapters.model_registry import registry_from_env
 from controller.adapters.nvml import read_nvml
 from controller.adapters.packaging import FetchPolicy, Packager
 from controller.adapters.router import make_router
@@ -143,6 +144,7 @@ def build_parts(
             fetch=FetchPolicy.from_env(
                 networks=config.artifact_networks, total_timeout=config.artifact_timeout
             ),
+            registry=registry_from_env(config.mlflow_tracking_uri),
         ),
         runtime=make_runtime(
             config.runtime,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.adapters.git.local import LocalRepository
+from controller.adapters.model_registry import registry_from_env
 from controller.adapters.nvml import read_nvml
 from controller.adapters.packaging import Packager, Source
 from controller.adapters.runtime.local import release_log
@@ -191,9 +192,15 @@ def build(args: argparse.Namespace) -> int:
         if not result.ok:
             report(result.diagnostics, sys.stderr)
         return EXIT_INVALID
+    try:
+        registry = registry_from_env(None)  # MLFLOW_TRACKING_URI, as the controller reads it
+    except MdcError as exc:
+        print(f"mdc build: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     packager = Packager(
         bento_home(Path(args.bento_home) if args.bento_home else None, Path(args.state_dir)),
         Path(args.state_dir),
+        registry=registry,
     )
     source = Source(str(path.resolve()), _revision(str(path)))
     rows, failed = [], False

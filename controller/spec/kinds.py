@@ -36,6 +36,7 @@ __all__ = [
     "Judge",
     "LatencyBound",
     "Metric",
+    "MlflowVersion",
     "Model",
     "Monitor",
     "MonitorMetric",
@@ -43,6 +44,7 @@ __all__ = [
     "ObjectRef",
     "Objective",
     "Probe",
+    "PythonDependencies",
     "Quota",
     "Resources",
     "RolloutPolicy",
@@ -100,13 +102,36 @@ class ObjectRef:
 
 
 @dataclass(frozen=True)
+class MlflowVersion:
+    """A registered model's version in MLflow (``artifact.mlflow``): ``version`` is
+    MLflow's number as text; ``alias`` is kept only so validation can refuse it."""
+
+    model: str
+    version: str | None = None
+    alias: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.version}"
+
+
+@dataclass(frozen=True)
 class Artifact:
-    """Exactly one of ``path`` (in the repo), ``url`` + ``sha256``, ``bento_model``."""
+    """Exactly one of ``path`` (in the repo), ``url`` + ``sha256``, ``bento_model``,
+    ``mlflow``."""
 
     path: str | None = None
     url: str | None = None
     sha256: str | None = None
     bento_model: str | None = None
+    mlflow: MlflowVersion | None = None
+
+
+@dataclass(frozen=True)
+class PythonDependencies:
+    """``spec.python``: requirement lines, and a requirements file in the repo."""
+
+    packages: tuple[str, ...] = ()
+    requirements: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +250,7 @@ class Model:
     ready_timeout: float = 120.0
     probe: Probe | None = None
     monitor: Monitor | None = None  # spec.monitor, as written (no defaults from the policy)
+    python: PythonDependencies = PythonDependencies()
 
 
 @dataclass(frozen=True)
@@ -371,7 +397,11 @@ def _model(doc: Document) -> Model:
         version=spec["version"],
         team=spec["team"],
         artifact=Artifact(
-            art.get("path"), art.get("url"), art.get("sha256"), art.get("bentoModel")
+            art.get("path"),
+            art.get("url"),
+            art.get("sha256"),
+            art.get("bentoModel"),
+            _mlflow(art.get("mlflow")),
         ),
         service_module=_module_file(module),
         service_class=cls,
@@ -397,7 +427,18 @@ def _model(doc: Document) -> Model:
             failure_threshold=probe.get("failureThreshold", 3),
         ),
         monitor=_monitor(spec.get("monitor")),
+        python=PythonDependencies(
+            tuple(spec.get("python", {}).get("packages", ())),
+            spec.get("python", {}).get("requirements"),
+        ),
     )
+
+
+def _mlflow(raw: Mapping[str, Any] | None) -> MlflowVersion | None:
+    if raw is None:
+        return None
+    version = raw.get("version")
+    return MlflowVersion(raw["model"], None if version is None else str(version), raw.get("alias"))
 
 
 def _monitor(raw: Mapping[str, Any] | None) -> Monitor | None:

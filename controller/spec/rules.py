@@ -26,6 +26,7 @@ from controller.spec.kinds import (
     Analysis,
     GPUPool,
     Judge,
+    MlflowVersion,
     Model,
     ObjectRef,
     RolloutPolicy,
@@ -33,6 +34,7 @@ from controller.spec.kinds import (
     StepKind,
 )
 from controller.spec.pysource import MAX_MODULE_BYTES, parse_module
+from controller.spec.requirements import requirement_lines, split_requirements_file
 from controller.spec.schema import suggest
 from controller.spec.tree import MAX_BLOB_BYTES, EntryKind, Tree, clean_reference, resolve
 from controller.spec.units import format_bytes
@@ -196,6 +198,7 @@ class Rules:
         out: list[Diagnostic] = []
         out += self.check_artifact(model)
         out += self.check_service(model)
+        out += self.check_python(model)
         out += _check_monitor(model)
         res = model.resources
         res_path: Path = ("spec", "resources")
@@ -251,7 +254,12 @@ class Rules:
         base: Path = ("spec", "artifact")
         given = [
             n
-            for n, v in (("path", art.path), ("url", art.url), ("bentoModel", art.bento_model))
+            for n, v in (
+                ("path", art.path),
+                ("url", art.url),
+                ("bentoModel", art.bento_model),
+                ("mlflow", art.mlflow),
+            )
             if v
         ]
         if len(given) != 1:
@@ -259,10 +267,12 @@ class Rules:
             return [
                 doc.diagnostic(
                     base,
-                    f"set exactly one of path, url or bentoModel (got {got})",
+                    f"set exactly one of path, url, bentoModel or mlflow (got {got})",
                     "artifact.source",
                 )
             ]
+        if art.mlflow is not None:
+            return _check_mlflow(doc, art.mlflow)
         if art.sha256 and not art.url:
             return [
                 doc.diagnostic((*base, "sha256"), "sha256 goes with url only", "artifact.source")
@@ -301,6 +311,44 @@ class Rules:
                     )
                 ]
         return []
+
+    def check_python(self, model: Model) -> list[Diagnostic]:
+        """``spec.python``: each package a PEP 508 requirement by name; the
+        requirements file in the repo, small, and of requirements too."""
+        doc, deps = model.source, model.python
+        base: Path = ("spec", "python")
+        out = [
+            doc.diagnostic((*base, "packages", r.index), f"{r.text!r}: {r.why}", "python.packages")
+            for r in requirement_lines(deps.packages)[1]
+        ]
+        if deps.requirements is None:
+            return out
+        where: Path = (*base, "requirements")
+        found = self.check_in_repo(doc, where, deps.requirements, "ref.requirements", "file")
+        if found:
+            return out + found
+        target, kind = self.resolve(deps.requirements)
+        if kind is not EntryKind.FILE or self.tree.size(target) > MAX_REQUIREMENTS_FILE:
+            return [
+                *out,
+                doc.diagnostic(
+                    where,
+                    f"{deps.requirements!r} must be a file of at most "
+                    f"{format_bytes(MAX_REQUIREMENTS_FILE)}",
+                    "python.requirements",
+                ),
+            ]
+        lines = split_requirements_file(self.tree.read(target).decode("utf-8", "replace"))
+        for r in requirement_lines(line for _, line in lines)[1]:
+            number = lines[r.index][0] if r.index < len(lines) else 0
+            out.append(
+                doc.diagnostic(
+                    where,
+                    f"{deps.requirements}:{number}: {r.text!r}: {r.why}",
+                    "python.requirements",
+                )
+            )
+        return out
 
     def check_in_repo(
         self, doc: Document, path: Path, ref: str, rule: str, what: str
@@ -544,6 +592,43 @@ def _known(objects: Mapping[str, Any]) -> str:
 
 
 _SEQUENTIAL_ONLY = ("falseRollback", "missedRegression", "errorRate", "latency")
+
+
+#: A requirements file larger than this is refused.
+MAX_REQUIREMENTS_FILE = 64 * 1024
+
+
+def _check_mlflow(doc: Document, ref: MlflowVersion) -> list[Diagnostic]:
+    """A version is immutable, so git names exactly what runs; an alias moves."""
+    base: Path = ("spec", "artifact", "mlflow")
+    if ref.alias is not None:
+        return [
+            doc.diagnostic(
+                (*base, "alias"),
+                f"an alias ({ref.alias!r}) moves without a commit, so git would no longer say "
+                "what runs: name the version it points to (version: N), or declare "
+                f"promoteOn: {{alias: {ref.alias}}} and let `mdc registry watch` open a pull "
+                "request for each version the alias reaches",
+                "artifact.mlflow",
+            )
+        ]
+    if ref.version is None:
+        return [
+            doc.diagnostic(
+                base, "version is required (MLflow's number: 1, 2, ...)", "artifact.mlflow"
+            )
+        ]
+    number = ref.version
+    if not (number.isascii() and number.isdigit() and len(number) <= 9 and int(number) >= 1):
+        return [
+            doc.diagnostic(
+                (*base, "version"),
+                f"must be MLflow's version number (1, 2, ...), not {ref.version!r}; "
+                "an alias or stage moves and is refused",
+                "artifact.mlflow",
+            )
+        ]
+    return []
 
 
 def _check_weights_compared(policy: RolloutPolicy) -> list[Diagnostic]:

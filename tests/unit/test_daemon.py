@@ -52,6 +52,7 @@ bentomlHome: /var/lib/bentoml
 leaseTtl: 30
 artifactNetworks: [10.20.0.0/16, 127.0.0.1]
 artifactTimeout: 120
+mlflowTrackingUri: https://mlflow.example.invalid
 """
 
 FULL_EXPECTED = Config(
@@ -77,6 +78,7 @@ FULL_EXPECTED = Config(
     lease_ttl=30.0,
     artifact_networks=("10.20.0.0/16", "127.0.0.1"),
     artifact_timeout=120.0,
+    mlflow_tracking_uri="https://mlflow.example.invalid",
 )
 
 

@@ -205,6 +205,32 @@ CASES = [
         "schema.duration",
     ),
     ("merge-key-bomb", "models/bomb.yaml", 1, 10205, "b", "yaml.alias-limit"),
+    # issue 19: an MLflow version, never an alias; packages by name, no options or URLs
+    ("mlflow-alias", "models/model.yaml", 11, 7, "spec.artifact.mlflow.alias", "artifact.mlflow"),
+    (
+        "mlflow-version-not-a-number",
+        "models/model.yaml",
+        11,
+        7,
+        "spec.artifact.mlflow.version",
+        "artifact.mlflow",
+    ),
+    (
+        "python-package-url",
+        "models/model.yaml",
+        15,
+        9,
+        "spec.python.packages[1]",
+        "python.packages",
+    ),
+    (
+        "python-requirements-option",
+        "models/model.yaml",
+        13,
+        5,
+        "spec.python.requirements",
+        "python.requirements",
+    ),
     ("service-misplaced-future", "models/model.yaml", 10, 3, "spec.service", "ref.service"),
 ]
 
