@@ -35,6 +35,7 @@ def _quiet_env() -> dict[str, str]:
     env.pop("MLFLOW_TRACKING_URI", None)
     env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     env["GIT_PYTHON_REFRESH"] = "quiet"
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner (10 huey workers)
     return env
 
 
