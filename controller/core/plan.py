@@ -56,16 +56,27 @@ _NOT_RUNTIME = frozenset({"description", "source", "rollout", "monitor"})
 def spec_hash(model: Model, bento_tag: str) -> str:
     """The identity of what ``model`` runs: its resolved spec (less the fields that
     do not change the release) and its bento's content-addressed tag."""
-    data = {f.name: getattr(model, f.name) for f in fields(model) if f.name not in _NOT_RUNTIME}
+    data = {k: v for k, v in _hashed(model).items() if k not in _NOT_RUNTIME}
     canonical = json.dumps(
         {"model": _plain(data), "bento": bento_tag}, sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _hashed(value: Any) -> dict[str, Any]:
+    """The fields of dataclass ``value`` that its identity counts. A field added
+    after specs were deployed is left out while it has its default
+    (``metadata={"hash": "unless-default"}``), so an upgrade of mdc changes no hash."""
+    return {
+        f.name: getattr(value, f.name)
+        for f in fields(value)
+        if not (f.metadata.get("hash") == "unless-default" and getattr(value, f.name) == f.default)
+    }
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
-        return _plain({f.name: getattr(value, f.name) for f in fields(value)})
+        return _plain(_hashed(value))
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

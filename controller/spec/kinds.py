@@ -123,7 +123,7 @@ class Artifact:
     url: str | None = None
     sha256: str | None = None
     bento_model: str | None = None
-    mlflow: MlflowVersion | None = None
+    mlflow: MlflowVersion | None = field(default=None, metadata={"hash": "unless-default"})
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,9 @@ class Model:
     ready_timeout: float = 120.0
     probe: Probe | None = None
     monitor: Monitor | None = None  # spec.monitor, as written (no defaults from the policy)
-    python: PythonDependencies = PythonDependencies()
+    python: PythonDependencies = field(
+        default=PythonDependencies(), metadata={"hash": "unless-default"}
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from controller.core.plan import (
     spec_hash,
 )
 from controller.core.status import ModelStatus, Phase, Release
+from controller.spec.kinds import MlflowVersion, PythonDependencies
 from controller.spec.loader import load_desired
 from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
@@ -149,6 +150,20 @@ def test_spec_hash_ignores_description_and_policy_but_not_what_runs() -> None:
     assert spec_hash(replace(model, version="9"), "fraud-scorer:abc") != base
     resources = replace(model.resources, replicas=3)
     assert spec_hash(replace(model, resources=resources), "fraud-scorer:abc") != base
+
+
+def test_fields_added_since_specs_were_deployed_change_no_hash_until_used() -> None:
+    """Upgrading mdc restarts no canary: the hashes of the example repository's
+    models as mdc 0.1 before issue 19 computed them (python and artifact.mlflow
+    did not exist); used, the new fields change the hash."""
+    models = load_desired(DirTree(EXAMPLE_REPO)).desired.models
+    pinned = {"fraud-scorer": "c1e9dfcabebb6015", "search-ranker": "074ab61d3ed97a00"}
+    assert {name: spec_hash(models[name], "pinned:1") for name in pinned} == pinned
+    model = models["fraud-scorer"]
+    deps = replace(model, python=PythonDependencies(("scikit-learn==1.9.1",)))
+    assert spec_hash(deps, "pinned:1") != pinned["fraud-scorer"]
+    mlflow = replace(model.artifact, path=None, mlflow=MlflowVersion("fraud-scorer", "7"))
+    assert spec_hash(replace(model, artifact=mlflow), "pinned:1") != pinned["fraud-scorer"]
 
 
 NOW = 1_800_000_000.0
