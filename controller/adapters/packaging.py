@@ -58,7 +58,7 @@ import httpcore
 import httpx
 import yaml
 
-from controller.core.environment import bentoml_env
+from controller.core.environment import PYTHON_ENV_LABEL, PYTHON_SITE_LABEL, bentoml_env
 from controller.core.registry import FetchedVersion
 from controller.errors import PermanentError, Reason, TransientError
 from controller.spec.identity import (
@@ -70,6 +70,7 @@ from controller.spec.identity import (
     service_files,
 )
 from controller.spec.kinds import MlflowVersion, Model
+from controller.spec.requirements import split_requirements_file
 from controller.spec.tree import EntryKind, Tree, clean_reference, resolve
 
 __all__ = [
@@ -79,6 +80,8 @@ __all__ = [
     "Builder",
     "FetchPolicy",
     "Packager",
+    "PythonEnvironment",
+    "PythonEnvironments",
     "Source",
     "parse_networks",
 ]
@@ -406,6 +409,25 @@ class ArtifactRegistry(Protocol):
         ...
 
 
+class PythonEnvironment(Protocol):
+    """An installed set of a model's requirements: ``site`` goes first on PYTHONPATH."""
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def site(self) -> Path: ...
+
+
+class PythonEnvironments(Protocol):
+    """Where a model's own packages are installed
+    (:class:`controller.adapters.environments.Environments`)."""
+
+    def ensure(self, requirements: Iterable[str]) -> tuple[PythonEnvironment, bool]:
+        """The environment of ``requirements``, installed when new (the bool)."""
+        ...
+
+
 class Packager:
     """Builds bentos into the BentoML store at ``home``; work files under ``state_dir``."""
 
@@ -419,6 +441,7 @@ class Packager:
         retries: int = 3,
         sleep: Callable[[float], None] = time.sleep,
         registry: ArtifactRegistry | None = None,
+        environments: PythonEnvironments | None = None,
     ) -> None:
         self.home = Path(home).absolute()  # builds run elsewhere (cwd: their context)
         self.state = Path(state_dir)
@@ -427,6 +450,7 @@ class Packager:
         self.retries = retries
         self.sleep = sleep
         self.registry = registry
+        self.environments = environments
         self._provenance: dict[str, dict[str, str]] = {}
         for sub in ("models", "bentos"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
@@ -735,6 +759,7 @@ class Packager:
         model_tag = self.import_artifact(model, tree)
         files = self.service_files(model, tree)
         tag = self.bento_tag(model, model_tag, files)
+        environment = self._environment(model, tree)  # present even when the bento is
         if self.bento_exists(tag):
             return BuildResult(model.name, model_tag, tag, built=False)
         version = tag.split(":", 1)[1]
@@ -758,6 +783,11 @@ class Packager:
             "mdc.dev/model-version": model.version,
             **self.provenance(model_tag),
         }
+        extra: dict[str, str] = {}
+        if environment is not None:  # the build imports the service: with its packages
+            labels[PYTHON_ENV_LABEL] = environment.digest
+            labels[PYTHON_SITE_LABEL] = str(environment.site)
+            extra["PYTHONPATH"] = str(environment.site)
         argv = [
             self.python,
             "-m",
@@ -784,6 +814,7 @@ class Packager:
                 failure=f"{model.name}: bentoml build failed",
                 reason=Reason.BUILD_FAILED,
                 cwd=context,
+                extra=extra,
             )
         except PermanentError:
             shutil.rmtree(self.home / "bentos" / model.name / version, ignore_errors=True)
@@ -810,15 +841,48 @@ class Packager:
             reason=Reason.BUILD_FAILED,
         )
 
+    def _environment(self, model: Model, tree: Tree) -> PythonEnvironment | None:
+        """The environment of ``model``'s own packages (``spec.python``), installed
+        when new; None when it declares none."""
+        deps = model.python
+        lines = list(deps.packages)
+        if deps.requirements:
+            target, kind = resolve(tree, clean_reference(deps.requirements))
+            if kind is not EntryKind.FILE:
+                raise PermanentError(
+                    f"{model.name}: requirements file {deps.requirements!r} is not a file "
+                    "in the repo",
+                    reason=Reason.INVALID_SPEC,
+                )
+            text = tree.read(target).decode("utf-8", "replace")
+            lines += [line for _, line in split_requirements_file(text)]
+        if not lines:
+            return None
+        if self.environments is None:
+            raise PermanentError(
+                f"{model.name}: declares Python packages (spec.python) but this packager "
+                "installs none",
+                reason=Reason.DEPENDENCIES_FAILED,
+            )
+        environment, _ = self.environments.ensure(lines)
+        return environment
+
     def _run(
-        self, argv: list[str], *, log: Path, failure: str, reason: str, cwd: Path | None = None
+        self,
+        argv: list[str],
+        *,
+        log: Path,
+        failure: str,
+        reason: str,
+        cwd: Path | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> None:
         with log.open("wb") as out:
             try:
                 done = subprocess.run(
                     argv,
                     cwd=cwd,
-                    env=bentoml_env(self.home),
+                    env=bentoml_env(self.home, extra),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,

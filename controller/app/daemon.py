@@ -77,6 +77,11 @@ class Config:
     # the MLflow tracking server of artifact.mlflow (else $MLFLOW_TRACKING_URI); its
     # credentials only from the environment (MLFLOW_TRACKING_TOKEN, or _USERNAME/_PASSWORD)
     mlflow_tracking_uri: str | None = None
+    # where models' own packages (spec.python) come from: the index (else UV_DEFAULT_INDEX,
+    # UV_INDEX_URL or PIP_INDEX_URL, else PyPI) and local wheel directories (used alone
+    # when the index cannot be reached)
+    package_index: str | None = None
+    wheel_dirs: tuple[Path, ...] = ()
 
     @property
     def host(self) -> str:
@@ -115,6 +120,7 @@ _TYPES: dict[str, type] = {
     "webhook_secret_file": Path,
     "bentoml_home": Path,
     "artifact_networks": list,
+    "wheel_dirs": tuple,
 }
 
 
@@ -125,6 +131,7 @@ _KIND_NAMES = {
     Path: "a path (text)",
     dict: "a mapping of model name to port",
     list: "a list of addresses or networks (text, e.g. 10.0.0.0/8)",
+    tuple: "a list of directory paths (text)",
     bool: "true or false",
     float: "a number",
     str: "text",
@@ -150,6 +157,10 @@ def _convert(name: str, value: Any) -> Any:
         if not all(_port(v) for v in value.values()):
             raise ValueError("a port (0-65535) for each model")
         return {str(k): v for k, v in value.items()}
+    if kind is tuple:  # of paths
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise TypeError
+        return tuple(Path(v) for v in value)
     if kind is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TypeError

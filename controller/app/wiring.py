@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.adapters.environments import Environments
 from controller.adapters.git.local import LocalRepository
 from controller.adapters.git.source import Credentials, GitSource, SourcePoller
 from controller.adapters.git.status_branch import StatusBranch
@@ -119,6 +120,20 @@ def refuse_working_copy(repo: str) -> None:
         )
 
 
+def python_environments(config: Config, state: Path) -> Environments:
+    """Where models' own packages are installed (``STATE/environments``), from the
+    configured index (else the one uv or pip would use here) and wheel directories."""
+    index = config.package_index or next(
+        (
+            os.environ[name]
+            for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL")
+            if os.environ.get(name)
+        ),
+        None,
+    )
+    return Environments(state / "environments", index_url=index, find_links=config.wheel_dirs)
+
+
 def build_parts(
     config: Config,
     *,
@@ -145,6 +160,7 @@ def build_parts(
                 networks=config.artifact_networks, total_timeout=config.artifact_timeout
             ),
             registry=registry_from_env(config.mlflow_tracking_uri),
+            environments=python_environments(config, state),
         ),
         runtime=make_runtime(
             config.runtime,

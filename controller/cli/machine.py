@@ -30,9 +30,9 @@ from controller.adapters.model_registry import registry_from_env
 from controller.adapters.nvml import read_nvml
 from controller.adapters.packaging import Packager, Source
 from controller.adapters.runtime.local import release_log
-from controller.app.daemon import StateLock
+from controller.app.daemon import Config, StateLock
 from controller.app.manual import Pins, StateRecords, lock_holder, read_records, send_command
-from controller.app.wiring import bento_home
+from controller.app.wiring import bento_home, python_environments
 from controller.cli.records import RepoError, local_path, open_repo, recorded_statuses
 from controller.core.inventory import Inventory, build_inventory
 from controller.errors import MdcError
@@ -201,6 +201,7 @@ def build(args: argparse.Namespace) -> int:
         bento_home(Path(args.bento_home) if args.bento_home else None, Path(args.state_dir)),
         Path(args.state_dir),
         registry=registry,
+        environments=python_environments(Config(), Path(args.state_dir).absolute()),
     )
     source = Source(str(path.resolve()), _revision(str(path)))
     rows, failed = [], False

@@ -29,12 +29,19 @@ from pathlib import Path
 __all__ = [
     "PASSED",
     "PASSED_PREFIXES",
+    "PYTHON_ENV_LABEL",
+    "PYTHON_SITE_LABEL",
     "SECRET_PREFIXES",
     "bentoml_env",
     "is_secret",
     "model_env",
     "without_secrets",
 ]
+
+#: The bento labels that name the environment of a model's own packages (built by
+#: the packager, read by the runtimes: its ``site`` goes first on PYTHONPATH).
+PYTHON_ENV_LABEL = "mdc.dev/python-env"
+PYTHON_SITE_LABEL = "mdc.dev/python-site"
 
 #: Variables that carry the controller's credentials: never given to another process.
 SECRET_PREFIXES = (

@@ -59,6 +59,10 @@ def model_tag_for(model: Model, tree: Tree) -> str:
     art = model.artifact
     if art.bento_model:
         return art.bento_model
+    if art.mlflow is not None:
+        # a stand-in until the version's files are fetched (the built tag is their digest);
+        # a version never changes, so it names the files as well for plans
+        return f"{model.name}:mlflow-v{art.mlflow.version}"
     if art.url:
         return f"{model.name}:{_safe_version(art.sha256 or '')}"
     target, kind = resolve(tree, clean_reference(art.path or ""))
@@ -69,8 +73,15 @@ def model_tag_for(model: Model, tree: Tree) -> str:
 
 def service_files(model: Model, tree: Tree) -> dict[str, bytes]:
     """The model's service module and the repository modules it imports, by path
-    in the build context (see :mod:`controller.spec.service_sources`)."""
-    return service_sources(tree, model.service_module)
+    in the build context (see :mod:`controller.spec.service_sources`), and its
+    requirements file (``spec.python.requirements``): what the bento is made of."""
+    files = service_sources(tree, model.service_module)
+    if model.python.requirements:
+        path = clean_reference(model.python.requirements)
+        target, kind = resolve(tree, path)
+        if kind is EntryKind.FILE:
+            files[path] = tree.read(target)
+    return files
 
 
 def bento_tag(model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:
@@ -78,6 +89,8 @@ def bento_tag(model: Model, model_tag: str, files: Mapping[str, bytes]) -> str:
     hasher = hashlib.sha256()
     for part in (LAYOUT, _bentoml_version(), model.name, model_tag, model.service_class):
         hasher.update(part.encode() + b"\n")
+    if model.python.packages:  # the environment it is served from is part of it
+        hasher.update(b"python\0" + "\n".join(sorted(model.python.packages)).encode() + b"\n")
     for rel in sorted(files):
         hasher.update(rel.encode() + b"\0" + _sha256(files[rel]).encode() + b"\n")
     return f"{model.name}:{_safe_version(hasher.hexdigest())}"

@@ -5,14 +5,11 @@ a wheel directory, and the index is an unreachable loopback URL."""
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
 import os
 import subprocess
 import sys
 import threading
-import zipfile
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,37 +25,12 @@ from controller.adapters.environments import (
     public_url,
 )
 from controller.errors import PermanentError
+from tests.wheels import write_wheel
 
 pytestmark = pytest.mark.integration
 
 #: Nothing listens on the discard port: connections are refused at once.
 UNREACHABLE = "http://127.0.0.1:9/simple"
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
-def write_wheel(directory: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
-    """A pure-Python wheel of ``name`` whose module says ``VERSION = version``."""
-    module = name.replace("-", "_")
-    info = f"{module}-{version}.dist-info"
-    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    metadata += "".join(f"Requires-Dist: {r}\n" for r in requires)
-    files = {
-        f"{module}/__init__.py": f'VERSION = "{version}"\n'.encode(),
-        f"{info}/METADATA": metadata.encode(),
-        f"{info}/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: mdc-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    record = "".join(f"{path},sha256={_b64(data)},{len(data)}\n" for path, data in files.items())
-    files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
-    path = directory / f"{module}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, data in files.items():
-            archive.writestr(member, data)
-    return path
 
 
 @pytest.fixture(scope="module")

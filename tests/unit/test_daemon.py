@@ -53,6 +53,8 @@ leaseTtl: 30
 artifactNetworks: [10.20.0.0/16, 127.0.0.1]
 artifactTimeout: 120
 mlflowTrackingUri: https://mlflow.example.invalid
+packageIndex: https://pypi.example.invalid/simple
+wheelDirs: [/srv/wheels, wheels]
 """
 
 FULL_EXPECTED = Config(
@@ -79,6 +81,8 @@ FULL_EXPECTED = Config(
     artifact_networks=("10.20.0.0/16", "127.0.0.1"),
     artifact_timeout=120.0,
     mlflow_tracking_uri="https://mlflow.example.invalid",
+    package_index="https://pypi.example.invalid/simple",
+    wheel_dirs=(Path("/srv/wheels"), Path("wheels")),
 )
 
 

@@ -45,10 +45,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import httpx
+import yaml
 
 from controller.adapters.runtime.base import Event, Release, ReleaseSpec, State
 from controller.core.backoff import backoff_delay
-from controller.core.environment import bentoml_env
+from controller.core.environment import PYTHON_SITE_LABEL, bentoml_env
 from controller.core.inventory import ClusterNode
 from controller.spec.kinds import Probe
 
@@ -311,6 +312,18 @@ class LocalRuntime:
         self.events.append(Event(spec.name, "Started", f"{spec.bento} on {where}"))
         return release
 
+    def _python_path(self, bento: str) -> dict[str, str]:
+        """``PYTHONPATH`` of the model's own packages, when its bento was built with
+        them (the packager's ``mdc.dev/python-site`` label); empty otherwise."""
+        name, _, version = bento.partition(":")
+        info = self.bento_home / "bentos" / name / version / "bento.yaml"
+        try:
+            labels = (yaml.safe_load(info.read_text()) or {}).get("labels") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            return {}
+        site = labels.get(PYTHON_SITE_LABEL) if isinstance(labels, dict) else None
+        return {"PYTHONPATH": str(site)} if isinstance(site, str) and site else {}
+
     def _spawn(self, spec: ReleaseSpec, crashes: int) -> Release:
         home = self.home(spec.name)
         home.mkdir(parents=True, exist_ok=True)
@@ -324,7 +337,7 @@ class LocalRuntime:
         logfile = self.log_path(spec.name).open("ab")
         logfile.write(f"--- mdc: starting {spec.bento} on {where} ---\n".encode())
         logfile.flush()
-        env = bentoml_env(home, spec.env)
+        env = bentoml_env(home, {**spec.env, **self._python_path(spec.bento)})
         proc = subprocess.Popen(
             [
                 self.python,
