@@ -52,6 +52,7 @@ from controller.app.daemon import Config, Daemon
 from controller.app.pages import dashboard_route
 from controller.app.parts import Parts, Settings
 from controller.app.reconciler import Reconciler
+from controller.app.registry_bridge import RegistryFeedback, WithFeedback, bento_labels
 from controller.app.reporting import NullReporter, PullRequests, Reporter
 from controller.errors import PermanentError, Reason
 
@@ -197,6 +198,11 @@ def build_controller(
         if on_event is reporter:
             on_event = courier
         reporter = courier
+    registry = registry_from_env(config.mlflow_tracking_uri)
+    if registry is not None:  # outcomes go back to the registry too, off the loop
+        home = bento_home(config.bentoml_home, Path(config.state_dir).absolute())
+        feedback = RegistryFeedback(registry, lambda bento: bento_labels(home, bento))
+        reporter = WithFeedback(reporter, feedback)
     parts = build_parts(config, reporter=reporter, router=router, clock=clock)
     reconciler = Reconciler(
         parts,

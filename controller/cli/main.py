@@ -22,13 +22,14 @@ Exit codes scripts can trust:
 exits 2: for a script, a command without a verb is a usage error.
 
 Verbs: ``validate``, ``plan``, ``pool``, ``build``, ``logs``, ``history``,
-``watch``, ``run``, ``status``, ``monitor``, ``demo``,
+``watch``, ``run``, ``status``, ``monitor``, ``demo``, ``registry watch``,
 ``promote``/``abort``/``pause``/``resume``/``retry``, ``version``. This module
 carries out ``validate``, ``plan`` (of a directory) and ``version``; the others
 live by subject in :mod:`controller.cli.records` (history, status, monitor),
 :mod:`controller.cli.changes` (watch, plan --base/--head),
 :mod:`controller.cli.machine` (pool, build, logs, the manual canary commands) and
-:mod:`controller.cli.run` (run, demo). Called by the ``mdc`` console script and
+:mod:`controller.cli.run` (run, demo) and :mod:`controller.cli.registry` (registry
+watch). Called by the ``mdc`` console script and
 ``python -m controller``.
 """
 
@@ -41,7 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from controller import __version__
-from controller.cli import changes, machine, records, run
+from controller.cli import changes, machine, records, registry, run
 from controller.core.costs import per_day
 from controller.core.demand import canary_checks, policy_timeline, summarize, team_usage
 from controller.spec.loader import LoadResult, load_desired
@@ -265,6 +266,7 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument(
         "--bento-home", help="BentoML store (default: $BENTOML_HOME, else STATE_DIR/bentoml)"
     )
+    registry.add_parser(verbs)
     read_command("version", "Print the version.")
     return parser
 
@@ -287,6 +289,7 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run.run_controller,
     "down": run.down,
     "demo": run.demo,
+    "registry": registry.registry,
 }
 
 

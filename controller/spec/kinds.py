@@ -44,6 +44,7 @@ __all__ = [
     "ObjectRef",
     "Objective",
     "Probe",
+    "PromoteOn",
     "PythonDependencies",
     "Quota",
     "Resources",
@@ -124,6 +125,21 @@ class Artifact:
     sha256: str | None = None
     bento_model: str | None = None
     mlflow: MlflowVersion | None = field(default=None, metadata={"hash": "unless-default"})
+
+
+@dataclass(frozen=True)
+class PromoteOn:
+    """``spec.promoteOn``: the registry alias, or tag (``key`` with ``value``, any
+    value when None), whose newest version a pull request should propose."""
+
+    alias: str | None = None
+    tag: str | None = None
+    value: str | None = None
+
+    def describe(self) -> str:
+        if self.alias:
+            return f"alias {self.alias!r}"
+        return f"tag {self.tag}={self.value}" if self.value is not None else f"tag {self.tag}"
 
 
 @dataclass(frozen=True)
@@ -253,6 +269,7 @@ class Model:
     python: PythonDependencies = field(
         default=PythonDependencies(), metadata={"hash": "unless-default"}
     )
+    promote_on: PromoteOn | None = None  # not part of what runs (see core.plan)
 
 
 @dataclass(frozen=True)
@@ -433,7 +450,17 @@ def _model(doc: Document) -> Model:
             tuple(spec.get("python", {}).get("packages", ())),
             spec.get("python", {}).get("requirements"),
         ),
+        promote_on=_promote_on(spec.get("promoteOn")),
     )
+
+
+def _promote_on(raw: Mapping[str, Any] | None) -> PromoteOn | None:
+    if raw is None:
+        return None
+    if "alias" in raw:
+        return PromoteOn(alias=raw["alias"])
+    key, eq, value = str(raw["tag"]).partition("=")
+    return PromoteOn(tag=key, value=value if eq else None)
 
 
 def _mlflow(raw: Mapping[str, Any] | None) -> MlflowVersion | None:

@@ -199,6 +199,14 @@ class Rules:
         out += self.check_artifact(model)
         out += self.check_service(model)
         out += self.check_python(model)
+        if model.promote_on is not None and model.artifact.mlflow is None:
+            out.append(
+                doc.diagnostic(
+                    ("spec", "promoteOn"),
+                    "promoteOn watches an MLflow registered model: it needs artifact.mlflow",
+                    "promoteOn.artifact",
+                )
+            )
         out += _check_monitor(model)
         res = model.resources
         res_path: Path = ("spec", "resources")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -286,6 +287,27 @@ def _get_pull(request: RouteRequest) -> Reply:
     return Reply(200, request.fake.pull_request(request.repo, pull, full=True))
 
 
+def _update_pull(request: RouteRequest) -> Reply:
+    """``PATCH /pulls/{n}``: title, body, state (open or closed) and base, as GitHub
+    documents it ("Update a pull request"); 422 for a state it does not know."""
+    pull = request.repo.pulls.get(int(request.params["number"]))
+    if pull is None:
+        raise error_reply(404, "Not Found")
+    data = request.json()
+    state = data.get("state", pull.state)
+    if state not in {"open", "closed"} or (state == "open" and pull.merged):
+        raise invalid_reply({"resource": "PullRequest", "code": "invalid", "field": "state"})
+    for key in ("title", "body", "base"):
+        if key in data and not isinstance(data[key], str | None):
+            raise invalid_reply({"resource": "PullRequest", "code": "invalid", "field": key})
+    pull.state = state
+    pull.title = data.get("title", pull.title) or pull.title
+    pull.body = data.get("body", pull.body)
+    pull.base = data.get("base", pull.base) or pull.base
+    pull.updated_at = time.time()
+    return Reply(200, request.fake.pull_request(request.repo, pull, full=True))
+
+
 def _list_pulls(request: RouteRequest) -> Reply:
     repo = request.repo
     state = request.arg("state", "open")
@@ -516,7 +538,7 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Route]]] = [
     (re.compile(_REPO + r"/commits/(?P<ref>.+)/statuses$"), {"GET": _list_statuses}),
     (re.compile(_REPO + r"/commits/(?P<ref>.+)/status$"), {"GET": _combined_status}),
     (re.compile(_REPO + r"/commits/(?P<sha>.+)/pulls$"), {"GET": _commit_pulls}),
-    (re.compile(_REPO + r"/pulls/(?P<number>\d+)$"), {"GET": _get_pull}),
+    (re.compile(_REPO + r"/pulls/(?P<number>\d+)$"), {"GET": _get_pull, "PATCH": _update_pull}),
     (re.compile(_REPO + r"/pulls$"), {"GET": _list_pulls, "POST": _create_pull}),
     (
         re.compile(_REPO + r"/collaborators/(?P<user>[^/]+)/permission$"),

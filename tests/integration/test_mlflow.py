@@ -7,7 +7,11 @@ transient error, and the next try after it is back succeeds."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +26,13 @@ from controller.adapters.model_registry import MlflowRegistry
 from controller.adapters.packaging import FetchPolicy, Packager, Source
 from controller.adapters.runtime.base import ReleaseSpec, State
 from controller.adapters.runtime.local import LocalRuntime
+from controller.app.registry_bridge import RegistryFeedback
+from controller.core.status import ModelStatus, Phase, Release
 from controller.errors import PermanentError, Reason, TransientError
 from controller.spec.kinds import Model, Probe
 from controller.spec.loader import load_desired
 from controller.spec.tree import DirTree
+from controller.testing import FakeGitHub
 from tests.bentos import bentoml_processes, example_copy
 from tests.mlflow_server import MlflowServer
 
@@ -231,3 +238,157 @@ def test_a_registry_that_goes_down_is_transient_and_the_next_try_succeeds(
     assert (
         labels_of(tmp_path / "home", "models", tag)["mdc.dev/mlflow-run"] == registered[1]["run_id"]
     )
+
+
+# -- the bridge: registry -> pull request -> registry --------------------------------------
+
+TOKEN = "ghp_bridge_token"
+REPOSITORY = "octo-org/specs"
+WATCHED = f"""\
+# The iris classifier: the data science team registers it in MLflow.
+apiVersion: mdc.dev/v1alpha1
+kind: Model
+metadata:
+  name: {NAME}
+spec:
+  version: "1"          # MLflow's number
+  team: search
+  artifact:
+    mlflow:
+      model: {NAME}
+      version: 1        # moved by the bridge's pull requests
+  promoteOn:
+    alias: candidate
+  service: services/iris_classifier:IrisClassifier
+  resources:
+    cpu: 1
+  pool: shared-a100
+  rollout: fast
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def watch(repo: Path, github: FakeGitHub, running: MlflowServer) -> dict[str, Any]:
+    """``mdc registry watch --once --format json``, as a user runs it."""
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("mdc")),
+            "registry",
+            "watch",
+            "--once",
+            "--format",
+            "json",
+            "--repo",
+            str(repo),
+            "--github-repository",
+            REPOSITORY,
+            "--tracking-uri",
+            running.url,
+        ],
+        env={**os.environ, "MDC_GITHUB_TOKEN": TOKEN, "MDC_GITHUB_API_URL": github.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def test_the_bridge_opens_one_pull_request_per_version_and_closes_what_it_supersedes(
+    tmp_path: Path, server: tuple[MlflowServer, list[dict[str, str]]]
+) -> None:
+    running, registered = server  # version 2 has the alias candidate
+    repo = example_copy(tmp_path / "repo")
+    (repo / "models" / f"{NAME}.yaml").write_text(WATCHED)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "seed")
+    files = {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and ".git" not in p.parts
+    }
+    with FakeGitHub(REPOSITORY, token=TOKEN) as github:
+        github.repo.commit(files)
+        first = watch(repo, github, running)["proposals"]
+        assert [(p["model"], p["action"], p["version"]) for p in first] == [
+            (NAME, "opened", registered[1]["version"])
+        ]
+        (pull,) = github.repo.pulls.values()
+        assert pull.head == f"mdc/registry/{NAME}/v{registered[1]['version']}"
+        assert pull.base == "main"
+        proposed = github.repo.files(pull.head)[f"models/{NAME}.yaml"].decode()
+        version = registered[1]["version"]
+        assert proposed == WATCHED.replace('version: "1"', f'version: "{version}"').replace(
+            "version: 1 ", f'version: "{version}" '
+        )  # both versions moved; comments and layout kept
+        body = pull.body or ""
+        assert registered[1]["run_id"] in body
+        assert "accuracy" in body  # the run's metrics, for the reviewer
+        assert "alias 'candidate'" in body
+
+        # looked at again: the same version is never proposed twice
+        again = watch(repo, github, running)["proposals"]
+        assert [(p["action"], p["pull"]) for p in again] == [("proposed", pull.number)]
+        assert len(github.repo.pulls) == 1
+
+        # a newer version gets the alias: its own PR, and the older one is closed
+        (newer,) = running.register(2, alias="candidate")
+        third = watch(repo, github, running)["proposals"]
+        assert [(p["action"], p["version"]) for p in third] == [("opened", newer["version"])]
+        assert third[0]["closed"] == [pull.number]
+        assert github.repo.pulls[pull.number].state == "closed"
+        assert any("Superseded by" in c.body for c in github.repo.comments.get(pull.number, []))
+        assert len([p for p in github.repo.pulls.values() if p.state == "open"]) == 1
+
+
+def test_outcomes_are_written_back_to_the_registry(
+    server: tuple[MlflowServer, list[dict[str, str]]],
+    registries: Callable[..., MlflowRegistry],
+) -> None:
+    running, registered = server
+    v1, v2 = registered[0]["version"], registered[1]["version"]
+    labels = {
+        f"{NAME}:b1": {"mdc.dev/mlflow-model": NAME, "mdc.dev/mlflow-version": v1},
+        f"{NAME}:b2": {"mdc.dev/mlflow-model": NAME, "mdc.dev/mlflow-version": v2},
+    }
+    registry = registries(running.url)
+    feedback = RegistryFeedback(registry, lambda bento: labels.get(bento, {}), clock=lambda: 1.8e9)
+    try:
+        stable1 = Release("1", f"{NAME}:b1")
+        canary2 = Release("2", f"{NAME}:b2")
+        progressing = ModelStatus(NAME, Phase.PROGRESSING, stable=stable1, canary=canary2)
+        rolled = ModelStatus(
+            NAME,
+            Phase.ROLLED_BACK,
+            stable=stable1,
+            applied_revision="main@sha1:abc",
+            canary_state={"reason": "the sequential judge found errorRate worse than stable"},
+        )
+        feedback.on_status(progressing, rolled)
+        assert feedback.flush()
+        tags = registry.version(NAME, v2).tags
+        assert tags["mdc.status"] == "rolled-back"
+        assert "errorRate" in tags["mdc.reason"]
+        assert tags["mdc.revision"] == "main@sha1:abc"
+
+        promoted = ModelStatus(
+            NAME, Phase.HEALTHY, stable=canary2, applied_revision="main@sha1:def"
+        )
+        feedback.on_status(progressing, promoted)
+        assert feedback.flush()
+        assert registry.version(NAME, v2).tags["mdc.status"] == "serving"
+        assert registry.version(NAME, v1).tags["mdc.status"] == "retired"
+        production = registry.by_alias(NAME, "production")
+        assert production is not None
+        assert production.version == v2
+        assert feedback.fault() is None
+    finally:
+        feedback.close()

@@ -368,6 +368,39 @@ class GitHubReporter:
             return number  # opened by someone else in the meantime
         raise self._api.refused("POST", f"{self._repo_path}/pulls", response)
 
+    def open_change_pr(  # noqa: PLR0917 - the same arguments as open_revert_pr
+        self, base: str, path: str, content: bytes, title: str, body: str, branch: str
+    ) -> int:
+        """:meth:`open_revert_pr` for any one-file change (the registry bridge's)."""
+        return self.open_revert_pr(base, path, content, title, body, branch)
+
+    def pulls_from(self, branch: str, state: str = "all") -> list[tuple[int, str]]:
+        """``(number, state)`` of the pull requests whose head is ``branch`` of this
+        repository, newest first (``state``: open, closed or all)."""
+        params = {"head": f"{self.owner}:{branch}", "state": state}
+        found: list[tuple[int, str]] = []
+        for page in self._api.pages(f"{self._repo_path}/pulls", params):
+            for item in page:
+                found.append((_number(item), str(field_of(item, "state") or "")))
+        return found
+
+    def open_pulls_under(self, prefix: str) -> list[tuple[int, str]]:
+        """``(number, head branch)`` of the open pull requests whose head branch of
+        this repository starts with ``prefix``."""
+        found: list[tuple[int, str]] = []
+        for page in self._api.pages(f"{self._repo_path}/pulls", {"state": "open"}):
+            for item in page:
+                head = field_of(item, "head")
+                ref = str(field_of(head, "ref") or "")
+                repo = field_of(field_of(head, "repo"), "full_name")
+                if ref.startswith(prefix) and str(repo or "").lower() == self.repository.lower():
+                    found.append((_number(item), ref))
+        return found
+
+    def close_pull(self, number: int) -> None:
+        """Close pull request ``number`` (GitHub's "Update a pull request")."""
+        self._api.request("PATCH", f"{self._repo_path}/pulls/{number}", body={"state": "closed"})
+
     def _open_pull(self, branch: str) -> int | None:
         params = {"head": f"{self.owner}:{branch}", "state": "open"}
         for page in self._api.pages(f"{self._repo_path}/pulls", params):
