@@ -1,13 +1,14 @@
 # The two commands a new user runs: `make demo` and `make test`.
 # Each creates .venv when it is missing and installs the project into it:
-# `make demo` mdc alone, `make test` with the dev tools and Ray as well.
+# `make demo` mdc and MLflow (the demo's registry chapter), `make test` with the dev
+# tools and Ray as well.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # installed: mdc, the dev tools and Ray (it implies DEMO)
 STAMP  := $(VENV)/.installed
-# installed: mdc alone
+# installed: mdc and MLflow
 DEMO   := $(VENV)/.installed-demo
 
 export BENTOML_DO_NOT_TRACK := true
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml
 $(DEMO): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $(DEMO)
 
 demo: $(DEMO)

@@ -14,6 +14,7 @@ Run: ``.venv/bin/python bench/bench_bento.py``. Prints figures; asserts nothing.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,10 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 from controller.adapters.packaging import Packager, Source  # noqa: E402
 from controller.adapters.runtime.base import ReleaseSpec, State  # noqa: E402
-from controller.adapters.runtime.local import LocalRuntime, free_port  # noqa: E402
+from controller.adapters.runtime.local import LocalRuntime  # noqa: E402
 from controller.core.environment import bentoml_env  # noqa: E402
 from controller.spec.loader import load_desired  # noqa: E402
 from controller.spec.tree import DirTree  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def first_answer(url: str, path: str, body: dict[str, object], deadline: float) -> float:

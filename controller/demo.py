@@ -49,6 +49,13 @@ from controller.app.reconciler import PassResult, Reconciler
 from controller.app.reporting import PullRequests, Reporter
 from controller.app.wiring import build_controller
 from controller.core.status import ModelStatus, Phase
+from controller.demo_registry import (
+    MlflowServer,
+    available,
+    onboard,
+    registry_chapter,
+    train_script,
+)
 from controller.testing import FakeGitHub
 
 __all__ = ["Demo", "Traffic", "git", "run_demo"]
@@ -215,6 +222,7 @@ class Demo:
     passes: list[PassResult] = field(default_factory=list)
     hook_url: str | None = None  # a controller run elsewhere (mdc run): its webhook URL
     clock: Callable[[], float] = time.time  # the controller's (tests move it on)
+    mlflow_tracking_uri: str | None = None  # the registry the controller reads and tells
     _thread: threading.Thread | None = None
     _pull_numbers: dict[str, int] = field(default_factory=dict)
 
@@ -317,6 +325,7 @@ class Demo:
             github_repository=GITHUB_REPO,
             github_api_url=self.github.url,
             revert_prs=True,
+            mlflow_tracking_uri=self.mlflow_tracking_uri,
         )
         github = GitHubReporter(
             GITHUB_REPO, self.github.token, api_url=self.github.url, max_attempts=3, max_wait=10.0
@@ -394,7 +403,8 @@ class Demo:
         assert self.github is not None
         git("checkout", "-q", "-b", branch, "main", cwd=self.work)
         edit(self.work)
-        git("commit", "-q", "-a", "-m", title, cwd=self.work)
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "-m", title, cwd=self.work)
         git("push", "-q", self.remote, branch, cwd=self.work)
         head = git("rev-parse", "HEAD", cwd=self.work).strip()
         git("checkout", "-q", "main", cwd=self.work)
@@ -432,6 +442,24 @@ class Demo:
         push = {"ref": "refs/heads/main", "before": before, "after": after, "forced": False}
         self.webhook("push", push)
         return after
+
+    def adopt_pull(self, number: int) -> None:
+        """A pull request someone else opened on the fake GitHub (its head branch's
+        files there), made a branch of the served repository, so :meth:`merge`
+        merges it as GitHub's button would."""
+        assert self.github is not None
+        pull = self.github.pulls[number]
+        base, head = self.github.repo.files(pull.base), self.github.repo.files(pull.head)
+        git("checkout", "-q", "-b", pull.head, "main", cwd=self.work)
+        for path, data in head.items():
+            if base.get(path) != data and not path.startswith(".pulls/"):
+                (self.work / path).parent.mkdir(parents=True, exist_ok=True)
+                (self.work / path).write_bytes(data)
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "-m", pull.title, cwd=self.work)
+        git("push", "-q", self.remote, pull.head, cwd=self.work)
+        git("checkout", "-q", "main", cwd=self.work)
+        self._pull_numbers[pull.head] = number
 
     def comment(self, number: int, body: str, user: str) -> None:
         """``user`` comments ``body`` on PR ``number`` (the webhook included)."""
@@ -513,6 +541,30 @@ def _bump(version: str, artifact: str, probe: bool = False) -> Callable[[Path], 
     return edit
 
 
+def _start_registry(
+    demo: Demo,
+) -> tuple[MlflowServer, threading.Thread, list[dict[str, str]]] | None:
+    """An MLflow server for the chapter on the registry, started now (it takes a
+    few seconds), and, in the background, what the data scientist registers:
+    versions 1 and 2 of the iris-classifier, 2 with the alias ``candidate`` (the
+    list fills when the thread ends); None when mlflow or scikit-learn is not
+    installed."""
+    if not available():
+        return None
+    server = MlflowServer(demo.base / "mlflow", train=train_script(demo.work))
+    demo.processes.append(server.launch())
+    demo.mlflow_tracking_uri = server.url
+    versions: list[dict[str, str]] = []
+
+    def register() -> None:
+        server.wait()
+        versions.extend(server.register(1, 2, alias="candidate"))
+
+    thread = threading.Thread(target=register, name="mdc-demo-mlflow", daemon=True)
+    thread.start()
+    return server, thread, versions
+
+
 def split_line(counts: dict[str, int]) -> str:
     total = sum(counts.values()) or 1
     return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(counts.items()))
@@ -529,12 +581,16 @@ def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = Fa
     try:
         with Demo(base, out) as demo:
             demo.setup()
+            registry = _start_registry(demo)
             demo.start_controller()
             demo.say("1. deploying the models from git (bentos are built on first use)")
             for model in ("fraud-scorer", RANKER):
                 demo.wait_for(model, lambda s: s.phase is Phase.HEALTHY, 240)
             traffic = demo.start_traffic()
             demo.say(f"traffic: {traffic.rate:.0f} searches/s through the router at {traffic.url}")
+            if registry is not None:
+                registry[1].join(timeout=240)
+                onboard(demo)
 
             demo.say("2. a PR bumps search-ranker to 2026.11.2 (retrained on more data)")
             number = demo.open_pr(
@@ -585,7 +641,17 @@ def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = Fa
                 demo.say(f"mdc opened revert PR #{pull.number}: {pull.title}")
             demo.say(f"PR #{bad} carries the failed analysis in mdc's comment")
 
-            demo.say("4. where it all is")
+            where = "4"
+            if registry is not None:
+                server, _, versions = registry
+                registry_chapter(demo, server, "4", Traffic, versions[-1])
+                where = "5"
+            else:
+                demo.say(
+                    "(mlflow and scikit-learn are not installed: `make demo` installs them "
+                    "for the chapter on MLflow)"
+                )
+            demo.say(f"{where}. where it all is")
             print("$ mdc status", file=out, flush=True)
             demo.mdc("status", "--controller", demo.daemon.url if demo.daemon else "")
             print("$ git log --oneline mdc/status | head", file=out)
