@@ -94,7 +94,7 @@ def test_a_cpu_only_model_rolls_out_and_holds_no_gpu(
         assert first.gpus == ()
         url = demo.reconciler.routes[RANKER] + "/rank"
         demo.traffic = traffic = Traffic(
-            url, ranker_request, version_classifier(demo.work), rate=5.0
+            url, ranker_request, version_classifier(demo.work), rate=30.0
         )
         traffic.start()
         time.sleep(3)
