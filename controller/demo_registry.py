@@ -184,10 +184,16 @@ class MlflowServer:
         path = self.root / "server.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
-    def register(self, *releases: int, alias: str | None = None) -> list[dict[str, str]]:
+    def register(
+        self,
+        *releases: int,
+        alias: str | None = None,
+        started: Callable[[subprocess.Popen[str]], None] | None = None,
+    ) -> list[dict[str, str]]:
         """Train and register releases of the iris-classifier with the example
-        repository's training script (one process): ``[{"version": ..., "run_id": ...}]``;
-        ``alias`` points at the last."""
+        repository's training script (one process, in a session of its own, given
+        to ``started`` so whoever stops everything stops it too):
+        ``[{"version": ..., "run_id": ...}]``; ``alias`` points at the last."""
         if self.train is None:
             raise ValueError("this server was made without a training script")
         argv = [sys.executable, str(self.train), "--tracking-uri", self.url]
@@ -195,13 +201,28 @@ class MlflowServer:
             argv += ["--release", str(release)]
         if alias:
             argv += ["--alias", alias]
-        done = subprocess.run(
-            argv, capture_output=True, text=True, env=_quiet_env(), timeout=240, check=False
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=_quiet_env(),
+            start_new_session=True,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"train.py failed: {done.stderr[-2000:]}")
+        if started is not None:
+            started(proc)
+        try:
+            out, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise RuntimeError("train.py did not finish in 240s") from None
+        if proc.returncode != 0:
+            raise RuntimeError(f"train.py failed: {err[-2000:]}")
         # MLflow prints its own lines ("View run ...") between the script's JSON lines
-        lines = [line for line in done.stdout.splitlines() if line.startswith('{"version"')]
+        lines = [line for line in out.splitlines() if line.startswith('{"version"')]
         return [dict(json.loads(line)) for line in lines]
 
     def __enter__(self) -> MlflowServer:
