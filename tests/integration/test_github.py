@@ -547,6 +547,29 @@ def test_a_revert_pr_is_opened_once_and_reused(
     assert len(github.pulls) == 1
 
 
+def test_the_bridges_pull_requests_are_found_by_branch_and_closed(
+    github: FakeGitHub, reporter: GitHubReporter
+) -> None:
+    """pulls_from, open_pulls_under and close_pull (the registry bridge's calls);
+    every answer is checked against GitHub's description after the test."""
+    github.repo.commit({PATH: BAD})
+    older = reporter.open_change_pr("main", PATH, GOOD, "m v2", "b", "mdc/registry/m/v2")
+    newer = reporter.open_change_pr("main", PATH, GOOD + b"#3\n", "m v3", "b", "mdc/registry/m/v3")
+    github.repo.add_pull("feature", title="someone else's")
+    assert reporter.pulls_from("mdc/registry/m/v2") == [(older, "open")]
+    assert reporter.pulls_from("mdc/registry/m/v9") == []
+    assert sorted(reporter.open_pulls_under("mdc/registry/m/")) == [
+        (older, "mdc/registry/m/v2"),
+        (newer, "mdc/registry/m/v3"),
+    ]
+    reporter.close_pull(older)
+    assert github.pulls[older].state == "closed"
+    assert reporter.pulls_from("mdc/registry/m/v2") == [(older, "closed")]  # proposed once
+    assert reporter.open_pulls_under("mdc/registry/m/") == [(newer, "mdc/registry/m/v3")]
+    (patch,) = github.calls("PATCH")
+    assert patch.json() == {"state": "closed"}
+
+
 def test_a_revert_reuses_an_existing_branch_and_creates_a_missing_file(
     github: FakeGitHub, reporter: GitHubReporter
 ) -> None:
