@@ -31,7 +31,7 @@ from typing import Protocol
 
 import yaml
 
-from controller.app.reporting import Reporter
+from controller.app.reporting import NullReporter, Reporter
 from controller.core.registry import (
     PROPOSAL_PREFIX,
     Outcome,
@@ -43,6 +43,7 @@ from controller.core.registry import (
     proposal_body,
     proposal_branch,
     proposal_title,
+    version_number,
 )
 from controller.core.status import ModelStatus, Phase
 from controller.core.timestamps import iso
@@ -143,7 +144,7 @@ class RegistryBridge:
         current = ref.version or "0"
         if when.alias:
             found = self.registry.by_alias(ref.model, when.alias)
-            newer = found is not None and _number(found.version) > _number(current)
+            newer = found is not None and version_number(found.version) > version_number(current)
             return found if newer else None
         return newest_matching(
             self.registry.versions(ref.model), when.tag or "", when.value, current
@@ -222,10 +223,6 @@ class RegistryBridge:
         return tuple(closed)
 
 
-def _number(version: str) -> int:
-    return int(version) if version.isascii() and version.isdigit() else -1
-
-
 def bento_labels(home: Path, bento: str) -> dict[str, str]:
     """The labels of ``bento`` in the store at ``home`` (empty when unreadable)."""
     name, _, version = bento.partition(":")
@@ -237,9 +234,10 @@ def bento_labels(home: Path, bento: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
-class RegistryFeedback:
+class RegistryFeedback(NullReporter):
     """A reporter that writes rollouts' outcomes back to the registry (see the
-    module docstring). ``labels`` reads a bento's labels (:func:`bento_labels`)."""
+    module docstring); what else a reporter hears it leaves alone (:class:`NullReporter`).
+    ``labels`` reads a bento's labels (:func:`bento_labels`)."""
 
     def __init__(
         self,
@@ -330,20 +328,6 @@ class RegistryFeedback:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=5)
-
-    # -- the rest of the reporter protocol ------------------------------------
-
-    def pull_request_for(self, commit: str) -> int | None:
-        return None
-
-    def on_removed(self, status: ModelStatus) -> None:
-        return None
-
-    def on_force_push(self, previous: str, current: str) -> None:
-        return None
-
-    def drain(self) -> None:
-        return None
 
     def fault(self) -> tuple[str, str] | None:
         if self._failed:

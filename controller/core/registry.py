@@ -38,6 +38,7 @@ __all__ = [
     "proposal_body",
     "proposal_branch",
     "proposal_title",
+    "version_number",
 ]
 
 #: Every tag mdc writes on a model version starts with this.
@@ -126,7 +127,8 @@ def outcome_tags(outcome: Outcome, why: str, *, at: str, revision: str = "") -> 
     return tags
 
 
-def _number(version: str) -> int:
+def version_number(version: str) -> int:
+    """MLflow's version label as a number to compare; -1 when it is not one."""
     return int(version) if version.isascii() and version.isdigit() else -1
 
 
@@ -141,8 +143,8 @@ def newest_matching(
             continue
         if value is not None and v.tags[tag] != value:
             continue
-        if _number(v.version) > _number(after) and (
-            chosen is None or _number(v.version) > _number(chosen.version)
+        if version_number(v.version) > version_number(after) and (
+            chosen is None or version_number(v.version) > version_number(chosen.version)
         ):
             chosen = v
     return chosen
