@@ -235,6 +235,9 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
         # the recovery is reported in full (the status is set before the comment) first
         _wait(lambda: monitor_statuses() and monitor_statuses()[-1] == "success", 20, "settled")
         _wait(lambda: "DriftRecovered" in comment() and "attention" not in comment(), 20, "comment")
+        # and on the status branch: its push is the status writer's, in its own time, so a
+        # slow push of the recovery must not be counted as a commit of the breach below
+        _wait(lambda: "Monitor: DriftRecovered" in _status_log(demo)[0], 20, "recovery recorded")
         before_commits = len(_status_log(demo))
         before_updates = len(github.calls("PATCH", r"/issues/comments/"))
         before_statuses = len(monitor_statuses())
