@@ -48,10 +48,12 @@ MEMORY_LIMIT_ENV = "MDC_GPU_MEMORY_LIMIT_BYTES"
 
 
 class ReleaseKind(StrEnum):
-    """Which of a model's two releases: the one serving, or the one being tried."""
+    """Which of a model's releases: the one serving, the one being tried, or a
+    pull request's preview (answering mirrored requests only)."""
 
     STABLE = "stable"
     CANARY = "canary"
+    PREVIEW = "preview"
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ __all__ = [
 
 #: Fields of a Model that do not change what runs (a new description restarts nothing;
 #: the monitor is the controller's and the router's business, not the release's).
-_NOT_RUNTIME = frozenset({"description", "source", "rollout", "monitor", "promote_on"})
+_NOT_RUNTIME = frozenset({"description", "source", "rollout", "monitor", "promote_on", "preview"})
 
 
 def spec_hash(model: Model, bento_tag: str) -> str:

@@ -21,6 +21,8 @@ __all__ = [
     "BackendStats",
     "BackendWindow",
     "ObservedTraffic",
+    "Pair",
+    "PairingConfig",
     "RouteConfig",
     "Sample",
     "SamplingConfig",
@@ -152,6 +154,11 @@ class RouteConfig:
     sticky: str | None = None  # a header (or "cookie:NAME") whose value pins a user
     stable_more: tuple[str, ...] = ()  # the stable's other replicas (requests spread)
     canary_more: tuple[str, ...] = ()  # the canary's other replicas
+    #: a pull request's preview ("127.0.0.1:PORT"): ``preview_share`` percent of the
+    #: requests the stable answers are also sent to it, its answers never reach the
+    #: client, and each is paired with the stable's answer (see :class:`Pair`)
+    preview: str | None = None
+    preview_share: int = 0
 
     def backends(self, side: str) -> tuple[str, ...]:
         """Every address of ``side`` ("stable" or "canary"), the first replica first."""
@@ -194,6 +201,30 @@ class Sample:
     request: Any
     response: Any
     size: int  # bytes of request and response bodies
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    """Keep the pairs of a preview's mirrored requests, without the ``sensitive``
+    keys (dropped from the request and both answers before a pair is buffered)."""
+
+    sensitive: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One request the stable answered and the preview answered too, already
+    redacted: the preview's answer went nowhere but here."""
+
+    at: float  # epoch seconds
+    request: Any
+    stable_status: int
+    stable_seconds: float
+    stable_answer: Any  # decoded JSON (None: not JSON)
+    preview_status: int
+    preview_seconds: float
+    preview_answer: Any
+    size: int  # bytes of the request and both answers
 
 
 QUANTILES = (0.5, 0.9, 0.99)

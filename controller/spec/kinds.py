@@ -43,6 +43,9 @@ __all__ = [
     "Node",
     "ObjectRef",
     "Objective",
+    "OutputKind",
+    "Preview",
+    "PreviewOutput",
     "Probe",
     "PromoteOn",
     "PythonDependencies",
@@ -236,6 +239,38 @@ class Sampling:
     sensitive: tuple[str, ...] = ()
 
 
+class OutputKind(StrEnum):
+    """What a model's output field holds, which says how two answers are compared."""
+
+    LABEL = "label"  # agree when equal
+    NUMBER = "number"  # agree within ``tolerance``; the differences are summarised
+    RANKING = "ranking"  # a list, best first: the overlap of the top ``top``
+
+
+@dataclass(frozen=True)
+class PreviewOutput:
+    """How a model's answers are compared in a preview (``spec.preview`` of a Model)."""
+
+    field: str  # dotted keys into a response, as ``monitor.drift.field``
+    kind: OutputKind = OutputKind.LABEL
+    top: int = 10  # k of a ranking's top k
+    tolerance: float = 0.0  # numbers that differ by at most this agree
+    sensitive: tuple[str, ...] = ()  # request and answer keys never kept in a pair
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A policy's bounds on a pull request's preview (``spec.preview`` of a
+    RolloutPolicy): the share of the stable's requests mirrored to it, and what
+    its comparison with the stable must show for ``mdc/preview`` to pass."""
+
+    share: int = 50  # percent of the stable's requests mirrored
+    min_pairs: int = 500
+    min_agreement: float = 0.95
+    max_latency_ratio: float = 1.3  # the preview's p90 over the stable's
+    max_error_rate: float = 0.01
+
+
 @dataclass(frozen=True)
 class Monitor:
     """What mdc keeps judging after promotion (``spec.monitor``)."""
@@ -270,6 +305,9 @@ class Model:
         default=PythonDependencies(), metadata={"hash": "unless-default"}
     )
     promote_on: PromoteOn | None = None  # not part of what runs (see core.plan)
+    #: how answers are compared in a pull request's preview (field and sensitive keys
+    #: default to the monitor's); None: spec.preview and monitor.drift both absent
+    preview: PreviewOutput | None = None  # not part of what runs
 
 
 @dataclass(frozen=True)
@@ -390,6 +428,7 @@ class RolloutPolicy:
     warmup_timeout: float | None
     warmup_hold: float | None
     source: Document = field(repr=False, compare=False)
+    preview: Preview | None = None  # None: pull requests are not previewed
 
 
 @dataclass(frozen=True)
@@ -451,6 +490,36 @@ def _model(doc: Document) -> Model:
             spec.get("python", {}).get("requirements"),
         ),
         promote_on=_promote_on(spec.get("promoteOn")),
+        preview=_preview_output(spec.get("preview"), spec.get("monitor")),
+    )
+
+
+def _preview_output(
+    raw: Mapping[str, Any] | None, monitor: Mapping[str, Any] | None
+) -> PreviewOutput | None:
+    monitor = monitor or {}
+    raw = raw or {}
+    path = raw.get("field") or monitor.get("drift", {}).get("field")
+    if path is None:
+        return None
+    return PreviewOutput(
+        field=path,
+        kind=OutputKind(raw.get("kind", "label")),
+        top=raw.get("top", 10),
+        tolerance=float(raw.get("tolerance", 0.0)),
+        sensitive=tuple(raw.get("sensitive", monitor.get("sampling", {}).get("sensitive", ()))),
+    )
+
+
+def _preview(raw: Mapping[str, Any] | None) -> Preview | None:
+    if raw is None:
+        return None
+    return Preview(
+        share=raw.get("share", 50),
+        min_pairs=raw.get("minPairs", 500),
+        min_agreement=parse_share(raw.get("minAgreement", 0.95)),
+        max_latency_ratio=float(raw.get("maxLatencyRatio", 1.3)),
+        max_error_rate=parse_share(raw.get("maxErrorRate", 0.01)),
     )
 
 
@@ -582,6 +651,7 @@ def _policy(doc: Document) -> RolloutPolicy:
         warmup_timeout=_maybe_duration(warmup.get("timeout")),
         warmup_hold=_maybe_duration(warmup.get("holdFor")),
         source=doc,
+        preview=_preview(spec.get("preview")),
     )
 
 

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from controller.spec.kinds import Discovery, Judge, LatencyBound, Metric, Sharing, StepKind
+from controller.core.plan import spec_hash
+from controller.spec.kinds import (
+    Discovery,
+    Judge,
+    LatencyBound,
+    Metric,
+    OutputKind,
+    Preview,
+    PreviewOutput,
+    Sharing,
+    StepKind,
+)
 from controller.spec.loader import load_desired
 from controller.spec.tree import DirTree
 from tests.conftest import EXAMPLE_REPO
@@ -150,3 +161,57 @@ def test_nvml_node_without_gpus_is_not_fit_checked(make_repo: Callable[..., Path
     result = load_desired(DirTree(repo))
     assert result.diagnostics == ()
     assert result.desired.pools["pool-a"].declared_gpus is None
+
+
+_PREVIEW_POLICY = "\n  preview:\n    share: 25\n    minPairs: 300\n    minAgreement: 99%\n"
+
+
+@pytest.mark.parametrize(
+    ("model_tail", "expected"),
+    [
+        # no preview on the policy's side: nothing to compare, nothing asked
+        ("", None),
+        (
+            "\n  preview:\n    field: label\n    kind: label\n    sensitive: [user]",
+            PreviewOutput("label", OutputKind.LABEL, 10, 0.0, ("user",)),
+        ),
+        (
+            "\n  preview:\n    field: items.id\n    kind: ranking\n    top: 5",
+            PreviewOutput("items.id", OutputKind.RANKING, 5, 0.0, ()),
+        ),
+        # field and sensitive keys default to the monitor's
+        (
+            "\n  monitor:\n    drift: {field: score}"
+            "\n    sampling: {share: 0.1, sensitive: [email]}"
+            "\n  preview: {kind: number, tolerance: 0.01}",
+            PreviewOutput("score", OutputKind.NUMBER, 10, 0.01, ("email",)),
+        ),
+    ],
+)
+def test_preview_fields(
+    make_repo: Callable[..., Path], model_tail: str, expected: PreviewOutput | None
+) -> None:
+    repo = make_repo()
+    model = repo / "models" / "model.yaml"
+    model.write_text(model.read_text().rstrip("\n") + model_tail + "\n")
+    policy = repo / "rollouts" / "policy.yaml"
+    policy.write_text(policy.read_text().rstrip("\n") + _PREVIEW_POLICY)
+    result = load_desired(DirTree(repo))
+    preview = result.desired.policies["canary"].preview
+    assert preview == Preview(share=25, min_pairs=300, min_agreement=0.99)
+    if expected is None:  # the policy previews; the model says nothing to compare
+        assert [(d.rule, d.path) for d in result.diagnostics] == [("preview.field", "spec")]
+        assert "set spec.preview.field" in result.diagnostics[0].message
+        return
+    assert result.diagnostics == ()
+    assert result.desired.models["model-a"].preview == expected
+
+
+def test_a_preview_field_changes_no_hash(make_repo: Callable[..., Path]) -> None:
+    repo = make_repo()
+    model = repo / "models" / "model.yaml"
+    before = load_desired(DirTree(repo)).desired.models["model-a"]
+    model.write_text(model.read_text().rstrip("\n") + "\n  preview: {field: label}\n")
+    after = load_desired(DirTree(repo)).desired.models["model-a"]
+    assert after.preview is not None
+    assert spec_hash(after, "b:1") == spec_hash(before, "b:1")
