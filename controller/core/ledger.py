@@ -18,6 +18,18 @@ A pure, deterministic allocator over an :class:`~controller.core.inventory.Inven
   allocations of other teams are preempted, lowest priority (then newest)
   first, never below their own guarantee, and never a stable release serving
   traffic (it is replaced before it is stopped, not preempted).
+* **Previews** (a pull request's version answering mirrored requests only)
+  are the lowest class. A preview is placed on free capacity only: it never
+  preempts anything, not even another preview, and waits for free GPUs
+  instead. It counts against its team's ``limit``, on its own quota line
+  (:attr:`Ledger.preview_used`, :meth:`Ledger.team_preview_gpus`), never in
+  :attr:`Ledger.used`: previews never make the team look as if it borrowed,
+  and never make its stable or canary release wait on the limit. A stable or
+  canary release that does not fit first reclaims previews -- any team's,
+  newest first, only as many as it needs, whatever its guarantee -- and only
+  then preempts borrowed allocations; one that takes its team past its limit
+  with the team's previews counted reclaims the team's own newest previews
+  until it is within the limit again.
 * **Never over-commits**: a request that does not fit waits, with a reason
   naming the numbers.
 * **CPU-only** requests (no GPU demand) are placed at once on no GPU and are
@@ -81,7 +93,11 @@ class Ledger:
             self.gpus[gpu.uuid] = _GPUState(gpu.node, gpu.memory, gpu.memory)
             self.node_untouched.setdefault(gpu.node, []).append(gpu.uuid)
         self.quotas: dict[str, Quota] = {q.team: q for q in quotas}
+        #: milli-GPUs each team holds by stable and canary releases (its own and borrowed)
         self.used: dict[str, int] = dict.fromkeys(self.quotas, 0)
+        #: milli-GPUs each team holds by previews: its own quota line, kept out of
+        #: :attr:`used` (previews never borrow, and never hold back a release)
+        self.preview_used: dict[str, int] = dict.fromkeys(self.quotas, 0)
         self.allocations: dict[str, Allocation] = {}
         self.partial: list[tuple[int, str]] = []  # (free bytes, uuid) of partly used GPUs
         # untouched count -> nodes with that many untouched GPUs (a dict: ordered)
@@ -101,6 +117,7 @@ class Ledger:
         other.node_untouched = {k: list(v) for k, v in self.node_untouched.items()}
         other.quotas = dict(self.quotas)
         other.used = dict(self.used)
+        other.preview_used = dict(self.preview_used)
         other.allocations = dict(self.allocations)
         other.partial = list(self.partial)
         other.buckets = {k: dict(v) for k, v in self.buckets.items()}
@@ -122,7 +139,17 @@ class Ledger:
         )
 
     def team_gpus(self, team: str) -> float:
+        """GPUs ``team`` holds by stable and canary releases (previews are apart:
+        :meth:`team_preview_gpus`)."""
         return self.used.get(team, 0) / UNITS
+
+    def team_preview_gpus(self, team: str) -> float:
+        """GPUs ``team`` holds by previews: its own quota line, counted against the
+        team's limit for further previews but never borrowed."""
+        return self.preview_used.get(team, 0) / UNITS
+
+    def _held_with_previews(self, team: str) -> int:
+        return self.used.get(team, 0) + self.preview_used.get(team, 0)
 
     # -- index upkeep -------------------------------------------------------
 
@@ -279,6 +306,8 @@ class Ledger:
                 )
             )
         estimate = self._estimate_units(request)
+        if request.kind is ReleaseKind.PREVIEW:
+            return self._place_preview(request, estimate)
         limit = round(quota.limit * UNITS)
         held = self.used[request.team]
         if estimate is not None and held + estimate > limit:
@@ -289,7 +318,31 @@ class Ledger:
         try:
             replicas = self._place_replicas(request)
         except _NoRoom:
-            return self._preempt_for(request, estimate)
+            decision = self._make_room(request, estimate)
+        else:
+            decision = self._commit(request, replicas, ())
+        if isinstance(decision, Placed):
+            return self._keep_within_limit(request, decision)
+        return decision
+
+    def _place_preview(self, request: Request, estimate: int | None) -> Decision:
+        """A preview takes free capacity or waits: it displaces nothing."""
+        quota = self.quotas[request.team]
+        held = self._held_with_previews(request.team)
+        if estimate is not None and held + estimate > round(quota.limit * UNITS):
+            return Waiting(
+                f"{request.release} needs {request.replicas} x {request.demand.describe()}; "
+                f"team {request.team}: {self._team_line(request.team)}"
+            )
+        try:
+            replicas = self._place_replicas(request)
+        except _NoRoom:
+            return Waiting(
+                self._why_no_room(
+                    request,
+                    " (a preview waits for free GPUs and never displaces a release)",
+                )
+            )
         return self._commit(request, replicas, ())
 
     def _commit(
@@ -297,15 +350,21 @@ class Ledger:
     ) -> Decision:
         quota = self.quotas[request.team]
         units = sum(s.units for r in replicas for s in r)
-        held = self.used[request.team]
+        preview = request.kind is ReleaseKind.PREVIEW
+        # a preview counts against the limit with the team's previews; a release does not
+        held = self._held_with_previews(request.team) if preview else self.used[request.team]
         if held + units > round(quota.limit * UNITS):  # a memory request, known only now
             for replica in replicas:
                 for s in replica:
                     if request.release in self.gpus[s.gpu].holders:
                         self._give(s.gpu, request.release)
+            line = (
+                self._team_line(request.team)
+                if preview
+                else f"{held / UNITS:g} of limit {quota.limit:g} GPUs held"
+            )
             return Waiting(
-                f"{request.release} needs {units / UNITS:g} GPUs; team {request.team}: "
-                f"{held / UNITS:g} of limit {quota.limit:g} GPUs held"
+                f"{request.release} needs {units / UNITS:g} GPUs; team {request.team}: {line}"
             )
         self.counter += 1
         allocation = Allocation(
@@ -314,11 +373,14 @@ class Ledger:
             request.team,
             request.kind,
             request.serving,
-            borrowed=held + units > round(quota.guaranteed * UNITS),
+            borrowed=not preview and held + units > round(quota.guaranteed * UNITS),
             replicas=replicas,
             order=self.counter,
         )
-        self.used[request.team] = held + units
+        if preview:
+            self.preview_used[request.team] = self.preview_used.get(request.team, 0) + units
+        else:
+            self.used[request.team] = held + units
         self.allocations[request.release] = allocation
         return Placed(allocation, preempted)
 
@@ -329,7 +391,103 @@ class Ledger:
             return math.ceil(request.demand.fraction * UNITS) * request.replicas
         return None  # memory: depends on the GPU it lands on
 
-    def _preempt_for(self, request: Request, estimate: int | None) -> Decision:
+    def _previews(self, team: str | None = None) -> list[Allocation]:
+        """Preview allocations (of ``team``, or of every team), newest first."""
+        return sorted(
+            (
+                a
+                for a in self.allocations.values()
+                if a.kind is ReleaseKind.PREVIEW and (team is None or a.team == team)
+            ),
+            key=lambda a: (-a.order, a.release),
+        )
+
+    def _make_room(self, request: Request, estimate: int | None) -> Decision:
+        """A stable or canary release that does not fit: reclaim previews (any
+        team's, newest first, one at a time, whatever the guarantee) until it
+        fits; if every preview is not enough, preempt borrowed allocations too
+        (:meth:`_preempt_for`). All on a trial: the ledger changes only when the
+        release is placed, and previews that turned out not to be needed keep
+        their GPUs."""
+        previews = self._previews()
+        if not previews:
+            return self._preempt_for(request, estimate)
+        trial = self.clone()
+        reclaimed: list[Allocation] = []
+        decision: Decision | None = None
+        for preview in previews:
+            trial.release(preview.release)
+            reclaimed.append(preview)
+            try:
+                replicas = trial._place_replicas(request)
+            except _NoRoom:
+                continue
+            decision = trial._commit(request, replicas, ())
+            break
+        if decision is None:  # every preview reclaimed, and still no room
+            gpus = sum(p.units for p in reclaimed) / UNITS
+            note = f"; reclaiming every preview ({gpus:g} GPUs) would not make room either"
+            decision = trial._preempt_for(request, estimate, report=self, note=note)
+        if not isinstance(decision, Placed):
+            return decision  # nothing in self was touched
+        for preview in sorted(reclaimed, key=lambda a: a.order):  # oldest back first
+            if trial._restore(preview):
+                reclaimed.remove(preview)
+        reasons = tuple(
+            f"PR preview {p.release} gives back {p.gpus:g} GPU for {request.release} "
+            f"(a preview of team {p.team}: previews hold only GPUs no release needs)"
+            for p in reclaimed
+        )
+        vars(self).update(vars(trial))
+        return Placed(
+            decision.allocation,
+            tuple(p.release for p in reclaimed) + decision.preempted,
+            reasons + decision.reasons,
+        )
+
+    def _restore(self, preview: Allocation) -> bool:
+        """Book a reclaimed preview again exactly where it was, if its GPUs are
+        still free and its team's limit allows it."""
+        limit = round(self.quotas[preview.team].limit * UNITS)
+        if self._held_with_previews(preview.team) + preview.units > limit:
+            return False
+        return self.adopt(preview) is None
+
+    def _keep_within_limit(self, request: Request, decision: Placed) -> Placed:
+        """A release placed within the limit that takes its team past the limit
+        with the team's previews counted: its own newest previews give way."""
+        team = request.team
+        quota = self.quotas[team]
+        limit = round(quota.limit * UNITS)
+        victims: list[str] = []
+        reasons: list[str] = []
+        for preview in self._previews(team):
+            if self._held_with_previews(team) <= limit:
+                break
+            reasons.append(
+                f"PR preview {preview.release} gives back {preview.gpus:g} GPU for "
+                f"{request.release} (team {team}: {self._team_line(team)})"
+            )
+            self.release(preview.release)
+            victims.append(preview.release)
+        if not victims:
+            return decision
+        return Placed(
+            decision.allocation,
+            decision.preempted + tuple(victims),
+            decision.reasons + tuple(reasons),
+        )
+
+    def _preempt_for(
+        self,
+        request: Request,
+        estimate: int | None,
+        report: Ledger | None = None,
+        note: str = "",
+    ) -> Decision:
+        """Preempt borrowed allocations for a request within its guarantee; a
+        reason to wait (about ``report``'s GPUs, by default this ledger's, then
+        ``note``) if that is not allowed or not enough."""
         quota = self.quotas[request.team]
         held = self.used[request.team]
         within_guarantee = estimate is not None and held + estimate <= round(
@@ -365,7 +523,8 @@ class Ledger:
                 if isinstance(decision, Placed):
                     return Placed(decision.allocation, decision.preempted, tuple(reasons))
                 return decision
-        return Waiting(self._why_no_room(request, within_guarantee))
+        tail = "" if within_guarantee else " (above its guarantee, so nothing is preempted for it)"
+        return Waiting((report or self)._why_no_room(request, tail) + note)
 
     def _place_replicas_exact(
         self, request: Request, replicas: tuple[tuple[Slice, ...], ...]
@@ -380,7 +539,10 @@ class Ledger:
         candidates = [
             a
             for a in self.allocations.values()
-            if a.team != team and a.borrowed and not (a.kind is ReleaseKind.STABLE and a.serving)
+            if a.team != team
+            and a.borrowed
+            and a.kind is not ReleaseKind.PREVIEW  # never borrowed; reclaimed before this
+            and not (a.kind is ReleaseKind.STABLE and a.serving)
         ]
         candidates.sort(key=lambda a: (self.quotas[a.team].priority, -a.order))
         return [  # never take a team below its own guarantee
@@ -389,7 +551,14 @@ class Ledger:
             if self.used[a.team] - a.units >= round(self.quotas[a.team].guaranteed * UNITS)
         ]
 
-    def _why_no_room(self, request: Request, within_guarantee: bool) -> str:
+    def _team_line(self, team: str) -> str:
+        quota = self.quotas[team]
+        line = f"{self.team_gpus(team):g} of limit {quota.limit:g} GPUs held"
+        if self.preview_used.get(team, 0):
+            line += f", and {self.team_preview_gpus(team):g} by previews"
+        return line
+
+    def _why_no_room(self, request: Request, tail: str) -> str:
         by_node: dict[str, list[_GPUState]] = {}
         for state in self.gpus.values():
             by_node.setdefault(state.node, []).append(state)
@@ -408,7 +577,8 @@ class Ledger:
         team = (
             f"team {request.team}: {self.team_gpus(request.team):g} of limit {quota.limit:g} held"
         )
-        tail = "" if within_guarantee else " (above its guarantee, so nothing is preempted for it)"
+        if self.preview_used.get(request.team, 0):
+            team += f", and {self.team_preview_gpus(request.team):g} by previews"
         return (
             f"{request.release} needs {request.replicas} x {request.demand.describe()}; "
             f"{'; '.join(parts) or 'no GPUs'}; {team}{tail}"
@@ -423,7 +593,10 @@ class Ledger:
             for s in replica:
                 if release in self.gpus[s.gpu].holders:
                     self._give(s.gpu, release)
-        self.used[allocation.team] -= allocation.units
+        if allocation.kind is ReleaseKind.PREVIEW:
+            self.preview_used[allocation.team] -= allocation.units
+        else:
+            self.used[allocation.team] -= allocation.units
         return allocation
 
     def rename(self, old: str, new: str) -> Allocation | None:
@@ -432,6 +605,8 @@ class Ledger:
         allocation = self.allocations.get(old)
         if allocation is None:
             return None
+        if allocation.kind is ReleaseKind.PREVIEW:
+            raise ValueError(f"{old} is a preview: it is never promoted in place")
         if new in self.allocations:
             raise ValueError(f"{new} already holds GPUs")
         for replica in allocation.replicas:
@@ -443,6 +618,22 @@ class Ledger:
         del self.allocations[old]
         self.allocations[new] = renamed
         return renamed
+
+    def convert(self, old: str, new: str, kind: ReleaseKind) -> Allocation | None:
+        """``old``'s allocation, on the same GPUs, becomes ``new``'s of ``kind`` (a
+        merged pull request's preview becoming its canary: off the preview line,
+        onto the team's, borrowed if it is above the guarantee); ``new`` must be free."""
+        allocation = self.allocations.get(old)
+        if allocation is None:
+            return None
+        if new in self.allocations:
+            raise ValueError(f"{new} already holds GPUs")
+        self.release(old)
+        moved = replace(allocation, release=new, kind=kind, serving=False)
+        problem = self.adopt(moved)
+        if problem is not None:  # cannot be: the same GPUs were just freed
+            raise ValueError(problem)
+        return self.allocations[new]
 
     # -- restart ------------------------------------------------------------
 
@@ -468,9 +659,14 @@ class Ledger:
                 )
         for uuid, amount in need.items():
             self._take(uuid, amount, allocation.release)
+        self.counter = max(self.counter, allocation.order)
+        if allocation.kind is ReleaseKind.PREVIEW:  # its own quota line, never borrowed
+            previews = self.preview_used.get(allocation.team, 0)
+            self.preview_used[allocation.team] = previews + allocation.units
+            self.allocations[allocation.release] = replace(allocation, borrowed=False)
+            return None
         held = self.used.get(allocation.team, 0)
         guaranteed = round(self.quotas[allocation.team].guaranteed * UNITS)
-        self.counter = max(self.counter, allocation.order)
         self.used[allocation.team] = held + allocation.units
         self.allocations[allocation.release] = replace(
             allocation, borrowed=held + allocation.units > guaranteed
@@ -513,6 +709,20 @@ class Ledger:
             assert 0 <= state.free <= state.memory, uuid
             assert sum(state.holders.values()) == state.memory - state.free, uuid
         for team, used in self.used.items():
-            expected = sum(a.units for a in self.allocations.values() if a.team == team)
+            expected = sum(
+                a.units
+                for a in self.allocations.values()
+                if a.team == team and a.kind is not ReleaseKind.PREVIEW
+            )
             assert used == expected, team
             assert used <= round(self.quotas[team].limit * UNITS), team
+        for team, previews in self.preview_used.items():
+            expected = sum(
+                a.units
+                for a in self.allocations.values()
+                if a.team == team and a.kind is ReleaseKind.PREVIEW
+            )
+            assert previews == expected, team
+            assert previews + self.used.get(team, 0) <= round(self.quotas[team].limit * UNITS), team
+        for a in self.allocations.values():
+            assert not (a.kind is ReleaseKind.PREVIEW and a.borrowed), a.release
