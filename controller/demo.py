@@ -441,7 +441,33 @@ class Demo:
             return after
         push = {"ref": "refs/heads/main", "before": before, "after": after, "forced": False}
         self.webhook("push", push)
+        self._pull_event(number, "closed", merged=True)
         return after
+
+    def close_pr(self, branch: str) -> None:
+        """Close the PR of ``branch`` without merging it (the webhook included)."""
+        assert self.github is not None
+        number = self._pull_numbers[branch]
+        self.github.pulls[number].state = "closed"
+        self._pull_event(number, "closed", merged=False)
+
+    def _pull_event(self, number: int, action: str, merged: bool = False) -> None:
+        assert self.github is not None
+        pull = self.github.pulls[number]
+        self.webhook(
+            "pull_request",
+            {
+                "action": action,
+                "number": number,
+                "pull_request": {
+                    "number": number,
+                    "head": {"sha": pull.head_sha, "ref": pull.head},
+                    "base": {"ref": "main"},
+                    "merged": merged,
+                },
+                "sender": {"login": TEAM[0]},
+            },
+        )
 
     def adopt_pull(self, number: int) -> None:
         """A pull request someone else opened on the fake GitHub (its head branch's

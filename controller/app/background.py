@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -197,6 +198,8 @@ class Builds:
         self.source = source  # a twin: the build thread reads trees through it
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdc-build")
         self._jobs: dict[tuple[str, str, str], Future[BuildResult]] = {}
+        #: bento tag -> times it was built (not found in the store): once, by content
+        self.built: Counter[str] = Counter()
 
     def request(self, model: Model, snapshot: Snapshot, source: Source) -> BuildResult | None:
         key = (model.name, snapshot.tree, repr(model))
@@ -221,7 +224,11 @@ class Builds:
             raise TransientError(f"{model.name}: the build broke: {exc}") from exc
 
     def _build(self, model: Model, snapshot: Snapshot, source: Source) -> BuildResult:
-        return self.builder.build(model, self.source.tree(snapshot), source)
+        result = self.builder.build(model, self.source.tree(snapshot), source)
+        if result.built:  # not found by its tag: made now
+            self.built[result.bento_tag] += 1
+            log.info("%s: built %s", model.name, result.bento_tag)
+        return result
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

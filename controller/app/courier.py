@@ -36,6 +36,7 @@ from pathlib import Path
 
 from controller.adapters.git.source import GitSource
 from controller.app.reporting import PullRequests, Reported
+from controller.core.preview import PreviewReport, PreviewWish
 from controller.core.status import ModelStatus
 from controller.core.traffic import ObservedTraffic
 from controller.errors import MdcError, Reason
@@ -73,6 +74,9 @@ class ControllerView:
 
     def traffic(self, now: float) -> Mapping[str, ObservedTraffic]:
         return self.observed
+
+    def wish_preview(self, wish: PreviewWish) -> None:
+        self._reconciler.wish_preview(wish)  # a queue: safe from this thread
 
 
 class Courier:
@@ -144,6 +148,9 @@ class Courier:
 
     def on_force_push(self, previous: str, current: str) -> None:
         self._put(lambda: self.inner.on_force_push(previous, current))
+
+    def on_preview(self, report: PreviewReport) -> None:
+        self._put(lambda: self.inner.on_preview(report))
 
     def drain(self) -> None:
         """Once a pass: the traffic the plan comments size verdict times with, and

@@ -376,6 +376,7 @@ class Daemon:
             "/metrics": self._metrics,
             "/api/status": self._api_status,
             "/api/monitor": self._api_monitor,
+            "/api/previews": self._api_previews,
         }
         all_routes.update(routes or {})
         self.server = WebhookServer(
@@ -451,6 +452,11 @@ class Daemon:
         views = self._published["monitor"]
         return 200, "application/json", json.dumps(views, indent=1, default=str).encode()
 
+    def _api_previews(self) -> tuple[int, str, bytes]:
+        """Pull requests' previews, live (running ones first, then the last ended)."""
+        views = self._published["previews"]
+        return 200, "application/json", json.dumps(views, indent=1, default=str).encode()
+
     def _on_event(self, event: Event) -> None:
         self.webhooks += 1
         if isinstance(event, PushEvent) and event.ref == f"refs/heads/{self.config.branch}":
@@ -488,6 +494,7 @@ class Daemon:
     def _publish(self) -> None:
         """What the HTTP API serves until the next pass (called in the loop's thread)."""
         view = getattr(self.reconciler, "monitor_view", None)
+        previews = getattr(self.reconciler, "previews", None)
         own = getattr(self.reconciler, "faults", None)
         standby = self._standby()
         faults = ([standby] if standby else []) + (own() if callable(own) else [])
@@ -505,6 +512,7 @@ class Daemon:
             "statuses": list(self.reconciler.statuses.values()),
             "metrics": metrics_text(self.reconciler, self.stats, faults),
             "monitor": view() if view is not None else [],
+            "previews": previews.views() if previews is not None else [],
             "faults": faults,
         }
 

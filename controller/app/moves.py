@@ -17,7 +17,7 @@ Called by the reconciler, once per model per pass.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import replace
 
 from controller.adapters.git.source import Snapshot
@@ -95,6 +95,13 @@ class Moves:
         #: models whose intent was written (or finished) in this pass: cleared by the
         #: reconciler once the pass's status commit records the outcome
         self.journaled: set[str] = set()
+        #: the route last set for each model, and the preview each mirrors to
+        self.configs: dict[str, RouteConfig] = {}
+        self.previewed: dict[str, tuple[str, int]] = {}  # model -> (address, percent)
+        #: turns a warm preview of (model, spec hash) into the canary (Previews.adopt)
+        self.adopt_preview: Callable[[str, str], bool] | None = None
+        #: stops a preview whose GPUs the ledger gave to a release (Previews.preempted)
+        self.preview_preempted: Callable[[str], None] | None = None
 
     def begin_pass(self, snapshot: Snapshot, load: LoadResult) -> None:
         self.snapshot, self.load = snapshot, load
@@ -187,8 +194,56 @@ class Moves:
         return self.routes[name]
 
     def route(self, name: str, config: RouteConfig) -> None:
-        """The one place a route is set (the rollout drivers set theirs through it)."""
-        self.router.configure(name, config)
+        """The one place a route is set (the rollout drivers set theirs through it);
+        a pull request's preview of the model, if any, is kept in it."""
+        self.configs[name] = config
+        address, share = self.previewed.get(name, (None, 0))
+        self.router.configure(name, replace(config, preview=address, preview_share=share))
+
+    def preview_route(self, name: str, target: tuple[str, int] | None) -> None:
+        """Mirror ``target``'s percent of ``name``'s stable requests to its address
+        (a PR's preview), or no more (None)."""
+        if target is None:
+            if self.previewed.pop(name, None) is None:
+                return
+        else:
+            self.previewed[name] = target
+        self.route(name, self.configs.get(name, RouteConfig()))
+
+    def serving(self, name: str, wanted: str) -> str:
+        """Why ``name`` at spec hash ``wanted`` cannot be previewed now ("" when it
+        can: its stable release serves through the router, and neither it nor a
+        canary runs ``wanted`` already)."""
+        run = self.runs.get(name)
+        if run is None or run.stable is None or name not in self.routes:
+            return f"{name} has no stable release serving to compare with"
+        canary = run.driver.state if run.driver is not None else None
+        if wanted in (run.stable_hash, canary.spec_hash if canary is not None else None):
+            return f"{name} runs this version already"
+        release = self.runtime.releases.get(run.stable.name)
+        if release is None or release.state is not State.READY:
+            return f"{name}'s stable release is not ready"
+        if name not in self.configs:
+            return f"{name}'s route is not set yet"
+        return ""
+
+    def build_preview(self, model: Model, snapshot: Snapshot, source: Source) -> str | None:
+        """The bento of a pull request's ``model`` (off the loop under ``mdc run``:
+        None while it builds)."""
+        if self.builds is None:
+            return self.packager.build(model, self.source.tree(snapshot), source).bento_tag
+        result = self.builds.request(model, snapshot, source)
+        return None if result is None else result.bento_tag
+
+    def release_spec(
+        self, model: Model, wanted: str, bento: str, allocation: Allocation
+    ) -> ReleaseSpec:
+        """The release ``model`` at spec hash ``wanted`` runs as (a preview's is the
+        canary's it may become)."""
+        return self._release_spec(model, wanted, bento, allocation)
+
+    def launch(self, spec: ReleaseSpec, allocation: Allocation | None = None) -> None:
+        self._launch(spec, allocation)
 
     def _build(self, run: Run, model: Model, tree: Tree) -> str | None:
         """The bento's tag; None while it is being built off the loop (:attr:`builds`,
@@ -224,6 +279,10 @@ class Moves:
     def _preempted(self, key: str, now: float) -> None:
         """A release whose GPUs the ledger gave to another: stop it."""
         name, _, kind = key.partition("/")
+        if kind == ReleaseKind.PREVIEW:  # a pull request's preview goes first
+            if self.preview_preempted is not None:
+                self.preview_preempted(name)
+            return
         victim = self.runs.get(name)
         if victim is None:
             return
@@ -269,6 +328,10 @@ class Moves:
         """Build, book GPUs for and launch ``model``'s ``kind`` release; None while it
         waits for GPUs (the condition says why)."""
         assert self.snapshot is not None
+        adopt = self.adopt_preview
+        if kind is ReleaseKind.CANARY and adopt is not None and adopt(model.name, wanted):
+            # the warm preview's booking is the canary's now; its release is returned
+            log.info("%s: the preview of %s becomes the canary", model.name, model.version)
         bento = self._build(run, model, tree)
         if bento is None:
             return None

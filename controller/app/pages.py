@@ -62,6 +62,7 @@ def dashboard_route(
             policy_of=policy_of,
             title=f"mdc - {config.repo}",
             monitors=reconciler.monitor_view(),
+            previews=reconciler.previews.views(),
         )
         return 200, "text/html; charset=utf-8", html.encode()
 

@@ -178,6 +178,18 @@ class PoolBook:
             ledger.rename(old, new)
         self.since[new] = self.since.pop(old, iso(now))
 
+    def convert(self, model: str, old: ReleaseKind, new: ReleaseKind) -> bool:
+        """``model``'s ``old`` booking becomes its ``new`` one, on the same GPUs (a
+        merged pull request's preview becoming its canary). False when there is no
+        such booking, or ``new`` is held already."""
+        before, after = _key(model, old), _key(model, new)
+        for _, ledger in self.ledgers.values():
+            if before in ledger.allocations and after not in ledger.allocations:
+                ledger.convert(before, after, new)
+                self.since[after] = self.since.pop(before, "")
+                return True
+        return False
+
     def match_running(
         self,
         running: Mapping[tuple[str, ReleaseKind], tuple[ReleaseSpec, ...]],

@@ -44,6 +44,7 @@ from controller.app.monitoring import Monitoring
 from controller.app.moves import Moves
 from controller.app.parts import Parts, Settings
 from controller.app.pool_book import PoolBook
+from controller.app.previews import Previews
 from controller.app.recovery import Run, recover
 from controller.app.status_writes import StatusWrites
 from controller.core.allocation import ReleaseKind
@@ -62,6 +63,7 @@ from controller.core.plan import (
     phase_for,
     spec_hash,
 )
+from controller.core.preview import PreviewWish
 from controller.core.status import (
     Condition,
     ModelStatus,
@@ -137,6 +139,12 @@ class Reconciler:
         self.statuses, self.runs = recover(self.source, self.status, self.runtime, self.journal)
         self.book.recover(self.statuses)
         self.moves = Moves(parts, settings, self.book, self.pins, self.monitoring, self.runs)
+        #: pull requests' previews on mirrored traffic (fed by the GitHub reporter)
+        self.previews = Previews(
+            self.moves, self.source, self.status, self.reporter.on_preview, self.clock
+        )
+        self.moves.adopt_preview = self.previews.adopt
+        self.moves.preview_preempted = self.previews.preempted
         self._checked_running = False  # bookings checked against what runs (first pass)
         #: the daemon polls in a thread of its own and hands results to run_pass
         self.polls_elsewhere = False
@@ -158,7 +166,14 @@ class Reconciler:
         self.moves = Moves(
             self.parts, self._settings, self.book, self.pins, self.monitoring, self.runs
         )
+        self.previews.moves = self.moves
+        self.moves.adopt_preview = self.previews.adopt
+        self.moves.preview_preempted = self.previews.preempted
         self._checked_running = False
+
+    def wish_preview(self, wish: PreviewWish) -> None:
+        """A pull request's wish for previews (any thread: queued for the loop)."""
+        self.previews.wish(wish)
 
     @property
     def routes(self) -> dict[str, str]:
@@ -255,6 +270,7 @@ class Reconciler:
             if name in self.moves.journaled:
                 self.runs[name].intent = self.journal.get(name)
                 self.moves.journaled.discard(name)
+        self.previews.tick(now)
         self._watch(desired.models, now)
         self._record(plan, desired.models, now)
         result = PassResult(

@@ -32,6 +32,7 @@ from typing import Protocol
 import yaml
 
 from controller.app.reporting import NullReporter, Reporter
+from controller.core.preview import PreviewReport
 from controller.core.registry import (
     PROPOSAL_PREFIX,
     Outcome,
@@ -372,6 +373,9 @@ class WithFeedback:
 
     def on_force_push(self, previous: str, current: str) -> None:
         self.reporter.on_force_push(previous, current)
+
+    def on_preview(self, report: PreviewReport) -> None:
+        self.reporter.on_preview(report)
 
     def drain(self) -> None:
         self.reporter.drain()

@@ -53,6 +53,7 @@ from controller.app.commit_statuses import PendingCommits, revision_sha, rollout
 from controller.app.manual import Pins, send_command
 from controller.core.canary import state_from_dict
 from controller.core.pr_plan import MARKER, plan_change, render_markdown
+from controller.core.preview import PreviewReport, PreviewWish
 from controller.core.safe_text import md_code, md_text, visible
 from controller.core.status import HistoryEntry, ModelStatus, Phase, model_path
 from controller.core.traffic import ObservedTraffic
@@ -62,6 +63,7 @@ __all__ = [
     "COMMANDS",
     "FORCE_PUSH_MARKER",
     "MONITOR_MARKER",
+    "PREVIEW_MARKER",
     "ROLLOUT_MARKER",
     "NullReporter",
     "PullRequests",
@@ -82,9 +84,12 @@ ROLLOUT_MARKER = "<!-- mdc:rollout -->"
 MONITOR_MARKER = "<!-- mdc:monitor -->"
 #: Opens the section that tells of force-pushes (between the rollout and the monitor).
 FORCE_PUSH_MARKER = "<!-- mdc:force-push -->"
-_SECTIONS = (ROLLOUT_MARKER, FORCE_PUSH_MARKER, MONITOR_MARKER)  # in the order they appear
+#: Opens the section of the pull request's previews (below the plan, above the rollout).
+PREVIEW_MARKER = "<!-- mdc:preview -->"
+_SECTIONS = (PREVIEW_MARKER, ROLLOUT_MARKER, FORCE_PUSH_MARKER, MONITOR_MARKER)  # in order
 _MONITOR_EVENTS = ("ObjectiveBreached", "ObjectiveRecovered", "DriftDetected", "DriftRecovered")
 COMMANDS = ("promote", "abort", "pause", "resume", "retry")
+_PREVIEW_VERBS = ("stop", "restart")  # /mdc preview VERB
 _PR_ACTIONS = ("opened", "synchronize", "reopened", "edited")
 _MARKS = {"pass": "✅", "fail": "❌"}
 #: After GitHub failed transiently, seconds it is left alone (reports are kept meanwhile).
@@ -99,6 +104,8 @@ def parse_command(body: str) -> str | None:
         words = line.strip().split()
         if len(words) >= 2 and words[0] == "/mdc" and words[1] in COMMANDS:
             return words[1]
+        if words[:2] == ["/mdc", "preview"] and len(words) >= 3 and words[2] in _PREVIEW_VERBS:
+            return f"preview {words[2]}"
     return None
 
 
@@ -228,6 +235,10 @@ class Reporter(Protocol):
         """The release branch was force-pushed from ``previous`` to ``current`` (full SHAs)."""
         ...
 
+    def on_preview(self, report: PreviewReport) -> None:
+        """A pull request's preview of a model has news (its comparison so far)."""
+        ...
+
     def drain(self) -> None:
         """Once a pass, after the statuses: retry what failed, handle queued events."""
         ...
@@ -259,6 +270,10 @@ class Reported(Protocol):
         """Each model's traffic as its stable version saw it today."""
         ...
 
+    def wish_preview(self, wish: PreviewWish) -> None:
+        """Hand a pull request's preview wish to the controller's loop (thread-safe)."""
+        ...
+
 
 class NullReporter:
     """Reports go to the status branch and the log only."""
@@ -273,6 +288,9 @@ class NullReporter:
         return None
 
     def on_force_push(self, previous: str, current: str) -> None:
+        return None
+
+    def on_preview(self, report: PreviewReport) -> None:
         return None
 
     def drain(self) -> None:
@@ -313,6 +331,9 @@ class PullRequests:
         #: the commits whose mdc/rollout was left pending (kept in the state directory)
         self.pending = PendingCommits()
         self._force_notes: dict[int, list[str]] = {}  # PR -> force-push lines not yet posted
+        #: PR -> model -> its preview's last report; and the reports GitHub did not take
+        self._previews: dict[int, dict[str, PreviewReport]] = {}
+        self._unsent_previews: dict[tuple[int, str], PreviewReport] = {}
 
     def bind(self, reconciler: Reported) -> None:
         """Report for ``reconciler`` from now on.
@@ -524,6 +545,8 @@ class PullRequests:
             self.on_status(None, latest)
         self._send_endings()
         self._send_force_notes()
+        for report in list(self._unsent_previews.values()):
+            self.on_preview(report)
         while True:
             try:
                 event = self.events.get_nowait()
@@ -536,6 +559,41 @@ class PullRequests:
                     self._command(event)
             except MdcError as exc:
                 log.warning("GitHub event not handled: %s", exc.message)
+
+    def on_preview(self, report: PreviewReport) -> None:
+        """A section per previewed model in mdc's comment on the PR, and the commit
+        status ``mdc/preview`` on its head: the worst of its models' (failure, then
+        pending, then success). Kept for the next drain when GitHub does not take it."""
+        key = (report.number, report.model)
+        self._unsent_previews[key] = report
+        if self.clock() < self._quiet_until:
+            return
+        models = self._previews.setdefault(report.number, {})
+        models[report.model] = report
+        current = [r for r in models.values() if r.head == report.head]
+        try:
+            existing = self.github.find_comment(report.number, MARKER)
+            plan, sections = _split(existing.body if existing is not None else None)
+            sections[PREVIEW_MARKER] = "\n\n".join(
+                [PREVIEW_MARKER + "\n## mdc preview", *(r.section for r in current)]
+            )
+            self.github.upsert_comment(report.number, _join(plan, sections), MARKER)
+            order = {"failure": 0, "pending": 1, "success": 2}
+            worst = min(current, key=lambda r: order.get(r.state, 1))
+            description = worst.description
+            if len(current) > 1:
+                description = f"{worst.model}: {description}"[:140]
+            self.github.set_status(
+                report.head, "mdc/preview", worst.state, description, self.target_url
+            )
+        except TransientError as exc:
+            self._quiet_until = self.clock() + QUIET_SECONDS
+            self._last_error = exc
+            log.warning("preview of %s not reported yet: %s", report.model, exc.message)
+            return
+        except MdcError as exc:
+            log.warning("preview of %s not reported: %s", report.model, exc.message)
+        self._unsent_previews.pop(key, None)
 
     # -- reports -------------------------------------------------------------------------
 
@@ -609,9 +667,14 @@ class PullRequests:
     # -- events ----------------------------------------------------------------------------
 
     def _plan(self, event: PullRequestEvent) -> None:
-        if event.action not in _PR_ACTIONS or event.base_ref != self.branch:
+        if event.base_ref != self.branch or self.reconciler is None:
             return
-        if self.reconciler is None:
+        if event.action == "closed":
+            self.reconciler.wish_preview(
+                PreviewWish(event.number, event.head_sha, closed=True, merged=event.merged)
+            )
+            return
+        if event.action not in _PR_ACTIONS:
             return
         source = self.reconciler.source
         tips = source.fetch_refs([event.base_ref, event.head_ref])
@@ -637,6 +700,8 @@ class PullRequests:
             else "the change cannot be applied: see the plan comment"
         )
         self.github.set_status(event.head_sha, "mdc/plan", state, description, self.target_url)
+        if plan.applicable:
+            self.reconciler.wish_preview(PreviewWish(event.number, head, base_commit))
 
     def _traffic(self) -> dict[str, ObservedTraffic]:  # for the plan's verdict times
         """Each model's traffic as its stable version saw it today (the monitor's),
@@ -657,6 +722,16 @@ class PullRequests:
                 number,
                 f"@{md_text(event.user)}: `/mdc {verb}` needs write access to this repository, so "
                 "mdc did not act on it. Ask a maintainer to comment instead.",
+            )
+            return
+        if verb.startswith("preview "):
+            self.reconciler.wish_preview(
+                PreviewWish(number, command=verb.split()[1], who=f"{event.user} (GitHub)")
+            )
+            self.github.comment(
+                number,
+                f"@{md_text(event.user)}: `{verb}` sent for this pull request's previews; "
+                "mdc acts on its next pass.",
             )
             return
         models = sorted(

@@ -243,6 +243,18 @@ def _parser() -> argparse.ArgumentParser:
     monitor.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
     monitor.add_argument("--branch", help="the release branch (default: the repo's HEAD, or main)")
     monitor.add_argument("--controller", metavar="URL", help="ask a running controller (live)")
+    preview = read_command(
+        "preview",
+        "A model's pull-request previews: running ones with their comparison so far, "
+        "and the last one ended (recorded on the status branch).",
+    )
+    preview.add_argument("model", help="the model's name")
+    preview.add_argument(
+        "--repo", default=".", help="a local repository or a remote URL (default: .)"
+    )
+    preview.add_argument("--status-branch", default="mdc/status", help="default: mdc/status")
+    preview.add_argument("--branch", help="the release branch (default: the repo's HEAD, or main)")
+    preview.add_argument("--controller", metavar="URL", help="ask a running controller (live)")
     demo = verbs.add_parser(
         "demo",
         help="A team's week with mdc on this machine, in a few minutes (no GPU, no network).",
@@ -281,6 +293,7 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "history": records.history,
     "status": records.status,
     "monitor": records.monitor,
+    "preview": records.preview,
     "watch": changes.watch,
     "pool": machine.pool,
     "build": machine.build,

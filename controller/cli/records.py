@@ -36,6 +36,7 @@ from controller.errors import MdcError, TransientError
 from controller.spec.loader import load_desired
 from controller.ui.dashboard import render_status_table
 from controller.ui.monitor_view import view_from_record, view_text
+from controller.ui.preview_view import preview_text
 from controller.ui.status_table import status_document
 from controller.ui.terminal import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Style, visible
 
@@ -256,4 +257,41 @@ def monitor(args: argparse.Namespace) -> int:
         lines = view_text(view)
         print(style.bold(lines[0]) + f"  (from the {visible(view['source'])})")
         print("\n".join(lines[1:]))
+    return EXIT_OK
+
+
+def preview(args: argparse.Namespace) -> int:
+    """``mdc preview MODEL``: the model's pull-request previews -- live from a
+    controller (running ones and the last ended), or the last one ended as the
+    status branch records it."""
+    if args.controller:
+        views = _ask_controller(args, "/api/previews")
+        if views is None:
+            return EXIT_INVALID
+        rows = [v for v in views if isinstance(v, dict) and v.get("model") == args.model]
+        source = "controller"
+    else:
+        opened = _open_or_exit(args)
+        if isinstance(opened, int):
+            return opened
+        repo, _, status_tip = opened
+        rows = []
+        if status_tip is not None:
+            _, tree = repo.tree(status_tip)
+            path = f"previews/{args.model}.yaml"
+            if path in set(tree.walk()):
+                record = yaml.safe_load(tree.read(path))
+                if isinstance(record, dict):
+                    rows = [{**record, "phase": "ended"}]
+        source = "status branch"
+    if not rows:
+        print(f"mdc preview: no preview of {args.model!r} (from the {source})", file=sys.stderr)
+        return EXIT_INVALID
+    if args.format == "json":
+        print(json.dumps({"model": args.model, "source": source, "previews": rows}, indent=2))
+        return EXIT_OK
+    style = Style(sys.stdout)
+    print(style.bold(visible(args.model)) + f"  (from the {source})")
+    for row in rows:
+        print("\n".join(preview_text(row)))
     return EXIT_OK

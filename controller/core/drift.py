@@ -89,9 +89,10 @@ def psi(baseline: Sequence[float | str], recent: Sequence[float | str]) -> float
 
         expected, actual = bins(baseline), bins(recent)
     else:
-        labels = sorted({str(v) for v in baseline} | {str(v) for v in recent})
-        expected = [sum(str(v) == label for v in baseline) / len(baseline) for label in labels]
-        actual = [sum(str(v) == label for v in recent) / len(recent) for label in labels]
+        then, now = Counter(map(str, baseline)), Counter(map(str, recent))
+        labels = sorted(then.keys() | now.keys())  # counted once: linear in the values
+        expected = [then[label] / len(baseline) for label in labels]
+        actual = [now[label] / len(recent) for label in labels]
     total = 0.0
     for share_then, share_now in zip(expected, actual, strict=True):
         e, a = max(share_then, _EPSILON), max(share_now, _EPSILON)

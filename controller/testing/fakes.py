@@ -26,8 +26,17 @@ from controller.adapters.git.status_branch import PushResult, StatusBranch
 from controller.adapters.packaging import BuildResult, Source
 from controller.adapters.runtime.base import Event, Release, ReleaseSpec, State
 from controller.core.inventory import ClusterNode
+from controller.core.preview import PreviewReport
 from controller.core.status import ModelStatus
-from controller.core.traffic import BUCKETS, BackendStats, RouteConfig, Sample, SamplingConfig
+from controller.core.traffic import (
+    BUCKETS,
+    BackendStats,
+    Pair,
+    PairingConfig,
+    RouteConfig,
+    Sample,
+    SamplingConfig,
+)
 from controller.errors import PermanentError, Reason, TransientError
 from controller.spec.identity import planned_bento_tag
 from controller.spec.kinds import Model
@@ -153,6 +162,12 @@ class FakeRouter:
     def samples(self, model: str) -> list[Sample]:
         return []
 
+    def pair(self, model: str, config: PairingConfig | None) -> None:
+        return None
+
+    def pairs(self, model: str) -> list[Pair]:
+        return []
+
     def in_flight(self, model: str) -> dict[str, int]:
         return dict(self.queued)
 
@@ -226,6 +241,7 @@ class FakeReporter:
     removed: list[str] = field(default_factory=list)  # models, as on_removed was told
     force_pushes: list[tuple[str, str]] = field(default_factory=list)  # (previous, current)
     failing: tuple[str, str] | None = None  # what fault() says (reports not delivered)
+    previews: list[PreviewReport] = field(default_factory=list)  # as on_preview was told
 
     def pull_request_for(self, commit: str) -> int | None:
         return self.pulls.get(commit)
@@ -238,6 +254,9 @@ class FakeReporter:
 
     def on_force_push(self, previous: str, current: str) -> None:
         self.force_pushes.append((previous, current))
+
+    def on_preview(self, report: PreviewReport) -> None:
+        self.previews.append(report)
 
     def drain(self) -> None:
         self.drains += 1

@@ -136,6 +136,7 @@ def render_dashboard(
     title: str = "mdc",
     policy_of: Mapping[str, str] | None = None,
     monitors: Sequence[Mapping[str, Any]] = (),
+    previews: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The dashboard: one self-contained HTML page (inline CSS, no scripts, no
     external resources) that reloads itself every ``refresh`` seconds (never
@@ -146,7 +147,8 @@ def render_dashboard(
     ``policy_of`` maps a model to its policy's name (a status does not record
     it); a model without one still shows its step count. ``monitors`` are the
     running versions' monitor views (:meth:`controller.app.reconciler.Reconciler.monitor_view`):
-    objective states, drift and the last hours' rollups.
+    objective states, drift and the last hours' rollups. ``previews`` are the pull
+    requests' previews (:meth:`controller.app.previews.Previews.views`).
     """
     context = page_context(
         model_views(statuses, policies, now, policy_of),
@@ -155,5 +157,6 @@ def render_dashboard(
         refresh=refresh,
         title=title,
         monitors=monitors,
+        previews=previews,
     )
     return _ENVIRONMENT.get_template("dashboard.html.j2").render(context)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.ui.preview_view import preview_card
 from controller.ui.rollout_view import CheckView, ModelView, StepView
 from controller.ui.status_table import PHASE_TONES
 from controller.ui.values import as_int, as_number, format_age, iso, value_text
@@ -477,10 +478,11 @@ def page_context(
     refresh: int,
     title: str,
     monitors: Sequence[Mapping[str, Any]],
+    previews: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Every value ``dashboard.html.j2`` reads: ``title``, ``refresh`` (seconds;
     0 or less: never), ``updated``, ``counts`` (models per phase), ``palette``
-    (colour class, colour), ``models``, ``pools``, ``rollouts``, ``monitors``."""
+    (colour class, colour), ``models``, ``pools``, ``rollouts``, ``monitors``, ``previews``."""
     colours = _team_classes(
         [str(h.get("team")) for r in reports for _, h in _holdings(r)]
         + [str(v.status.team) for v in views if v.status.team]
@@ -498,4 +500,5 @@ def page_context(
         "pools": tuple(_pool_section(r, colours) for r in reports),
         "rollouts": tuple(_rollout(v, now) for v in views),
         "monitors": tuple(_monitor(m) for m in monitors),
+        "previews": tuple(preview_card(p) for p in previews),
     }

@@ -16,6 +16,7 @@ from controller.adapters.github.client import (
     fit_comment,
     fit_description,
 )
+from controller.adapters.github.webhook import PullRequestEvent, parse_event
 from controller.errors import PermanentError, TransientError
 
 NOW = 1_750_000_000.0
@@ -121,3 +122,15 @@ def test_a_comment_of_a_deleted_user() -> None:
     assert Comment.from_api(json.loads(json.dumps(data))) == Comment(7, "", "", url)
     with pytest.raises(TransientError):
         Comment.from_api({"body": "no id"})
+
+
+@pytest.mark.parametrize(("merged", "expected"), [(True, True), (False, False), (None, False)])
+def test_a_closed_pull_requests_merged_flag_is_read(merged: bool | None, expected: bool) -> None:
+    pull: dict[str, object] = {"head": {"sha": "a" * 40, "ref": "x"}, "base": {"ref": "main"}}
+    if merged is not None:
+        pull["merged"] = merged
+    payload = {"action": "closed", "number": 3, "pull_request": pull}
+    payload["repository"] = {"full_name": "o/r"}
+    event = parse_event("pull_request", payload)
+    assert isinstance(event, PullRequestEvent)
+    assert event.merged is expected

@@ -11,6 +11,7 @@ import pytest
 
 from controller.app.reporting import (
     MONITOR_MARKER,
+    PREVIEW_MARKER,
     ROLLOUT_MARKER,
     PullRequests,
     monitor_state,
@@ -20,6 +21,7 @@ from controller.app.reporting import (
     rollout_state,
 )
 from controller.core.canary import CanaryPhase, CanaryState, CheckResult, IntervalVerdict, Outcome
+from controller.core.preview import PreviewReport
 from controller.core.status import Condition, HistoryEntry, ModelStatus, Phase, Release
 from controller.errors import TransientError
 
@@ -37,6 +39,10 @@ from controller.errors import TransientError
         ("please /mdc promote", None),  # only a line that starts with it
         ("", None),
         ("/MDC promote", None),
+        ("/mdc preview stop", "preview stop"),
+        ("/mdc preview restart now", "preview restart"),
+        ("/mdc preview", None),
+        ("/mdc preview delete", None),
     ],
 )
 def test_parse_command(body: str, command: str | None) -> None:
@@ -232,3 +238,36 @@ def test_a_restarted_reporter_does_not_post_again_what_was_recorded() -> None:
     assert github.statuses == []  # reported by the controller before the restart
     reporter.on_status(breached, _running("a", None))
     assert [s[2] for s in github.statuses] == ["success"]  # the recovery is news
+
+
+def _preview(model: str, state: str, head: str = "c" * 40) -> PreviewReport:
+    section = f"#### Preview of `{model}`: {state}"
+    return PreviewReport(9, head, model, state, f"{model} {state}", section)
+
+
+def test_previews_share_one_comment_section_and_the_worst_state_is_the_heads() -> None:
+    now = [0.0]
+    github = RecordingGitHub()
+    github.bodies[9] = "<!-- mdc:plan -->\nthe plan"
+    reporter = PullRequests(github, branch="main", clock=lambda: now[0])  # type: ignore[arg-type]
+    reporter.on_preview(_preview("a", "success"))
+    reporter.on_preview(_preview("b", "pending"))
+    assert [s[1:] for s in github.statuses] == [
+        ("mdc/preview", "success"),
+        ("mdc/preview", "pending"),  # b's pending is the head's: not all judged yet
+    ]
+    github.down = True
+    reporter.on_preview(_preview("b", "failure"))
+    github.down = False
+    now[0] += 10
+    reporter.drain()  # kept while GitHub was down, sent after
+    assert github.statuses[-1] == ("c" * 40, "mdc/preview", "failure")
+    body = github.bodies[9]
+    assert body.startswith("<!-- mdc:plan -->\nthe plan")
+    assert body.count(PREVIEW_MARKER) == 1
+    assert "Preview of `a`: success" in body
+    assert "Preview of `b`: failure" in body
+    assert "Preview of `b`: pending" not in body
+    reporter.on_preview(_preview("a", "success", head="d" * 40))  # a new head: its own
+    assert github.statuses[-1] == ("d" * 40, "mdc/preview", "success")
+    assert "Preview of `b`" not in github.bodies[9]

@@ -147,6 +147,7 @@ class PullRequestEvent:
     head_ref: str
     base_ref: str
     repository: str
+    merged: bool = False  # a ``closed`` PR that was merged (``pull_request.merged``)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ def parse_event(event_name: str, payload: dict[str, Any]) -> Event | None:
             head_ref=get("pull_request.head.ref", str),
             base_ref=get("pull_request.base.ref", str),
             repository=get("repository.full_name", str),
+            merged=get("pull_request", dict).get("merged") is True,
         )
     if event_name == "issue_comment":
         issue = get("issue", dict)

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from controller.core.traffic import BackendStats, RouteConfig, Sample, SamplingConfig
+from controller.core.traffic import (
+    BackendStats,
+    Pair,
+    PairingConfig,
+    RouteConfig,
+    Sample,
+    SamplingConfig,
+)
 
 __all__ = [
     "Router",
@@ -18,7 +25,9 @@ class Router(Protocol):
     """What the rollout needs from a router, embedded or a real proxy.
 
     One route per model: a listening address that splits the model's traffic
-    between a stable and a canary backend by weight. Every call is idempotent.
+    between a stable and a canary backend by weight, and may send a share of
+    what the stable answers to a pull request's preview too (its answers paired
+    with the stable's, never the client's). Every call is idempotent.
     """
 
     def add_model(self, model: str, port: int = 0) -> str:
@@ -27,12 +36,15 @@ class Router(Protocol):
         ...
 
     def configure(self, model: str, config: RouteConfig) -> None:
-        """Send ``model``'s traffic as ``config`` says, from the next request on."""
+        """Send ``model``'s traffic as ``config`` says, from the next request on. A
+        router that cannot do what ``config`` asks (mirroring, sticky users, a
+        preview, ...) raises a permanent error saying so."""
         ...
 
     def snapshot(self, model: str) -> dict[str, BackendStats]:
         """``model``'s counters since its route opened, by backend (``stable``,
-        ``canary``): monotonic, so two snapshots make a window."""
+        ``canary``): monotonic, so two snapshots make a window. A preview's
+        requests are never counted here."""
         ...
 
     def sample(self, model: str, config: SamplingConfig | None) -> None:
@@ -42,6 +54,17 @@ class Router(Protocol):
 
     def samples(self, model: str) -> list[Sample]:
         """The samples kept since the last call (each is returned once)."""
+        ...
+
+    def pair(self, model: str, config: PairingConfig | None) -> None:
+        """Keep, for each request of ``model`` also sent to its preview
+        (``RouteConfig.preview``), the request with the stable's and the preview's
+        answers (None: stop pairing, and drop the pairs kept). A router that
+        cannot send traffic to a preview raises a permanent error saying so."""
+        ...
+
+    def pairs(self, model: str) -> list[Pair]:
+        """The pairs kept since the last call (each is returned once)."""
         ...
 
     def in_flight(self, model: str) -> dict[str, int]:

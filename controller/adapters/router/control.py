@@ -8,22 +8,26 @@ Owns, in the router process (``python -m controller.adapters.router.control
 
 * an :class:`~controller.adapters.router.embedded.EmbeddedRouter` (the routes,
   the split, the counters, the admin ``/metrics`` port);
-* the route table on disk (``routes.json``: each model's port, split and
-  sampling rules, written atomically after every change) from which a router
-  restarted by its supervisor serves the same routes on the same ports at once,
-  before any controller speaks to it;
+* the route table on disk (``routes.json``: each model's port, split (its
+  preview too), sampling and pairing rules, written atomically after every
+  change) from which a router restarted by its supervisor serves the same
+  routes on the same ports at once, before any controller speaks to it;
 * the control API on a loopback port, JSON over HTTP, each call but
   ``/healthz`` carrying the bearer token from ``token`` (mode 0600), so other
   users of the machine cannot move traffic::
 
       GET  /healthz                        {"pid": N}
-      GET  /routes                         {model: {"url", "port", "config", "sampling"}}
+      GET  /routes                         {model: {"url", "port", "config", "sampling",
+                                                    "pairing"}}
       PUT  /routes/MODEL        {"port"}   {"url"}        open a route (idempotent)
-      PUT  /routes/MODEL/config RouteConfig               set the split
+      PUT  /routes/MODEL/config RouteConfig               set the split (and preview)
       PUT  /routes/MODEL/sampling SamplingConfig | null
       POST /routes/MODEL/samples           [Sample...]    drain the samples
+      PUT  /routes/MODEL/pairing PairingConfig | null
+      POST /routes/MODEL/pairs             [Pair...]      drain the preview's pairs
       GET  /routes/MODEL/stats             {backend: BackendStats}
       GET  /routes/MODEL/in-flight         {backend: N}
+      GET  /routes/MODEL/waiting           {backend: seconds}
       GET  /metrics                        the Prometheus text of every route
 
 * ``router.json`` (pid, control and admin URLs, start time), written once the
@@ -54,13 +58,24 @@ from pathlib import Path
 from typing import Any
 
 from controller.adapters.router.embedded import EmbeddedRouter
-from controller.core.traffic import BackendStats, RouteConfig, Sample, SamplingConfig
+from controller.core.traffic import (
+    BackendStats,
+    Pair,
+    PairingConfig,
+    RouteConfig,
+    Sample,
+    SamplingConfig,
+)
 
 __all__ = [
     "RouterService",
     "config_from_json",
     "config_to_json",
     "main",
+    "pair_from_json",
+    "pair_to_json",
+    "pairing_from_json",
+    "pairing_to_json",
     "sample_from_json",
     "sampling_from_json",
     "sampling_to_json",
@@ -88,6 +103,8 @@ def config_to_json(config: RouteConfig) -> dict[str, Any]:
         "sticky": config.sticky,
         "stableMore": list(config.stable_more),
         "canaryMore": list(config.canary_more),
+        "preview": config.preview,
+        "previewShare": config.preview_share,
     }
 
 
@@ -116,6 +133,8 @@ def config_from_json(data: Mapping[str, Any]) -> RouteConfig:
         sticky,
         more("stableMore"),
         more("canaryMore"),
+        address("preview"),  # absent from the files of older versions: none
+        int(data.get("previewShare", 0)),
     )
 
 
@@ -129,6 +148,21 @@ def sampling_from_json(data: Mapping[str, Any] | None) -> SamplingConfig | None:
     if data is None:
         return None
     return SamplingConfig(float(data["share"]), frozenset(str(s) for s in data["sensitive"]))
+
+
+def pairing_to_json(pairing: PairingConfig | None) -> dict[str, Any] | None:
+    if pairing is None:
+        return None
+    return {"sensitive": sorted(pairing.sensitive)}
+
+
+def pairing_from_json(data: Mapping[str, Any] | None) -> PairingConfig | None:
+    if data is None:
+        return None
+    sensitive = data.get("sensitive") or []
+    if not isinstance(sensitive, list):
+        raise ValueError("sensitive must be a list of keys")
+    return PairingConfig(frozenset(str(s) for s in sensitive))
 
 
 def stats_to_json(stats: BackendStats) -> dict[str, Any]:
@@ -171,6 +205,34 @@ def sample_from_json(data: Mapping[str, Any]) -> Sample:
     )
 
 
+def pair_to_json(pair: Pair) -> dict[str, Any]:
+    return {
+        "at": pair.at,
+        "request": pair.request,
+        "stableStatus": pair.stable_status,
+        "stableSeconds": pair.stable_seconds,
+        "stableAnswer": pair.stable_answer,
+        "previewStatus": pair.preview_status,
+        "previewSeconds": pair.preview_seconds,
+        "previewAnswer": pair.preview_answer,
+        "size": pair.size,
+    }
+
+
+def pair_from_json(data: Mapping[str, Any]) -> Pair:
+    return Pair(
+        float(data["at"]),
+        data["request"],
+        int(data["stableStatus"]),
+        float(data["stableSeconds"]),
+        data["stableAnswer"],
+        int(data["previewStatus"]),
+        float(data["previewSeconds"]),
+        data["previewAnswer"],
+        int(data["size"]),
+    )
+
+
 def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
     """``text`` into ``path``, all or nothing (a reader never sees half a file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -201,6 +263,7 @@ class RouterService:
         self.ports: dict[str, int] = {}
         self.configs: dict[str, RouteConfig] = {}
         self.sampling: dict[str, SamplingConfig | None] = {}
+        self.pairing: dict[str, PairingConfig | None] = {}
         self.save_error: str | None = None  # why routes.json could not be written, while so
         self._restore()
 
@@ -222,6 +285,7 @@ class RouterService:
                 self.open(model, int(row["port"]))
                 self.configure(model, config_from_json(row["config"]))
                 self.set_sampling(model, sampling_from_json(row.get("sampling")))
+                self.set_pairing(model, pairing_from_json(row.get("pairing")))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("route %s not restored: %s", model, exc)
 
@@ -231,6 +295,7 @@ class RouterService:
                 "port": port,
                 "config": config_to_json(self.configs.get(model, RouteConfig())),
                 "sampling": sampling_to_json(self.sampling.get(model)),
+                "pairing": pairing_to_json(self.pairing.get(model)),
             }
             for model, port in sorted(self.ports.items())
         }
@@ -260,17 +325,25 @@ class RouterService:
                 self.configs[model] = config
                 self._save()
                 log.info(
-                    "route %s: stable %s, canary %s at %d%%",
+                    "route %s: stable %s, canary %s at %d%%, preview %s at %d%%",
                     model,
                     config.stable,
                     config.canary,
                     config.weight,
+                    config.preview,
+                    config.preview_share,
                 )
 
     def set_sampling(self, model: str, sampling: SamplingConfig | None) -> None:
         with self.lock:
             self.engine.sample(model, sampling)
             self.sampling[model] = sampling
+            self._save()
+
+    def set_pairing(self, model: str, pairing: PairingConfig | None) -> None:
+        with self.lock:
+            self.engine.pair(model, pairing)
+            self.pairing[model] = pairing
             self._save()
 
     def routes(self) -> dict[str, Any]:
@@ -281,6 +354,7 @@ class RouterService:
                     "port": port,
                     "config": config_to_json(self.configs.get(model, RouteConfig())),
                     "sampling": sampling_to_json(self.sampling.get(model)),
+                    "pairing": pairing_to_json(self.pairing.get(model)),
                 }
                 for model, port in self.ports.items()
             }
@@ -387,6 +461,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif method == "POST" and what == "samples":
                 samples = service.engine.samples(model)
                 self._reply(200, [sample_to_json(s) for s in samples])
+            elif method == "PUT" and what == "pairing":
+                service.set_pairing(model, pairing_from_json(self._body()))
+                self._reply(200, {"ok": True})
+            elif method == "POST" and what == "pairs":
+                pairs = service.engine.pairs(model)
+                self._reply(200, [pair_to_json(p) for p in pairs])
             elif method == "GET" and what == "stats":
                 stats = service.engine.snapshot(model)
                 self._reply(200, {k: stats_to_json(v) for k, v in stats.items()})

@@ -6,15 +6,21 @@ to the canary), which changes at once for the next request while in-flight
 requests and kept-alive client connections carry on; sticky assignment by a
 header or cookie value's hash (the same user stays on one version); a header
 override (``X-MDC-Version: stable|canary``) for smoke tests; mirroring (a
-share of requests also copied to the canary, its answers discarded); and
-per-backend counters -- requests by status code and a latency histogram --
-read by the analysis (:meth:`EmbeddedRouter.snapshot`) and exposed as
-Prometheus metrics on an admin port; the requests in flight to each backend
-(:meth:`EmbeddedRouter.in_flight`, to drain a release before stopping it); and
-opt-in sampling of a share of the requests and their JSON answers
+share of requests also copied to the canary, its answers discarded); previews
+(a share of the requests the stable answers also sent, once the stable's answer
+is ready, to a pull request's preview release, whose answer never reaches the
+client -- the client never waits on it); and per-backend counters -- requests
+by status code and a latency histogram -- read by the analysis
+(:meth:`EmbeddedRouter.snapshot`) and exposed as Prometheus metrics on an admin
+port (a preview's requests are counted apart, never in the stable's or the
+canary's counters the judge reads); the requests in flight to each backend,
+previews included (:meth:`EmbeddedRouter.in_flight`, to drain a release before
+stopping it); opt-in sampling of a share of the requests and their JSON answers
 (:meth:`EmbeddedRouter.sample`), with the model's sensitive keys dropped before
 a sample is buffered, in a buffer bounded in count and bytes, drained by the
-monitor once a pass.
+monitor once a pass; and, the same way, opt-in pairing of each previewed
+request with the stable's and the preview's answers (:meth:`EmbeddedRouter.pair`,
+drained by :meth:`EmbeddedRouter.pairs`).
 
 The HTTP/1.1 itself is :mod:`controller.adapters.router.http1` (the clients'
 side: parsing, keep-alive, timeouts, 400/408/413/431) and
@@ -57,7 +63,15 @@ from controller.adapters.router.http1 import (
 )
 from controller.adapters.router.upstream import UNREACHABLE, Upstreams
 from controller.core.drift import redact
-from controller.core.traffic import BUCKETS, BackendStats, RouteConfig, Sample, SamplingConfig
+from controller.core.traffic import (
+    BUCKETS,
+    BackendStats,
+    Pair,
+    PairingConfig,
+    RouteConfig,
+    Sample,
+    SamplingConfig,
+)
 
 __all__ = [
     "BUCKETS",
@@ -84,11 +98,19 @@ class _Model:
         self.samples: deque[Sample] = deque(maxlen=SAMPLES_BUFFERED)
         self.sampled_bytes = 0
         self.dropped = 0  # samples not kept: the buffer was full, or not JSON
+        #: the preview's answers: apart from ``stats`` (the judge's), never in a snapshot
+        self.preview_stats = BackendStats()
+        self.pairing: PairingConfig | None = None
+        self.pairs: deque[Pair] = deque(maxlen=PAIRS_BUFFERED)
+        self.paired_bytes = 0
+        self.pairs_dropped = 0  # pairs not kept: the buffer was full, or a request not JSON
         self.turns: dict[str, int] = {}  # side -> requests handed out (replicas in turn)
 
 
 #: Samples a model's buffer holds between two drains (the oldest go first), and bytes.
 SAMPLES_BUFFERED, SAMPLE_BYTES_BUFFERED = 5000, 8 * 2**20
+#: Pairs a model's buffer holds between two drains (the oldest go first), and bytes.
+PAIRS_BUFFERED, PAIR_BYTES_BUFFERED = 5000, 8 * 2**20
 
 
 class EmbeddedRouter:
@@ -111,7 +133,7 @@ class EmbeddedRouter:
         self.timeouts = Timeouts(header_timeout, idle_timeout, response_timeout)
         self.watch = Watch()  # every open connection, client or backend, and its deadline
         self.upstreams = Upstreams(self.timeouts, self.watch)
-        self.tasks: set[asyncio.Task[None]] = set()  # mirrored requests under way
+        self.tasks: set[asyncio.Task[None]] = set()  # mirrored and previewed requests under way
         self.lock = threading.Lock()
         self._tokens = itertools.count()  # one per forwarded request (see ``waiting``)
         self.rng = random.Random()
@@ -149,8 +171,8 @@ class EmbeddedRouter:
 
     def configure(self, model: str, config: RouteConfig) -> None:
         """Takes effect for the very next request; nothing in flight is dropped."""
-        if not 0 <= config.weight <= 100 or not 0 <= config.mirror <= 100:
-            raise ValueError(f"weight and mirror are percentages: {config}")
+        if not all(0 <= p <= 100 for p in (config.weight, config.mirror, config.preview_share)):
+            raise ValueError(f"weight, mirror and preview_share are percentages: {config}")
         self.models[model].config = config
 
     def sample(self, model: str, config: SamplingConfig | None) -> None:
@@ -173,19 +195,42 @@ class EmbeddedRouter:
             state.sampled_bytes = 0
             return out
 
+    def pair(self, model: str, config: PairingConfig | None) -> None:
+        """Start (or, with None, stop) pairing the answers of ``model``'s preview
+        with the stable's; pairs kept under other rules go."""
+        with self.lock:
+            state = self.models[model]
+            if state.pairing != config:
+                state.pairs.clear()
+                state.paired_bytes = 0
+                state.pairing = config
+
+    def pairs(self, model: str) -> list[Pair]:
+        """The pairs kept since the last call (they leave the buffer)."""
+        with self.lock:
+            state = self.models.get(model)
+            if state is None:
+                return []
+            out = list(state.pairs)
+            state.pairs.clear()
+            state.paired_bytes = 0
+            return out
+
     def snapshot(self, model: str) -> dict[str, BackendStats]:
+        """The stable's and the canary's counters (a preview's are not among them)."""
         with self.lock:
             return {k: v.copy() for k, v in self.models[model].stats.items()}
 
     def in_flight(self, model: str) -> dict[str, int]:
-        """The requests (mirrored ones included) being forwarded now to each of
-        ``model``'s backends, by address (``"127.0.0.1:PORT"``); the route's
-        current backends are always named. A release whose count is 0 and that
-        the route no longer names is drained."""
+        """The requests (mirrored and previewed ones included) being forwarded now
+        to each of ``model``'s backends, by address (``"127.0.0.1:PORT"``); the
+        route's current backends (its preview too) are always named. A release
+        whose count is 0 and that the route no longer names is drained."""
         state = self.models[model]
         counts = {a: n for a, n in state.in_flight.copy().items() if n}
         config = state.config
-        for address in (*config.backends("stable"), *config.backends("canary")):
+        preview = (config.preview,) if config.preview is not None else ()
+        for address in (*config.backends("stable"), *config.backends("canary"), *preview):
             counts.setdefault(address, 0)
         return counts
 
@@ -290,12 +335,21 @@ class EmbeddedRouter:
             and config.canary is not None
             and self.rng.randrange(100) < config.mirror
         ):
-            task = self.loop.create_task(
-                self._mirror(model, config.canary, outgoing, request.method)
-            )
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._detach(self._mirror(model, config.canary, outgoing, request.method))
+        if (
+            config.preview_share
+            and which == "stable"
+            and config.preview is not None
+            and self.rng.randrange(100) < config.preview_share
+        ):
+            self._detach(self._preview(model, config.preview, request, outgoing, response, elapsed))
         return response
+
+    def _detach(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` beside the answer (kept in ``tasks`` until it is done)."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _forward_any(
         self, model: _Model, which: str, addresses: tuple[str, ...], outgoing: bytes, method: bytes
@@ -335,6 +389,72 @@ class EmbeddedRouter:
         response = await self._forward(model, address, outgoing, method)
         with self.lock:
             model.stats["canary"].observe(response.status, time.perf_counter() - started)
+
+    async def _preview(  # noqa: PLR0917
+        self,
+        model: _Model,
+        address: str,
+        request: Request,
+        outgoing: bytes,
+        stable: Response,
+        stable_seconds: float,
+    ) -> None:
+        """The preview's copy of a request the stable answered: counted apart from
+        the stable and the canary, its answer paired with the stable's if pairing
+        is on (an unreachable preview pairs as the router's 502)."""
+        started = time.perf_counter()
+        response = await self._forward(model, address, outgoing, request.method)
+        seconds = time.perf_counter() - started
+        with self.lock:
+            model.preview_stats.observe(response.status, seconds)
+            pairing = model.pairing
+        if pairing is not None:
+            self._pair(model, pairing, request.body, stable, stable_seconds, response, seconds)
+
+    def _pair(  # noqa: PLR0917
+        self,
+        model: _Model,
+        pairing: PairingConfig,
+        request: bytes,
+        stable: Response,
+        stable_seconds: float,
+        preview: Response,
+        preview_seconds: float,
+    ) -> None:
+        """Buffer one pair, redacted; an answer that is not JSON pairs as None, a
+        request that is not JSON (or a pair that would not fit the buffer) is not
+        kept."""
+        size = len(request) + len(stable.body) + len(preview.body)
+        if size > PAIR_BYTES_BUFFERED:
+            model.pairs_dropped += 1
+            return
+        try:
+            asked = redact(json.loads(request or b"null"), pairing.sensitive)
+        except (ValueError, RecursionError):
+            model.pairs_dropped += 1
+            return
+        pair = Pair(
+            time.time(),
+            asked,
+            stable.status,
+            stable_seconds,
+            _answer(stable.body, pairing.sensitive),
+            preview.status,
+            preview_seconds,
+            _answer(preview.body, pairing.sensitive),
+            size,
+        )
+        with self.lock:
+            if model.pairing is not pairing:  # the rules changed meanwhile: not kept
+                return
+            if model.paired_bytes + pair.size > PAIR_BYTES_BUFFERED:
+                model.pairs_dropped += 1
+                return
+            if len(model.pairs) == model.pairs.maxlen:
+                model.paired_bytes -= model.pairs[0].size
+                model.pairs_dropped += 1
+            model.pairs.append(pair)
+            model.paired_bytes += pair.size
 
     def _keep(  # noqa: PLR0917
         self,
@@ -414,6 +534,14 @@ class _Families(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.families)
+
+
+def _answer(body: bytes, sensitive: frozenset[str]) -> Any:
+    """An answer's body decoded and redacted; None if it is not JSON."""
+    try:
+        return redact(json.loads(body), sensitive) if body else None
+    except (ValueError, RecursionError):
+        return None
 
 
 def _sticky_key(sticky: str, headers: Mapping[bytes, bytes]) -> bytes | None:

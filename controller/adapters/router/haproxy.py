@@ -16,8 +16,8 @@ syslog to a listener in this process: status code and active time of every
 request, so the analysis reads the same :class:`~controller.adapters.router.embedded.BackendStats`
 as with the embedded router (latency has HAProxy's millisecond resolution).
 The ``X-MDC-Version`` override header works as with the embedded router;
-mirroring and sticky users are not offered by this router and are refused
-with an error rather than ignored.
+mirroring, sticky users and previews (and their pairs) are not offered by
+this router and are refused with an error rather than ignored.
 
 The data plane outlives the controller here too: the master's pid is kept in
 ``STATE/haproxy/haproxy.pid`` and each model's frontend port and last split in
@@ -46,12 +46,23 @@ import time
 from pathlib import Path
 
 from controller.adapters.router.supervised import process_alive
-from controller.core.traffic import BackendStats, RouteConfig, Sample, SamplingConfig
+from controller.core.traffic import (
+    BackendStats,
+    Pair,
+    PairingConfig,
+    RouteConfig,
+    Sample,
+    SamplingConfig,
+)
 from controller.errors import PermanentError, Reason, TransientError
 
 __all__ = ["HAProxyRouter"]
 
 _LOG = re.compile(rb"mdc (\S+) (\S+) (-?\d+) (-?\d+)")
+_NO_PREVIEW = (
+    "the HAProxy router does not send traffic to a preview or pair its answers; "
+    "use the embedded router"
+)
 
 
 class HAProxyRouter:
@@ -230,6 +241,8 @@ class HAProxyRouter:
                 "the HAProxy router does not mirror traffic or pin users; use the embedded router",
                 reason=Reason.ROUTER_FEATURE_UNSUPPORTED,
             )
+        if config.preview is not None:
+            raise PermanentError(_NO_PREVIEW, reason=Reason.ROUTER_FEATURE_UNSUPPORTED)
         if config.stable_more or config.canary_more:
             raise PermanentError(
                 "the HAProxy router serves one replica per side; replicas: N needs the "
@@ -279,6 +292,16 @@ class HAProxyRouter:
             )
 
     def samples(self, model: str) -> list[Sample]:
+        return []
+
+    def pair(self, model: str, config: PairingConfig | None) -> None:
+        """No previews here (see :meth:`configure`): nothing to pair."""
+        if config is not None:
+            raise PermanentError(
+                f"{model}: {_NO_PREVIEW}", reason=Reason.ROUTER_FEATURE_UNSUPPORTED
+            )
+
+    def pairs(self, model: str) -> list[Pair]:
         return []
 
     def waiting(self, model: str) -> dict[str, float]:

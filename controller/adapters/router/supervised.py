@@ -35,12 +35,21 @@ import httpx
 
 from controller.adapters.router.control import (
     config_to_json,
+    pair_from_json,
+    pairing_to_json,
     sample_from_json,
     sampling_to_json,
     stats_from_json,
 )
 from controller.core.environment import without_secrets
-from controller.core.traffic import BackendStats, RouteConfig, Sample, SamplingConfig
+from controller.core.traffic import (
+    BackendStats,
+    Pair,
+    PairingConfig,
+    RouteConfig,
+    Sample,
+    SamplingConfig,
+)
 from controller.errors import TransientError
 
 __all__ = ["SupervisedRouter", "process_alive"]
@@ -155,7 +164,7 @@ class SupervisedRouter:
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         """One control call; a router found gone is started again and asked once more."""
         if not self.pid:
-            if method == "GET" or path.endswith("/samples"):  # nothing runs: nothing to read
+            if method == "GET" or path.endswith(("/samples", "/pairs")):  # nothing to read
                 raise KeyError(path)
             self._start()
         for attempt in (0, 1):
@@ -191,8 +200,8 @@ class SupervisedRouter:
         return str(self._call("PUT", f"/routes/{model}", {"port": port})["url"])
 
     def configure(self, model: str, config: RouteConfig) -> None:
-        if not 0 <= config.weight <= 100 or not 0 <= config.mirror <= 100:
-            raise ValueError(f"weight and mirror are percentages: {config}")
+        if not all(0 <= p <= 100 for p in (config.weight, config.mirror, config.preview_share)):
+            raise ValueError(f"weight, mirror and preview_share are percentages: {config}")
         self._call("PUT", f"/routes/{model}/config", config_to_json(config))
 
     def snapshot(self, model: str) -> dict[str, BackendStats]:
@@ -208,6 +217,16 @@ class SupervisedRouter:
         except KeyError:
             return []
         return [sample_from_json(s) for s in data]
+
+    def pair(self, model: str, config: PairingConfig | None) -> None:
+        self._call("PUT", f"/routes/{model}/pairing", pairing_to_json(config))
+
+    def pairs(self, model: str) -> list[Pair]:
+        try:
+            data = self._call("POST", f"/routes/{model}/pairs", {})
+        except KeyError:
+            return []
+        return [pair_from_json(p) for p in data]
 
     def in_flight(self, model: str) -> dict[str, int]:
         return {k: int(v) for k, v in self._call("GET", f"/routes/{model}/in-flight").items()}
