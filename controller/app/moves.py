@@ -227,6 +227,16 @@ class Moves:
             return f"{name}'s route is not set yet"
         return ""
 
+    def claims(self, release: str) -> bool:
+        """Whether a model's stable or canary runs as ``release`` (a preview's release
+        handed over is the canary's: it is never stopped as a preview)."""
+        for run in self.runs.values():
+            canary = run.driver.canary if run.driver is not None else None
+            for spec in (run.stable, canary):
+                if spec is not None and release in replica_names(spec):
+                    return True
+        return False
+
     def build_preview(self, model: Model, snapshot: Snapshot, source: Source) -> str | None:
         """The bento of a pull request's ``model`` (off the loop under ``mdc run``:
         None while it builds)."""

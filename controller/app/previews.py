@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import yaml
@@ -142,6 +142,7 @@ class Previews:
         self.clock = clock
         self.loader = SnapshotLoader(Limits(clock=time.monotonic))
         self.inbox: queue.Queue[PreviewWish] = queue.Queue()
+        self.released: dict[str, str] = {}  # model -> spec hash on the release branch
         self.wanted: dict[int, _Wanted] = {}
         self.running: dict[str, _Preview] = {}  # model -> its preview
         self.ended: list[dict[str, object]] = []  # the last ended, for `mdc preview`
@@ -154,8 +155,11 @@ class Previews:
 
     # -- on the loop ------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        """Once a pass: take the wishes, then move each preview on."""
+    def tick(self, now: float, released: Mapping[str, str] | None = None) -> None:
+        """Once a pass: take the wishes, then move each preview on. ``released``:
+        each model's spec hash on the release branch (a head merged there is the
+        canary's business, never previewed again)."""
+        self.released = dict(released or {})
         while True:
             try:
                 wish = self.inbox.get_nowait()
@@ -180,15 +184,22 @@ class Previews:
 
     def adopt(self, model: str, wanted: str) -> bool:
         """The canary of ``model`` at spec hash ``wanted`` is about to be booked and
-        started: a warm preview of that very spec becomes it (its booking is the
-        canary's; the runtime returns its running release). True when it did."""
+        started: a preview of that very spec becomes it -- its booking is the
+        canary's, and the runtime returns its release (warm, or still starting)
+        instead of starting another. True when it did; a preview still being built
+        is dropped (the canary is built and started as usual)."""
         preview = self.running.get(model)
-        if preview is None or preview.spec_hash != wanted or preview.phase != "comparing":
+        if preview is None or preview.spec_hash != wanted:
+            return False
+        now = self.clock()
+        if preview.release is None:  # built or booked, not started: nothing to hand over
+            self.moves.book.free(model, ReleaseKind.PREVIEW, now)
+            self._end(preview, "merged before it started: the canary starts instead", now)
             return False
         if not self.moves.book.convert(model, ReleaseKind.PREVIEW, ReleaseKind.CANARY):
             return False
         self.moves.preview_route(model, None)
-        self._end(preview, "handed over: its release is the canary now", self.clock())
+        self._end(preview, "handed over: its release is the canary now", now)
         return True
 
     def preempted(self, model: str) -> None:
@@ -243,6 +254,8 @@ class Previews:
                     wanted.models[name] = f"PR #{current.number} is previewing {name}"
                 continue
             why = self.moves.serving(name, wanted_hash)
+            if self.released.get(name) == wanted_hash:
+                why = f"the release branch has {name} {model.version} already"
             if why:
                 wanted.models[name] = why
                 continue
@@ -340,7 +353,8 @@ class Previews:
         name = preview.model.name
         if preview.release is not None:
             self.moves.preview_route(name, None)
-            stop_release(self.moves.runtime, preview.release, drain=1.0)
+            if not self.moves.claims(preview.release.name):  # never a release that serves
+                stop_release(self.moves.runtime, preview.release, drain=1.0)
         self.moves.book.free(name, ReleaseKind.PREVIEW, now)
         self._end(preview, why, now)
 

@@ -270,7 +270,7 @@ class Reconciler:
             if name in self.moves.journaled:
                 self.runs[name].intent = self.journal.get(name)
                 self.moves.journaled.discard(name)
-        self.previews.tick(now)
+        self.previews.tick(now, {name: h for name, (h, _) in hashes.items()})
         self._watch(desired.models, now)
         self._record(plan, desired.models, now)
         result = PassResult(

@@ -139,6 +139,8 @@ class FakeRouter:
         self._port = 30000
         self.queued: dict[str, int] = {}  # address -> requests in flight (what in_flight says)
         self.oldest: dict[str, float] = {}  # address -> seconds its oldest request waited
+        self.pairing: dict[str, PairingConfig | None] = {}  # model -> as pair() set it
+        self.paired: dict[str, list[Pair]] = {}  # model -> pairs the test made, not drained
 
     def add_model(self, model: str, port: int = 0) -> str:
         if model not in self.stats:
@@ -163,10 +165,15 @@ class FakeRouter:
         return []
 
     def pair(self, model: str, config: PairingConfig | None) -> None:
-        return None
+        self.pairing[model] = config
+        if config is None:
+            self.paired.pop(model, None)
 
     def pairs(self, model: str) -> list[Pair]:
-        return []
+        """What the test put in :attr:`paired` while pairing was on (drained)."""
+        if self.pairing.get(model) is None:
+            return []
+        return self.paired.pop(model, [])
 
     def in_flight(self, model: str) -> dict[str, int]:
         return dict(self.queued)
