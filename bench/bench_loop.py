@@ -19,7 +19,11 @@ Modes:
 * ``webhook``: the merge sends the push webhook; the loop fetches at once;
 * ``poll``: no webhook; the poll interval is set to :data:`POLL_INTERVAL` and
   the push lands at a random phase of it (so about half an interval is added on
-  average).
+  average);
+* ``preview``: previews turned on (run last: the ``fast`` policy gets a
+  ``preview``); each PR's head runs as a preview on mirrored traffic until it
+  compares, then the merge is pushed with the webhook: the canary is the
+  preview's release, already warm (its ``started`` precedes the push: ``-``).
 
 Per round, on the wall clock (``time.time``), from the moment ``git push`` of
 ``main`` returned:
@@ -66,10 +70,11 @@ import httpx
 import controller.demo as demo_module
 from controller.adapters.router.embedded import EmbeddedRouter
 from controller.adapters.runtime.base import Release, State
-from controller.adapters.runtime.local import free_port
 from controller.core.environment import bentoml_env
 from controller.core.status import Phase
 from controller.demo import RANKER, Demo, Traffic, _bump, ranker_request, version_classifier
+from controller.demo_previews import previews_on
+from tests.gitservers import free_port
 
 ROUNDS = 3
 RATE = 100.0  # requests/s offered to search-ranker (one client, sequential)
@@ -190,10 +195,12 @@ def one_round(
     assert demo.reconciler is not None
     branch = f"bench-{mode}-{label}"
     demo.open_pr(branch, f"{RANKER} {version}", _bump(version, artifact))
+    if mode == "preview":  # merged once the preview compares: its bento is built
+        wait_preview(demo, version)
     bentos = bento_versions(demo)
     first_pass = len(demo.passes)
     clock.pushed = None
-    sha = demo.merge(branch, webhook=mode == "webhook")
+    sha = demo.merge(branch, webhook=mode != "poll")
     push = clock.pushed if clock.pushed is not None else time.time()
     stem = Path(artifact).stem
     result = Round(mode, label, version, artifact, False, push)
@@ -201,7 +208,7 @@ def one_round(
     while True:
         release = release_of(demo, version)
         if release is not None:
-            if result.started is None:
+            if result.started is None and release.started_at >= push:  # not a preview's
                 result.started = release.started_at
             if result.marked is None and release.state is State.READY:
                 result.marked = release.since
@@ -237,6 +244,18 @@ def one_round(
             None,
         )
     return result
+
+
+def wait_preview(demo: Demo, version: str) -> None:
+    """Until the PR's preview of ``version`` compares answers (warm, mirrored to)."""
+    assert demo.reconciler is not None
+    deadline = time.monotonic() + ROUND_TIMEOUT
+    while time.monotonic() < deadline:
+        preview = demo.reconciler.previews.running.get(RANKER)
+        if preview is not None and (preview.model.version, preview.phase) == (version, "comparing"):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"the preview of {RANKER} {version} did not start within {ROUND_TIMEOUT}s")
 
 
 def bare_serve(demo: Demo, bento: str) -> float:
@@ -313,7 +332,8 @@ def report(
             print(f"traffic: {RATE:.0f} req/s offered, {rate:.0f} req/s answered")
     print("seconds, each stage from the one before: push -> seen (fetched) -> started")
     print("(bentoml serve spawned) -> ready (router got it at 20%) -> answer (first from it);")
-    print("rt-ready: the runtime's READY record, from started")
+    print("rt-ready: the runtime's READY record, from started; preview rounds: the canary is")
+    print("the PR's preview, started before the push (started '-': ready is from seen)")
     print(
         f"  {'mode':<8} {'round':>5} {'bento':>6} {'seen':>7} {'started':>7} {'ready':>7} "
         f"{'answer':>7} {'total':>7} {'rt-ready':>8}  outcome"
@@ -326,7 +346,7 @@ def report(
             f"{fmt(r.total)} {fmt(r.span(r.started, r.marked), 8)}  {r.outcome}"
         )
     print("warm cache, push -> first canary answer (median, max; then each stage's median):")
-    for mode in ("webhook", "poll"):
+    for mode in ("webhook", "poll", "preview"):
         done = [r for r in rounds if r.mode == mode and r.warm and r.total is not None]
         totals = [r.total for r in done if r.total is not None]
         if not totals:
@@ -410,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(1, rounds_per_mode + 1):
                 time.sleep(rng.uniform(0, POLL_INTERVAL))  # a random phase of the poll
                 run("poll", str(i))
+
+            demo.open_pr("bench-previews", "preview PRs on mirrored traffic", previews_on)
+            demo.merge("bench-previews")
+            for i in range(1, rounds_per_mode + 1):
+                run("preview", str(i))
 
             flow.stop()
             status = demo.status(RANKER)

@@ -49,6 +49,7 @@ from controller.app.reconciler import PassResult, Reconciler
 from controller.app.reporting import PullRequests, Reporter
 from controller.app.wiring import build_controller
 from controller.core.status import ModelStatus, Phase
+from controller.demo_previews import previews_on, show_preview, tell_handover
 from controller.demo_registry import (
     MlflowServer,
     available,
@@ -624,7 +625,13 @@ def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = Fa
                 else:
                     registry = None
 
-            demo.say("2. a PR bumps search-ranker to 2026.11.2 (retrained on more data)")
+            demo.say(
+                "2. the search team turns on previews: from now on a PR's search-ranker "
+                "answers half of the live searches too, beside the stable one"
+            )
+            demo.open_pr("previews", "search: preview PRs on mirrored traffic", previews_on)
+            demo.merge("previews")
+            demo.say("a PR bumps search-ranker to 2026.11.2 (retrained on more data)")
             number = demo.open_pr(
                 "ranker-v2", "search-ranker 2026.11.2", _bump("2026.11.2", "v2.json")
             )
@@ -634,6 +641,7 @@ def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = Fa
             demo.say(f"the plan mdc posted on PR #{number}:")
             for line in demo.plan_comment(number).splitlines()[:24]:
                 print(f"    {line}", file=out)
+            release = show_preview(demo, number, out)
             demo.say(f"a reviewer merges PR #{number}")
             merged_at = time.time()
             demo.merge("ranker-v2")
@@ -653,11 +661,15 @@ def run_demo(base: Path | None = None, out: TextIO = sys.stdout, keep: bool = Fa
                     f"measured at weight {weight}%: {split_line(traffic.window(since + 1, until))}"
                 )
             demo.say(f"promoted {time.time() - merged_at:.0f}s after the merge")
+            if release is not None:
+                tell_handover(demo, release)
 
             demo.say("3. a PR brings 2026.11.3, which needs a feature old documents lack")
             bad = demo.open_pr(
                 "ranker-v3", "search-ranker 2026.11.3", _bump("2026.11.3", "v3.json", probe=True)
             )
+            show_preview(demo, bad, out)
+            demo.say(f"the author merges PR #{bad} anyway (branch protection would refuse it)")
             demo.merge("ranker-v3")
             status = demo.wait_for(RANKER, lambda s: s.phase is Phase.ROLLED_BACK, 180)
             demo.say(f"rolled back: {status.history[0].message if status.history else ''}")

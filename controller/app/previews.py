@@ -286,7 +286,10 @@ class Previews:
         out: list[_Candidate] = []
         for name, model in sorted(head_load.desired.models.items()):
             policy = head_load.desired.policies.get(model.rollout)
-            if policy is None or policy.preview is None or model.preview is None:
+            if policy is None or policy.preview is None:
+                continue
+            if model.preview is None:
+                log.info("PR #%d: %s names no field to compare: not previewed", wanted.number, name)
                 continue
             bento = planned_bento_tag(model, head_tree)
             wanted_hash = spec_hash(model, bento)

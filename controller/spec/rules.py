@@ -231,17 +231,6 @@ class Rules:
                     "ref.rollout",
                 )
             )
-        policy = policies.get(model.rollout)
-        if policy is not None and policy.preview is not None and model.preview is None:
-            out.append(
-                doc.diagnostic(
-                    ("spec",),
-                    f"RolloutPolicy {model.rollout!r} previews pull requests, which compares "
-                    "the two versions' answers on one field: set spec.preview.field (or "
-                    "monitor.drift.field)",
-                    "preview.field",
-                )
-            )
         pool = pools.get(model.pool)
         if pool is None:
             if ObjectRef("GPUPool", model.pool) not in self.invalid:
