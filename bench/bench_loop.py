@@ -122,8 +122,8 @@ class PushClock:
         self.git = git
         self.pushed: float | None = None
 
-    def __call__(self, *args: str | Path, cwd: Path | None = None) -> str:
-        out = self.git(*args, cwd=cwd)
+    def __call__(self, *args: str | Path, cwd: Path | None = None, **more: float) -> str:
+        out = self.git(*args, cwd=cwd, **more)
         if args and args[0] == "push" and args[-1] == "main":
             self.pushed = time.time()
         return out

@@ -40,6 +40,7 @@ import queue
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from traceback import format_exc
 
 import yaml
 
@@ -63,7 +64,7 @@ from controller.core.preview import (
 )
 from controller.core.timestamps import iso
 from controller.core.traffic import PairingConfig
-from controller.errors import MdcError
+from controller.errors import MdcError, PermanentError
 from controller.spec.documents import Limits
 from controller.spec.identity import planned_bento_tag
 from controller.spec.kinds import Model, Preview, PreviewOutput
@@ -102,6 +103,7 @@ class _Preview:
     reported: tuple[str, str] | None = None  # (state, description) last reported
     reported_at: float = float("-inf")
     handover_until: float | None = None  # merged: kept for the canary until then
+    failed: str = ""  # why it could not run (its bento, its release)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -122,6 +124,7 @@ class _Wanted:
     stopped_by: str = ""  # a person stopped its previews
     models: dict[str, str] = field(default_factory=dict)  # model -> why it waits
     candidates: list[_Candidate] | None = None  # what it previews, once read
+    failed: dict[str, str] = field(default_factory=dict)  # model -> why its preview failed
 
 
 class Previews:
@@ -169,18 +172,27 @@ class Previews:
                 self._take(wish, now)
             except MdcError as exc:
                 log.warning("PR #%d: preview not started: %s", wish.number, exc.message)
+            except Exception as exc:  # a bug: this wish only, never the pass
+                log.error("PR #%d: preview wish: %s\n%s", wish.number, exc, format_exc())
         for wanted in list(self.wanted.values()):
             if not wanted.stopped_by:
                 try:
                     self._want(wanted, now)
                 except MdcError as exc:
                     log.warning("PR #%d: preview: %s", wanted.number, exc.message)
+                except Exception as exc:  # a bug: this PR's previews only, never the pass
+                    log.error("PR #%d: preview: %s\n%s", wanted.number, exc, format_exc())
         for name, preview in list(self.running.items()):
             try:
                 self._step(preview, now)
+            except PermanentError as exc:  # its bento cannot be built, say: it failed
+                self._fail(preview, exc.message, now)
             except MdcError as exc:
                 log.warning("%s: preview of PR #%d: %s", name, preview.number, exc.message)
                 preview.why = exc.message
+            except Exception as exc:  # a bug: this preview only, never the pass
+                log.error("%s: preview of PR #%d: %s\n%s", name, preview.number, exc, format_exc())
+                preview.why = f"{type(exc).__name__}: {exc}"
 
     def adopt(self, model: str, wanted: str) -> bool:
         """The canary of ``model`` at spec hash ``wanted`` is about to be booked and
@@ -230,6 +242,7 @@ class Previews:
         if wish.command == "restart":
             if wanted is not None:
                 wanted.stopped_by = ""
+                wanted.failed.clear()
             for preview in self._of(wish.number):
                 self._stop(preview, f"restarted by {wish.who or 'someone'}", now)
             return
@@ -248,6 +261,9 @@ class Previews:
             wanted.candidates = self._candidates(wanted)
         for model, bounds, output, wanted_hash, bento, tree_id in wanted.candidates:
             name = model.name
+            if name in wanted.failed:
+                wanted.models[name] = f"its preview failed: {wanted.failed[name]}"
+                continue
             current = self.running.get(name)
             if current is not None:
                 if current.number != wanted.number:
@@ -319,13 +335,19 @@ class Previews:
             release = self.moves.runtime.releases.get(preview.release.name)
             if release is None or release.state in (State.FAILED, State.STOPPED):
                 reason = release.reason if release is not None else "it is gone"
-                self._stop(preview, f"the preview release failed: {reason}", now)
+                self._fail(preview, f"its release failed: {reason or 'it stopped'}", now)
                 return
             if release.state is State.READY:
                 preview.phase = "comparing"
                 self.moves.preview_route(name, (release.address, preview.bounds.share))
                 self.moves.router.pair(name, PairingConfig(frozenset(preview.output.sensitive)))
         if preview.phase == "comparing":
+            assert preview.release is not None
+            release = self.moves.runtime.releases.get(preview.release.name)
+            if release is None or release.state is State.FAILED:
+                reason = release.reason if release is not None else "it is gone"
+                self._fail(preview, f"its release failed: {reason or 'it stopped'}", now)
+                return
             preview.pairs.add(self.moves.router.pairs(name))
             if now - preview.judged_at >= JUDGE_EVERY:
                 self._judge(preview, now)
@@ -352,6 +374,16 @@ class Previews:
         self.moves.launch(spec, booking.allocation)
         preview.release, preview.phase, preview.why = spec, "starting", ""
 
+    def _fail(self, preview: _Preview, why: str, now: float) -> None:
+        """The preview cannot run (its bento cannot be built, its release fails): said
+        as ``mdc/preview`` failure, and not started again for this head unless a
+        person asks (``/mdc preview restart``)."""
+        preview.failed = why
+        wanted = self.wanted.get(preview.number)
+        if wanted is not None and wanted.head == preview.head:
+            wanted.failed[preview.model.name] = why
+        self._stop(preview, why, now)
+
     def _stop(self, preview: _Preview, why: str, now: float) -> None:
         name = preview.model.name
         if preview.release is not None:
@@ -365,6 +397,12 @@ class Previews:
         name = preview.model.name
         self.running.pop(name, None)
         if preview.phase == "comparing":
+            assert preview.release is not None
+            release = self.moves.runtime.releases.get(preview.release.name)
+            if release is None or release.state is State.FAILED:
+                reason = release.reason if release is not None else "it is gone"
+                self._fail(preview, f"its release failed: {reason or 'it stopped'}", now)
+                return
             preview.pairs.add(self.moves.router.pairs(name))
             self.moves.router.pair(name, None)
             self._judge(preview, now)
@@ -375,6 +413,8 @@ class Previews:
 
     def view(self, preview: _Preview) -> tuple[str, str]:
         """(state, description) of a preview as the commit status says it."""
+        if preview.failed:
+            return str(PreviewState.FAILURE), f"the preview failed: {preview.failed}"[:140]
         if preview.judgement is not None:
             return str(preview.judgement.state), preview.judgement.description
         what = {

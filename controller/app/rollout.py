@@ -238,9 +238,10 @@ class RolloutDriver:
         stable_window = router_window(snapshot["stable"], before["stable"], seconds)
         self._hangs = False
         if lost is None and ready:
-            lost = self._hung(stable_window)
+            # hung (a request waited past an interval) or stuck (it answered nothing
+            # while requests wait on it): what waits on it is never answered
+            lost = self._hung(stable_window) or self._stuck(canary_window.requests, seconds)
             self._hangs = lost is not None
-            lost = lost or self._stuck(canary_window.requests, seconds)
         observed = Observation(
             canary_lost=lost,
             canary_ready=ready,

@@ -59,6 +59,8 @@ class ModelChange:
     verdict: str | None = None
     verdict_waits: bool = False  # past the progress deadline: a warning
     cpu_only: bool = False  # asks for no GPU (head; base for a removal)
+    #: GPUs the PR's preview books while it is open (its policy previews); None: none
+    preview: float | None = None
 
     def gpu_text(self) -> str:
         """The GPUs it holds as the plan says them: a number, or that it is CPU-only."""
@@ -156,14 +158,27 @@ def plan_change(
                 estimate.describe() if estimate is not None else None,
                 estimate is not None and estimate.waits,
                 now.resources.cpu_only,
+                gpus
+                if change == "changed"
+                and policy is not None
+                and policy.preview is not None
+                and now.preview is not None
+                else None,
             )
         )
+    previews: dict[tuple[str, str], float] = {}  # (team, pool) -> GPUs previews book
+    for c in changes:
+        model = new.get(c.model)
+        if c.preview is not None and model is not None:
+            key = (model.team, model.pool)
+            previews[key] = round(previews.get(key, 0.0) + c.preview, 4)
     teams = tuple(
         asdict(row)
         | {
             "verdict": row.verdict,
             "headroom": round(row.limit - row.canary_peak, 4),
             "gpuHoursPerDay": per_day(row.requested),
+            "preview": previews.get((row.team, row.pool), 0.0),
         }
         for row in team_usage(after.desired)
     )
@@ -181,6 +196,13 @@ def plan_change(
     ]
     return ChangePlan(
         base_rev, head_rev, tuple(changes), after.diagnostics, teams, not reasons, tuple(reasons)
+    )
+
+
+def _preview_line(gpus: float) -> str:
+    return (
+        f"preview: {gpus:g} GPU while the PR is open, on free GPUs only (it never displaces "
+        "a release, and is the first to give way)"
     )
 
 
@@ -207,10 +229,13 @@ def render_text(plan: ChangePlan) -> str:
             lines.append(f"      rollout: {v(m.timeline)}")
         if m.verdict:
             lines.append(f"      {'! ' if m.verdict_waits else ''}verdict: {v(m.verdict)}")
+        if m.preview is not None:
+            lines.append(f"      {_preview_line(m.preview)}")
     for t in plan.teams:
+        preview = f", preview {t['preview']:g} (free GPUs only)" if t.get("preview") else ""
         lines.append(
             f"  team {v(t['team'])} ({v(t['pool'])}): {t['requested']:g} of limit {t['limit']:g} "
-            f"GPUs, canary peak {t['canary_peak']:g}, headroom {t['headroom']:g}"
+            f"GPUs, canary peak {t['canary_peak']:g}{preview}, headroom {t['headroom']:g}"
         )
     return "\n".join(lines)
 
@@ -255,17 +280,24 @@ def render_markdown(plan: ChangePlan) -> str:
                     out.append(f"- rollout: {md_text(m.timeline)}")
                 if m.verdict:
                     out.append(f"- verdict: {md_text(m.verdict)}")
+                if m.preview is not None:
+                    out.append(f"- {_preview_line(m.preview)}")
                 out.append("\n</details>")
         out.append("")
     else:
         out += ["No model changes.", ""]
+    previewing = any(t.get("preview") for t in plan.teams)  # its own column, when any
     out += [
-        "| team | pool | requested | canary peak | limit | headroom |",
-        "|---|---|---|---|---|---|",
+        "| team | pool | requested | canary peak | "
+        + ("preview | " if previewing else "")
+        + "limit | headroom |",
+        "|---|---|---|---|---|---|" + ("---|" if previewing else ""),
     ]
     out += [
         f"| {md_text(t['team'])} | {md_text(t['pool'])} | {t['requested']:g} | "
-        f"{t['canary_peak']:g} | {t['limit']:g} | {t['headroom']:g} |"
+        f"{t['canary_peak']:g} | "
+        + (f"{t.get('preview', 0.0):g} | " if previewing else "")
+        + f"{t['limit']:g} | {t['headroom']:g} |"
         for t in plan.teams
     ]
     text = "\n".join(out) + "\n"

@@ -19,6 +19,7 @@ from controller.core.allocation import ReleaseKind
 from controller.core.preview import PreviewWish
 from controller.core.status import Phase
 from controller.core.traffic import Pair
+from controller.testing.fakes import FakeBuilder
 from tests.unit.test_reconciler import POLICY, SpecRepo, World, build, initial_files
 
 PREVIEWING = POLICY + "  preview: {share: 40, minPairs: 10, minAgreement: 0.9}\n"
@@ -258,3 +259,31 @@ def test_merged_before_its_release_started_the_canary_starts_and_nothing_is_stop
     assert "merged before it started" in world.reporter.previews[-1].section
     assert world.runtime.stopped == []
     assert preview_gpus(world) == 0.0
+
+
+@pytest.mark.parametrize("breaks", ["build", "release"])
+def test_a_preview_that_cannot_run_fails_and_is_not_retried_until_asked(
+    world: World, breaks: str
+) -> None:
+    builder = world.reconciler.packager
+    assert isinstance(builder, FakeBuilder)
+    if breaks == "build":
+        builder.failures["m"] = "the service does not import"
+    else:
+        world.runtime.never_ready["m"] = "it exited with 1"
+    open_pr(world, 7, "2")
+    world.passes(3)
+    report = world.reporter.previews[-1]
+    assert report.state == "failure"
+    assert "the preview failed" in report.description
+    assert "m" not in world.reconciler.previews.running
+    assert world.reconciler.previews.wanted[7].models["m"].startswith("its preview failed")
+    starts = len(world.runtime.started)
+    world.passes(3)
+    assert len(world.runtime.started) == starts  # not again on its own
+    assert world.model.phase is Phase.HEALTHY  # the stable never noticed
+    builder.failures.clear()
+    world.runtime.never_ready.clear()
+    world.reconciler.wish_preview(PreviewWish(7, command="restart", who="ann"))
+    world.passes(2)
+    assert world.reconciler.previews.running["m"].phase == "comparing"

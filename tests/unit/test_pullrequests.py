@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
+from controller.adapters.github.webhook import IssueCommentEvent
 from controller.app.reporting import (
     MONITOR_MARKER,
     PREVIEW_MARKER,
@@ -21,7 +23,7 @@ from controller.app.reporting import (
     rollout_state,
 )
 from controller.core.canary import CanaryPhase, CanaryState, CheckResult, IntervalVerdict, Outcome
-from controller.core.preview import PreviewReport
+from controller.core.preview import PreviewReport, PreviewWish
 from controller.core.status import Condition, HistoryEntry, ModelStatus, Phase, Release
 from controller.errors import TransientError
 
@@ -271,3 +273,63 @@ def test_previews_share_one_comment_section_and_the_worst_state_is_the_heads() -
     reporter.on_preview(_preview("a", "success", head="d" * 40))  # a new head: its own
     assert github.statuses[-1] == ("d" * 40, "mdc/preview", "success")
     assert "Preview of `b`" not in github.bodies[9]
+
+
+class _Wishes:
+    """The controller as the reporter sees it: only the preview wishes matter here."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.statuses: dict[str, ModelStatus] = {}
+        self.state_dir = state_dir
+        self.wishes: list[PreviewWish] = []
+
+    def wish_preview(self, wish: PreviewWish) -> None:
+        self.wishes.append(wish)
+
+
+class _Commenting(RecordingGitHub):
+    def __init__(self, writers: set[str]) -> None:
+        super().__init__()
+        self.writers = writers
+        self.comments: list[tuple[int, str]] = []
+
+    def can_write(self, user: str) -> bool:
+        return user in self.writers
+
+    def comment(self, number: int, body: str) -> None:
+        self.comments.append((number, body))
+
+
+@pytest.mark.parametrize(
+    ("user", "body", "wish"),
+    [
+        ("ann", "/mdc preview stop", "stop"),
+        ("ann", "thanks\n/mdc preview restart", "restart"),
+        ("eve", "/mdc preview stop", None),  # no write access: refused, nothing sent
+        ("ann", "/mdc preview", None),  # not a command
+    ],
+)
+def test_preview_commands_need_write_access(
+    tmp_path: Path, user: str, body: str, wish: str | None
+) -> None:
+    github = _Commenting({"ann"})
+    reporter = PullRequests(github, branch="main")  # type: ignore[arg-type]
+    controller = _Wishes(tmp_path)
+    reporter.reconciler = controller  # type: ignore[assignment]
+    reporter(IssueCommentEvent("created", 9, True, body, user, "o/r"))
+    reporter.drain()
+    assert [(w.number, w.command, w.who) for w in controller.wishes] == (
+        [(9, wish, f"{user} (GitHub)")] if wish else []
+    )
+    if wish is not None:
+        assert github.comments == [
+            (
+                9,
+                f"@{user}: `preview {wish}` sent for this pull "
+                "request's previews; mdc acts on its next pass.",
+            )
+        ]
+    elif user == "eve":
+        assert "needs write access" in github.comments[0][1]
+    else:
+        assert github.comments == []

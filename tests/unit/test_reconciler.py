@@ -630,6 +630,8 @@ def test_a_canary_that_answers_nothing_while_requests_wait_is_rolled_back(world:
     reason = (world.model.canary_state or {}).get("reason", "")
     assert "it answered 0 requests in" in reason
     assert "while 12 wait on it" in reason
+    # what waits on a canary that answers nothing is never answered: stopped at once
+    assert (canary.canary.name, 0.0) in world.runtime.drains
 
 
 def test_a_canary_silent_for_two_intervals_while_a_request_waits_is_rolled_back(
@@ -653,6 +655,7 @@ def test_a_canary_silent_for_two_intervals_while_a_request_waits_is_rolled_back(
     assert Phase.ROLLED_BACK in phases
     reason = (world.model.canary_state or {}).get("reason", "")
     assert "answered no request for two analysis intervals" in reason
+    assert (driver.canary.name, 0.0) in world.runtime.drains  # not drained: stopped at once
 
 
 @pytest.mark.parametrize(

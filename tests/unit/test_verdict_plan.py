@@ -17,6 +17,7 @@ from controller.core.evidence import expected_requests
 from controller.core.monitor import ModelMonitor, traffic_from_rollups
 from controller.core.pr_plan import plan_change, render_markdown, render_text
 from controller.core.traffic import BUCKETS, BackendStats, ObservedTraffic
+from controller.demo_previews import previews_on
 from controller.spec.kinds import RolloutPolicy
 from controller.spec.loader import load_desired
 from controller.spec.tree import DirTree
@@ -156,3 +157,29 @@ def test_the_monitor_reports_the_days_traffic_after_a_minute() -> None:
     assert observed.rate == pytest.approx(606 / 60)
     assert observed.error_rate == pytest.approx(6 / 606)
     assert observed.requests == 606
+
+
+@pytest.mark.parametrize("previewed", [True, False])
+def test_the_pr_plan_gives_a_preview_its_own_quota_line(tmp_path: Path, previewed: bool) -> None:
+    base, head = tmp_path / "base", tmp_path / "head"
+    shutil.copytree(EXAMPLE_REPO, base)
+    shutil.copytree(EXAMPLE_REPO, head)
+    if previewed:
+        for repo in (base, head):
+            previews_on(repo)
+    _bump(head)
+    plan = plan_change(DirTree(base), DirTree(head), "a", "b")
+    (ranker,) = [m for m in plan.models if m.model == "search-ranker"]
+    search = next(t for t in plan.teams if t["team"] == "search")
+    markdown, text = render_markdown(plan), render_text(plan)
+    if not previewed:
+        assert ranker.preview is None
+        assert search["preview"] == 0.0
+        assert "| preview |" not in markdown
+        return
+    assert ranker.preview == ranker.gpus == 0.25
+    assert search["preview"] == 0.25
+    assert "| team | pool | requested | canary peak | preview | limit | headroom |" in markdown
+    assert "| search | shared-a100 | 0.25 | 0.5 | 0.25 | 4 | 3.5 |" in markdown
+    assert "- preview: 0.25 GPU while the PR is open, on free GPUs only" in markdown
+    assert "preview 0.25 (free GPUs only)" in text
