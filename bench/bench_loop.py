@@ -30,9 +30,10 @@ Per round, on the wall clock (``time.time``), from the moment ``git push`` of
 
 * ``seen``: the fetch that brought the merge commit (its snapshot's time);
 * ``started``: the canary's ``bentoml serve`` spawned (the runtime's record);
-* ``ready``: the router got the canary at weight 20 (read off the embedded
-  router every 10 ms): the runtime found it ready -- ``/readyz``, then a probe
-  request -- and the warm-up ended (the ``fast`` policy has no ``holdFor``);
+* ``ready``: the router was given the canary at weight 20 (the route the
+  controller set, read every 10 ms): the runtime found it ready -- ``/readyz``,
+  then a probe request -- and the warm-up ended (the ``fast`` policy has no
+  ``holdFor``);
 * ``answer``: the first answer to the generated traffic classified as the new
   artifact.
 
@@ -68,7 +69,6 @@ from pathlib import Path
 import httpx
 
 import controller.demo as demo_module
-from controller.adapters.router.embedded import EmbeddedRouter
 from controller.adapters.runtime.base import Release, State
 from controller.core.environment import bentoml_env
 from controller.core.status import Phase
@@ -152,13 +152,11 @@ def release_of(demo: Demo, version: str) -> Release | None:
 
 
 def routed(demo: Demo) -> bool:
-    """Whether the router sends search-ranker's traffic to a canary now."""
+    """Whether the router sends search-ranker's traffic to a canary now (the route
+    the controller last set: the router runs in a process of its own)."""
     assert demo.reconciler is not None
-    router = demo.reconciler.router
-    if not isinstance(router, EmbeddedRouter) or RANKER not in router.models:
-        return False
-    config = router.models[RANKER].config
-    return config.canary is not None and 0 < config.weight < 100
+    config = demo.reconciler.moves.configs.get(RANKER)
+    return config is not None and config.canary is not None and 0 < config.weight < 100
 
 
 def seen_at(demo: Demo, since: int, sha: str) -> float | None:
@@ -342,7 +340,7 @@ def report(
         print(
             f"  {r.mode:<8} {r.label:>5} {'warm' if r.warm else 'built':>6} "
             f"{fmt(r.span(r.push, r.seen))} {fmt(r.span(r.seen, r.started))} "
-            f"{fmt(r.span(r.started, r.ready))} {fmt(r.span(r.ready, r.answer))} "
+            f"{fmt(r.span(r.started or r.seen, r.ready))} {fmt(r.span(r.ready, r.answer))} "
             f"{fmt(r.total)} {fmt(r.span(r.started, r.marked), 8)}  {r.outcome}"
         )
     print("warm cache, push -> first canary answer (median, max; then each stage's median):")
@@ -358,7 +356,7 @@ def report(
             f"max {max(totals):5.2f}  |"
             f" seen {fmt(median_of(done, lambda r: r.span(r.push, r.seen)), 5)}"
             f"  started {fmt(median_of(done, lambda r: r.span(r.seen, r.started)), 5)}"
-            f"  ready {fmt(median_of(done, lambda r: r.span(r.started, r.ready)), 5)}"
+            f"  ready {fmt(median_of(done, lambda r: r.span(r.started or r.seen, r.ready)), 5)}"
             f"  answer {fmt(median_of(done, lambda r: r.span(r.ready, r.answer)), 5)}{extra}"
         )
     if bare:

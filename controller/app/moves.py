@@ -99,7 +99,7 @@ class Moves:
         self.configs: dict[str, RouteConfig] = {}
         self.previewed: dict[str, tuple[str, int]] = {}  # model -> (address, percent)
         #: turns a warm preview of (model, spec hash) into the canary (Previews.adopt)
-        self.adopt_preview: Callable[[str, str], bool] | None = None
+        self.adopt_preview: Callable[[str, str], str | None] | None = None
         #: stops a preview whose GPUs the ledger gave to a release (Previews.preempted)
         self.preview_preempted: Callable[[str], None] | None = None
 
@@ -339,10 +339,11 @@ class Moves:
         waits for GPUs (the condition says why)."""
         assert self.snapshot is not None
         adopt = self.adopt_preview
-        if kind is ReleaseKind.CANARY and adopt is not None and adopt(model.name, wanted):
-            # the warm preview's booking is the canary's now; its release is returned
+        adopted = adopt(model.name, wanted) if kind is ReleaseKind.CANARY and adopt else None
+        if adopted is not None:  # the preview's booking is the canary's, its release returned
             log.info("%s: the preview of %s becomes the canary", model.name, model.version)
-        bento = self._build(run, model, tree)
+        # the same spec hash is the same bento: the preview's needs no build request
+        bento = adopted or self._build(run, model, tree)
         if bento is None:
             return None
         allocation = self._place(run, model, kind, now)

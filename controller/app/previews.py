@@ -194,25 +194,26 @@ class Previews:
                 log.error("%s: preview of PR #%d: %s\n%s", name, preview.number, exc, format_exc())
                 preview.why = f"{type(exc).__name__}: {exc}"
 
-    def adopt(self, model: str, wanted: str) -> bool:
+    def adopt(self, model: str, wanted: str) -> str | None:
         """The canary of ``model`` at spec hash ``wanted`` is about to be booked and
         started: a preview of that very spec becomes it -- its booking is the
         canary's, and the runtime returns its release (warm, or still starting)
-        instead of starting another. True when it did; a preview still being built
-        is dropped (the canary is built and started as usual)."""
+        instead of starting another. Its bento tag when it did (the same spec hash
+        is the same bento: nothing to build); a preview not started yet gives way
+        (None: the canary is built and started as usual)."""
         preview = self.running.get(model)
         if preview is None or preview.spec_hash != wanted:
-            return False
+            return None
         now = self.clock()
         if preview.release is None:  # built or booked, not started: nothing to hand over
             self.moves.book.free(model, ReleaseKind.PREVIEW, now)
             self._end(preview, "merged before it started: the canary starts instead", now)
-            return False
+            return None
         if not self.moves.book.convert(model, ReleaseKind.PREVIEW, ReleaseKind.CANARY):
-            return False
+            return None
         self.moves.preview_route(model, None)
         self._end(preview, "handed over: its release is the canary now", now)
-        return True
+        return preview.release.bento
 
     def preempted(self, model: str) -> None:
         """The ledger gave ``model``'s preview's GPUs to a release: it stops (and is

@@ -329,10 +329,13 @@ class HAProxyRouter:
     def shutdown(self) -> None:
         """Stop HAProxy (its workers finish the requests in flight), then let go."""
         if self.pid is not None and process_alive(self.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGUSR1)  # soft stop: finish, then exit
             deadline = time.monotonic() + 10
+            asked = 0.0
             while process_alive(self.pid) and time.monotonic() < deadline:
+                if time.monotonic() - asked >= 0.5:  # a master still starting its workers
+                    asked = time.monotonic()  # can miss the signal: it is sent again
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGUSR1)  # soft stop: finish, then exit
                 time.sleep(0.05)
             if process_alive(self.pid):
                 with contextlib.suppress(ProcessLookupError):
