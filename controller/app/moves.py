@@ -469,6 +469,14 @@ class Moves:
             "CanaryStarted",
             f"canary {model.version} ({run.canary_record.bento}) beside stable",
         )
+        release = self.runtime.releases.get(spec.name)
+        if release is not None and release.state is State.READY:  # a preview, warm:
+            self._tick(run, now)  # its warm-up is judged now, not a pass later
+            run.event = (
+                "CanaryStarted",
+                f"canary {model.version} ({run.canary_record.bento}): the pull request's "
+                "preview, already warm",
+            )
 
     def _driver(self, model: Model, run: Run) -> RolloutDriver:
         assert self.load is not None

@@ -331,24 +331,17 @@ class Previews:
             return
         if preview.phase in ("building", "waiting"):
             self._start(preview, now)
-        if preview.phase == "starting":
-            assert preview.release is not None
+        if preview.release is not None:  # starting or comparing: it must still run
             release = self.moves.runtime.releases.get(preview.release.name)
             if release is None or release.state in (State.FAILED, State.STOPPED):
                 reason = release.reason if release is not None else "it is gone"
                 self._fail(preview, f"its release failed: {reason or 'it stopped'}", now)
                 return
-            if release.state is State.READY:
+            if preview.phase == "starting" and release.state is State.READY:
                 preview.phase = "comparing"
                 self.moves.preview_route(name, (release.address, preview.bounds.share))
                 self.moves.router.pair(name, PairingConfig(frozenset(preview.output.sensitive)))
         if preview.phase == "comparing":
-            assert preview.release is not None
-            release = self.moves.runtime.releases.get(preview.release.name)
-            if release is None or release.state is State.FAILED:
-                reason = release.reason if release is not None else "it is gone"
-                self._fail(preview, f"its release failed: {reason or 'it stopped'}", now)
-                return
             preview.pairs.add(self.moves.router.pairs(name))
             if now - preview.judged_at >= JUDGE_EVERY:
                 self._judge(preview, now)

@@ -10,10 +10,8 @@ exceed their cap."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +26,11 @@ from controller.cli.main import EXIT_OK, main
 from controller.core.monitor import period_start
 from controller.core.status import ModelStatus, Phase
 from controller.demo import Demo
+from tests.e2e.load import SECRET, Load, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 CAP = 48 * 1024
-SECRET = "alice@example.com"
 
 SERVICE = """\
 import time
@@ -103,41 +101,6 @@ spec:
 """
 
 
-class Load:
-    """Requests to one model from a thread: x ~ N(centre, 1), with a user to hide."""
-
-    def __init__(self, url: str, seed: int) -> None:
-        self.url, self.centre, self.codes = url, 0.0, list[int]()
-        self.rng = random.Random(seed)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
-                body = {"x": self.rng.gauss(self.centre, 1.0), "user": SECRET}
-                try:
-                    self.codes.append(client.post(self.url, json=body).status_code)
-                except httpx.HTTPError:
-                    self.codes.append(0)
-                time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-
-
-def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out: {what}")
-
-
 def _status_log(demo: Demo) -> list[str]:
     """The status branch's commit messages, newest first."""
     out = subprocess.run(
@@ -206,7 +169,7 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
         def views() -> dict[str, dict[str, Any]]:
             return {v["model"]: v for v in reconciler.monitor_view()}
 
-        _wait(
+        wait_until(
             lambda: all(v["drift"]["score"] is not None for v in views().values()),
             60,
             "a baseline and a recent window for both",
@@ -214,9 +177,9 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
 
         # -- shifty's inputs move: its predictions drift; steady's never do -----------------
         shifty.centre = 2.5
-        _wait(lambda: (demo.status("shifty").monitor or {}).get("drifting"), 40, "drift")  # type: ignore[union-attr]
+        wait_until(lambda: (demo.status("shifty").monitor or {}).get("drifting"), 40, "drift")  # type: ignore[union-attr]
         shifty.centre = 0.0
-        _wait(lambda: not demo.status("shifty").monitor, 60, "drift gone")  # type: ignore[union-attr]
+        wait_until(lambda: not demo.status("shifty").monitor, 60, "drift gone")  # type: ignore[union-attr]
         history = [h.event for h in demo.status("shifty").history]  # type: ignore[union-attr]
         assert history.count("DriftDetected") == 1
         assert history.count("DriftRecovered") == 1
@@ -233,16 +196,22 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
             )
 
         # the recovery is reported in full (the status is set before the comment) first
-        _wait(lambda: monitor_statuses() and monitor_statuses()[-1] == "success", 20, "settled")
-        _wait(lambda: "DriftRecovered" in comment() and "attention" not in comment(), 20, "comment")
+        wait_until(
+            lambda: monitor_statuses() and monitor_statuses()[-1] == "success", 20, "settled"
+        )
+        wait_until(
+            lambda: "DriftRecovered" in comment() and "attention" not in comment(), 20, "comment"
+        )
         # and on the status branch: its push is the status writer's, in its own time, so a
         # slow push of the recovery must not be counted as a commit of the breach below
-        _wait(lambda: "Monitor: DriftRecovered" in _status_log(demo)[0], 20, "recovery recorded")
+        wait_until(
+            lambda: "Monitor: DriftRecovered" in _status_log(demo)[0], 20, "recovery recorded"
+        )
         before_commits = len(_status_log(demo))
         before_updates = len(github.calls("PATCH", r"/issues/comments/"))
         before_statuses = len(monitor_statuses())
         (delays / "steady").write_text("0.35")
-        breached = _wait(
+        breached = wait_until(
             lambda: (demo.status("steady").monitor or {}).get("breached"),
             40,
             "breached",  # type: ignore[union-attr]
@@ -262,7 +231,7 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
 
         # -- taken away: recovered, once --------------------------------------------------
         (delays / "steady").unlink()
-        _wait(lambda: not demo.status("steady").monitor, 60, "recovered")  # type: ignore[union-attr]
+        wait_until(lambda: not demo.status("steady").monitor, 60, "recovered")  # type: ignore[union-attr]
         time.sleep(2)
         log = _status_log(demo)[: len(_status_log(demo)) - before_commits]
         assert len(log) == 2, log
@@ -281,10 +250,12 @@ def test_objectives_drift_rollups_and_feedback_after_promotion(tmp_path: Path) -
         # one commit for what ended: "rollups: hour H", or "rollups: day D, hour H" when
         # the jump crosses midnight (a run near 23:00 UTC)
         hourly = re.compile(r"rollups: (day \S+, )?hour ")
-        _wait(lambda: any(hourly.match(m) for m in _status_log(demo)[:3]), 30, "hour")
+        wait_until(lambda: any(hourly.match(m) for m in _status_log(demo)[:3]), 30, "hour")
         day_end = period_start(now + offset[0], "day") + 86400 + 1
         offset[0] = day_end - now
-        _wait(lambda: any(m.startswith("rollups: day") for m in _status_log(demo)[:3]), 30, "day")
+        wait_until(
+            lambda: any(m.startswith("rollups: day") for m in _status_log(demo)[:3]), 30, "day"
+        )
         for load in loads:
             load.stop()
         files = subprocess.run(

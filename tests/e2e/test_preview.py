@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import subprocess
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +22,10 @@ from controller.adapters.runtime.base import State
 from controller.core.allocation import ReleaseKind
 from controller.core.status import Phase
 from controller.demo import Demo
+from tests.e2e.load import SECRET, Load, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
-SECRET = "alice@example.com"
 
 SERVICE = """\
 # {note}
@@ -97,41 +93,6 @@ def _prepare(repo: Path) -> None:
     _write(repo, "1", flip=False)
 
 
-class Load:
-    """Requests from a thread, each with a user to hide."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.codes = url, list[int]()
-        self.rng = random.Random(7)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
-                body = {"x": self.rng.gauss(0.0, 1.0), "user": SECRET}
-                try:
-                    self.codes.append(client.post(self.url, json=body).status_code)
-                except httpx.HTTPError:
-                    self.codes.append(0)
-                time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-
-
-def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out: {what}")
-
-
 def _recorded(demo: Demo) -> dict[str, Any]:
     """The last preview of labeler recorded on the status branch."""
     out = subprocess.run(
@@ -154,7 +115,7 @@ def test_previews_judge_prs_on_mirrored_traffic_and_a_merged_one_becomes_the_can
         assert reconciler is not None
         assert github is not None
         demo.wait_for("labeler", lambda s: s.phase is Phase.HEALTHY, 240, show=False)
-        load = Load(reconciler.routes["labeler"] + "/predict")
+        load = Load(reconciler.routes["labeler"] + "/predict", seed=7)
         try:
 
             def preview_statuses(sha: str) -> list[dict[str, Any]]:
@@ -172,7 +133,7 @@ def test_previews_judge_prs_on_mirrored_traffic_and_a_merged_one_becomes_the_can
             # -- a PR that flips a tenth of the labels: failure, with the figure ---------
             flip = demo.open_pr("flip", "labeler 3: new thresholds", lambda r: _write(r, "3", True))
             flip_head = github.pulls[flip].head_sha
-            failed = _wait(lambda: settled(flip_head), 150, "the flipped preview judged")
+            failed = wait_until(lambda: settled(flip_head), 150, "the flipped preview judged")
             assert failed["state"] == "failure", failed
             assert (
                 "agreement 0.8" in failed["description"]
@@ -189,11 +150,11 @@ def test_previews_judge_prs_on_mirrored_traffic_and_a_merged_one_becomes_the_can
 
             # -- closed: the preview stops and its GPUs are given back -------------------
             demo.close_pr("flip")
-            _wait(lambda: "labeler" not in reconciler.previews.running, 30, "flip stopped")
+            wait_until(lambda: "labeler" not in reconciler.previews.running, 30, "flip stopped")
             release = reconciler.runtime.releases.get(flipped_release)
             assert release is None or release.state is State.STOPPED
             assert preview_gpus() == 0.0
-            record = _wait(lambda: _recorded(demo).get("pullRequest") == flip, 30, "recorded")
+            record = wait_until(lambda: _recorded(demo).get("pullRequest") == flip, 30, "recorded")
             record = _recorded(demo)
             assert record["state"] == "failure"
             assert record["head"] == flip_head
@@ -203,7 +164,7 @@ def test_previews_judge_prs_on_mirrored_traffic_and_a_merged_one_becomes_the_can
             # -- a PR that answers like the stable: success ------------------------------
             same = demo.open_pr("same", "labeler 2: same answers", lambda r: _write(r, "2", False))
             same_head = github.pulls[same].head_sha
-            passed = _wait(lambda: settled(same_head), 150, "the same preview judged")
+            passed = wait_until(lambda: settled(same_head), 150, "the same preview judged")
             assert passed["state"] == "success", passed
             preview = reconciler.previews.running["labeler"]
             comparison = preview.pairs.comparison()

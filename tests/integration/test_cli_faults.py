@@ -63,7 +63,9 @@ def specs(tmp_path: Path) -> Path:
 # -- --repo: the real problem, and every form ----------------------------------------
 
 
-@pytest.mark.parametrize("verb", [["status"], ["history", "fraud-scorer"], ["monitor", "m"]])
+@pytest.mark.parametrize(
+    "verb", [["status"], ["history", "fraud-scorer"], ["monitor", "m"], ["preview", "m"]]
+)
 @pytest.mark.parametrize(
     ("where", "problem"),
     [
@@ -360,3 +362,13 @@ def test_logs_follow_ends_quietly_when_its_reader_goes(state: Path, tmp_path: Pa
             out.write("more\n")
         assert proc.wait(timeout=20) == EXIT_OK
         assert proc.stderr.read() == b""
+
+
+def test_no_preview_recorded_is_said_on_stderr(
+    specs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for repo_form in ("--format=json", "--format=text"):
+        assert main(["preview", "search-ranker", "--repo", str(specs), repo_form]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == "mdc preview: no preview of 'search-ranker' (from the status branch)\n"
