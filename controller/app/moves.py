@@ -208,7 +208,11 @@ class Moves:
                 return
         else:
             self.previewed[name] = target
-        self.route(name, self.configs.get(name, RouteConfig()))
+        try:
+            self.route(name, self.configs.get(name, RouteConfig()))
+        except MdcError:  # a router that cannot mirror (HAProxy): the model's own
+            self.previewed.pop(name, None)  # routes must never carry the preview
+            raise
 
     def serving(self, name: str, wanted: str) -> str:
         """Why ``name`` at spec hash ``wanted`` cannot be previewed now ("" when it

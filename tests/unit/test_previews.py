@@ -18,7 +18,8 @@ import yaml
 from controller.core.allocation import ReleaseKind
 from controller.core.preview import PreviewWish
 from controller.core.status import Phase
-from controller.core.traffic import Pair
+from controller.core.traffic import Pair, RouteConfig
+from controller.errors import PermanentError
 from controller.testing.fakes import FakeBuilder
 from tests.unit.test_reconciler import POLICY, SpecRepo, World, build, initial_files
 
@@ -287,3 +288,28 @@ def test_a_preview_that_cannot_run_fails_and_is_not_retried_until_asked(
     world.reconciler.wish_preview(PreviewWish(7, command="restart", who="ann"))
     world.passes(2)
     assert world.reconciler.previews.running["m"].phase == "comparing"
+
+
+def test_a_router_that_cannot_mirror_fails_the_preview_and_keeps_the_models_routes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure = world.router.configure
+
+    def like_haproxy(model: str, config: RouteConfig) -> None:
+        if config.preview is not None:
+            raise PermanentError("this router does not mirror", reason="RouterFeatureUnsupported")
+        configure(model, config)
+
+    monkeypatch.setattr(world.router, "configure", like_haproxy)
+    open_pr(world, 7, "2")
+    world.passes(2)
+    report = world.reporter.previews[-1]
+    assert report.state == "failure"
+    assert "this router does not mirror" in report.description
+    assert "m" not in world.reconciler.previews.running
+    assert preview_gpus(world) == 0.0
+    world.repo.commit(files("3"), "another version")
+    world.passes(2)  # the canary's routes carry no preview: they are set
+    assert world.model.canary is not None
+    assert world.router.routes["m"].canary is not None
+    assert world.router.routes["m"].preview is None
