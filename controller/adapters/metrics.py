@@ -20,6 +20,7 @@ Called by the rollout driver.
 from __future__ import annotations
 
 import math
+import time
 from typing import Protocol
 
 import httpx
@@ -54,10 +55,12 @@ class PrometheusProvider:
         self.url = url.rstrip("/")
         self.client = client or httpx.Client(timeout=timeout)
 
-    def value(self, promql: str) -> float | None:
-        """The single value ``promql`` gives now; None for an empty result."""
+    def value(self, promql: str, at: float | None = None) -> float | None:
+        """The single value ``promql`` gives now (or at epoch second ``at``); None for
+        an empty result."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
         try:
-            answer = self.client.get(f"{self.url}/api/v1/query", params={"query": promql})
+            answer = self.client.get(f"{self.url}/api/v1/query", params=params)
             body = answer.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise TransientError(
@@ -85,15 +88,17 @@ class PrometheusProvider:
         """The router's counters for one backend over the last ``seconds``, via Prometheus."""
         span = f"{max(1, round(seconds))}s"
         where = f'model="{model}",backend="{backend}"'
-        requests = self.value(f"sum(increase(mdc_router_requests_total{{{where}}}[{span}]))")
+        at = time.time()  # every figure over the same window, however slow the answers
+        requests = self.value(f"sum(increase(mdc_router_requests_total{{{where}}}[{span}]))", at)
         errors = self.value(
-            f'sum(increase(mdc_router_requests_total{{{where},code=~"5.."}}[{span}]))'
+            f'sum(increase(mdc_router_requests_total{{{where},code=~"5.."}}[{span}]))', at
         )
         latency = {}
         for q in QUANTILES:
             v = self.value(
                 f"histogram_quantile({q}, sum by (le) "
-                f"(rate(mdc_router_request_duration_seconds_bucket{{{where}}}[{span}])))"
+                f"(rate(mdc_router_request_duration_seconds_bucket{{{where}}}[{span}])))",
+                at,
             )
             if v is not None:
                 latency[q] = v

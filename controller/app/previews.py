@@ -95,6 +95,8 @@ class _Preview:
     started: float
     pairs: PairBook
     release: ReleaseSpec | None = None
+    hold: float = 0.0  # seconds it stays ready before it is mirrored to (warm-up)
+    ready_at: float | None = None  # when it was first seen ready
     phase: str = "building"  # building, waiting, starting, comparing
     why: str = ""  # while building or waiting: what it waits for
     judgement: PreviewJudgement | None = None
@@ -110,8 +112,9 @@ class _Preview:
         return (self.number, self.model.name)
 
 
-#: a model a PR changes and previews: (model, bounds, output, spec hash, bento, tree)
-_Candidate = tuple[Model, Preview, PreviewOutput, str, str, str]
+#: a model a PR changes and previews: (model, bounds, output, spec hash, bento, tree,
+#: the policy's warm-up hold in seconds)
+_Candidate = tuple[Model, Preview, PreviewOutput, str, str, str, float]
 
 
 @dataclass
@@ -260,7 +263,7 @@ class Previews:
         """Start a preview of each model the PR changes that is not previewed yet."""
         if wanted.candidates is None:
             wanted.candidates = self._candidates(wanted)
-        for model, bounds, output, wanted_hash, bento, tree_id in wanted.candidates:
+        for model, bounds, output, wanted_hash, bento, tree_id, hold in wanted.candidates:
             name = model.name
             if name in wanted.failed:
                 wanted.models[name] = f"its preview failed: {wanted.failed[name]}"
@@ -289,6 +292,7 @@ class Previews:
                 snapshot,
                 now,
                 PairBook(output),
+                hold=hold,
             )
 
     def _candidates(self, wanted: _Wanted) -> list[_Candidate]:
@@ -318,7 +322,15 @@ class Previews:
             if unchanged:
                 continue
             out.append(
-                (model, policy.preview, model.preview, wanted_hash, bento, head_tree.tree_id)
+                (
+                    model,
+                    policy.preview,
+                    model.preview,
+                    wanted_hash,
+                    bento,
+                    head_tree.tree_id,
+                    policy.warmup_hold or 0.0,
+                )
             )
         return out
 
@@ -338,6 +350,11 @@ class Previews:
                 self._fail(preview, f"its release failed: {reason or 'it stopped'}", now)
                 return
             if preview.phase == "starting" and release.state is State.READY:
+                preview.ready_at = now if preview.ready_at is None else preview.ready_at
+            if preview.phase == "starting" and release.state is not State.READY:
+                preview.ready_at = None  # the warm-up holds while it stays ready
+            warm = preview.ready_at is not None and now - preview.ready_at >= preview.hold
+            if preview.phase == "starting" and warm:
                 preview.phase = "comparing"
                 self.moves.preview_route(name, (release.address, preview.bounds.share))
                 self.moves.router.pair(name, PairingConfig(frozenset(preview.output.sensitive)))
@@ -414,7 +431,9 @@ class Previews:
         what = {
             "building": preview.why or "building",
             "waiting": preview.why,
-            "starting": "starting the preview release",
+            "starting": "starting the preview release"
+            if preview.ready_at is None
+            else f"warming up: ready, held {preview.hold:g}s before traffic is mirrored",
         }.get(preview.phase, preview.phase)
         return str(PreviewState.PENDING), what[:140]
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from controller.adapters.metrics import _bentoml_counts, _quantile, bentoml_window
+from controller.adapters.metrics import (
+    PrometheusProvider,
+    _bentoml_counts,
+    _quantile,
+    bentoml_window,
+)
 from controller.core.traffic import BackendStats, router_window
 from controller.errors import TransientError
 
@@ -97,3 +103,32 @@ def test_router_window() -> None:
     assert (window.requests, window.errors) == (100, 5)
     assert 0.0025 < window.latency[0.5] <= 0.005
     assert 0.075 < window.latency[0.99] <= 0.1
+
+
+def test_a_window_from_prometheus_asks_every_figure_at_one_instant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by CI: under load the error query ran seconds after the request query,
+    over a window holding half the traffic: a canary failing everything read 50%."""
+    asked: list[tuple[str, str | None]] = []
+    clock = iter(range(1_000, 2_000, 3))  # seconds pass between the queries
+    monkeypatch.setattr("controller.adapters.metrics.time.time", lambda: float(next(clock)))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append((request.url.params["query"], request.url.params.get("time")))
+        value = ["0", "10"]
+        return httpx.Response(
+            200,
+            json={
+                "status": "success",
+                "data": {"resultType": "vector", "result": [{"value": value}]},
+            },
+        )
+
+    provider = PrometheusProvider(
+        "http://p", client=httpx.Client(transport=httpx.MockTransport(answer))
+    )
+    window = provider.window("m", "canary", 8)
+    assert (window.requests, window.errors) == (10, 10)
+    assert len(asked) == 5  # requests, errors, three quantiles
+    assert {at for _, at in asked} == {"1000.000"}

@@ -313,3 +313,23 @@ def test_a_router_that_cannot_mirror_fails_the_preview_and_keeps_the_models_rout
     assert world.model.canary is not None
     assert world.router.routes["m"].canary is not None
     assert world.router.routes["m"].preview is None
+
+
+def test_a_preview_gets_the_policys_warm_up_before_traffic_is_mirrored(tmp_path: Path) -> None:
+    repo = SpecRepo(tmp_path / "models.git")
+    start = initial_files(
+        policy=PREVIEWING.replace("warmup: {timeout: 1m}", "warmup: {timeout: 1m, holdFor: 5s}")
+    )
+    start.update(files("1"))
+    repo.commit(start, "the first version")
+    world = build(tmp_path, repo)
+    world.passes(2)
+    open_pr(world, 7, "2")
+    world.passes(2, step=1)  # started, then ready: held
+    preview = world.reconciler.previews.running["m"]
+    assert preview.phase == "starting"
+    assert world.router.routes["m"].preview is None
+    assert "warming up" in world.reconciler.previews.view(preview)[1]
+    world.passes(1, step=5)
+    assert preview.phase == "comparing"
+    assert world.router.routes["m"].preview is not None
