@@ -35,7 +35,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/unit -n 2
+	$(BIN)/python -m pytest --ignore=tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
