@@ -309,12 +309,12 @@ def test_the_sample_buffer_is_bounded(embedded: tuple, monkeypatch: pytest.Monke
             client.post(f"{url}/score", json={"x": i, "pad": "p" * 40})
     state = router.models["m"]
     deadline = time.monotonic() + 5  # a sample is kept just after its answer is sent
-    while len(state.samples) + state.dropped < 100 and time.monotonic() < deadline:
+    while len(state.samples) + state.samples.dropped < 100 and time.monotonic() < deadline:
         time.sleep(0.01)
     samples = router.samples("m")
     assert sum(s.size for s in samples) <= 1000
     assert 10 <= len(samples) < 100
-    assert router.models["m"].dropped == 100 - len(samples)
+    assert router.models["m"].samples.dropped == 100 - len(samples)
 
 
 def test_haproxy_cannot_sample(tmp_path: Path) -> None:

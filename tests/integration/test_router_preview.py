@@ -252,7 +252,7 @@ def test_bodies_that_are_not_json() -> None:
         client.post(f"{url}/score", content=b"not json", headers={"content-type": "text/plain"})
         pairs = collect(router, 1)
         deadline = time.monotonic() + 3
-        while router.models["m"].pairs_dropped < 1 and time.monotonic() < deadline:
+        while router.models["m"].pairs.dropped < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         pairs += router.pairs("m")
         assert preview.hits == 2
@@ -260,7 +260,7 @@ def test_bodies_that_are_not_json() -> None:
         assert pairs[0].request["x"] == 1
         assert pairs[0].preview_answer is None
         assert pairs[0].stable_answer == {"backend": "stable", "deep": [{}]}
-        assert router.models["m"].pairs_dropped == 1
+        assert router.models["m"].pairs.dropped == 1
 
 
 def test_no_share_no_preview_no_pairing_no_pairs() -> None:
@@ -301,12 +301,12 @@ def test_the_pair_buffer_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
             ask(client, url, i)
         state = router.models["m"]
         deadline = time.monotonic() + 5  # a pair is kept once the preview answers
-        while len(state.pairs) + state.pairs_dropped < 50 and time.monotonic() < deadline:
+        while len(state.pairs) + state.pairs.dropped < 50 and time.monotonic() < deadline:
             time.sleep(0.01)
         pairs = router.pairs("m")
         assert sum(p.size for p in pairs) <= 1500
         assert 3 <= len(pairs) < 50
-        assert state.pairs_dropped == 50 - len(pairs)
+        assert state.pairs.dropped == 50 - len(pairs)
 
 
 # -- through the control API, its process and its table ---------------------------------

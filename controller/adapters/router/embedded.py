@@ -44,7 +44,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Coroutine, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -95,16 +95,50 @@ class _Model:
         self.server: asyncio.base_events.Server | None = None
         self.url = ""
         self.sampling: SamplingConfig | None = None
-        self.samples: deque[Sample] = deque(maxlen=SAMPLES_BUFFERED)
-        self.sampled_bytes = 0
-        self.dropped = 0  # samples not kept: the buffer was full, or not JSON
+        self.samples: _Buffer[Sample] = _Buffer(SAMPLES_BUFFERED)  # dropped: or not JSON
         #: the preview's answers: apart from ``stats`` (the judge's), never in a snapshot
         self.preview_stats = BackendStats()
         self.pairing: PairingConfig | None = None
-        self.pairs: deque[Pair] = deque(maxlen=PAIRS_BUFFERED)
-        self.paired_bytes = 0
-        self.pairs_dropped = 0  # pairs not kept: the buffer was full, or a request not JSON
+        self.pairs: _Buffer[Pair] = _Buffer(PAIRS_BUFFERED)  # dropped: or a request not JSON
         self.turns: dict[str, int] = {}  # side -> requests handed out (replicas in turn)
+
+
+class _Sized(Protocol):
+    @property
+    def size(self) -> int: ...
+
+
+S = TypeVar("S", bound=_Sized)
+
+
+class _Buffer(Generic[S]):
+    """What a model keeps between two drains (samples, or a preview's pairs): at
+    most ``count`` items and ``limit`` bytes, the oldest going first; ``dropped``
+    counts what was not kept. Used under the router's lock."""
+
+    def __init__(self, count: int) -> None:
+        self.items: deque[S] = deque(maxlen=count)
+        self.bytes = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def keep(self, item: S, limit: int) -> None:
+        if self.bytes + item.size > limit:
+            self.dropped += 1
+            return
+        if len(self.items) == self.items.maxlen:
+            self.bytes -= self.items[0].size
+            self.dropped += 1
+        self.items.append(item)
+        self.bytes += item.size
+
+    def drain(self) -> list[S]:
+        out = list(self.items)
+        self.items.clear()
+        self.bytes = 0
+        return out
 
 
 #: Samples a model's buffer holds between two drains (the oldest go first), and bytes.
@@ -180,20 +214,14 @@ class EmbeddedRouter:
         with self.lock:
             state = self.models[model]
             if state.sampling != config:  # samples kept under other rules go
-                state.samples.clear()
-                state.sampled_bytes = 0
+                state.samples.drain()
             state.sampling = config
 
     def samples(self, model: str) -> list[Sample]:
         """The samples kept since the last call (they leave the buffer)."""
         with self.lock:
             state = self.models.get(model)
-            if state is None:
-                return []
-            out = list(state.samples)
-            state.samples.clear()
-            state.sampled_bytes = 0
-            return out
+            return [] if state is None else state.samples.drain()
 
     def pair(self, model: str, config: PairingConfig | None) -> None:
         """Start (or, with None, stop) pairing the answers of ``model``'s preview
@@ -201,20 +229,14 @@ class EmbeddedRouter:
         with self.lock:
             state = self.models[model]
             if state.pairing != config:
-                state.pairs.clear()
-                state.paired_bytes = 0
+                state.pairs.drain()
                 state.pairing = config
 
     def pairs(self, model: str) -> list[Pair]:
         """The pairs kept since the last call (they leave the buffer)."""
         with self.lock:
             state = self.models.get(model)
-            if state is None:
-                return []
-            out = list(state.pairs)
-            state.pairs.clear()
-            state.paired_bytes = 0
-            return out
+            return [] if state is None else state.pairs.drain()
 
     def snapshot(self, model: str) -> dict[str, BackendStats]:
         """The stable's and the canary's counters (a preview's are not among them)."""
@@ -426,12 +448,12 @@ class EmbeddedRouter:
         kept."""
         size = len(request) + len(stable.body) + len(preview.body)
         if size > PAIR_BYTES_BUFFERED:
-            model.pairs_dropped += 1
+            model.pairs.dropped += 1
             return
         try:
             asked = redact(json.loads(request or b"null"), pairing.sensitive)
         except (ValueError, RecursionError):
-            model.pairs_dropped += 1
+            model.pairs.dropped += 1
             return
         pair = Pair(
             time.time(),
@@ -445,16 +467,8 @@ class EmbeddedRouter:
             size,
         )
         with self.lock:
-            if model.pairing is not pairing:  # the rules changed meanwhile: not kept
-                return
-            if model.paired_bytes + pair.size > PAIR_BYTES_BUFFERED:
-                model.pairs_dropped += 1
-                return
-            if len(model.pairs) == model.pairs.maxlen:
-                model.paired_bytes -= model.pairs[0].size
-                model.pairs_dropped += 1
-            model.pairs.append(pair)
-            model.paired_bytes += pair.size
+            if model.pairing is pairing:  # else the rules changed meanwhile: not kept
+                model.pairs.keep(pair, PAIR_BYTES_BUFFERED)
 
     def _keep(  # noqa: PLR0917
         self,
@@ -469,7 +483,7 @@ class EmbeddedRouter:
         """Buffer one exchange, redacted; bodies that are not JSON (or are nested past
         what can be walked, or would not fit the buffer) are not kept."""
         if len(request) + len(answer) > SAMPLE_BYTES_BUFFERED:
-            model.dropped += 1
+            model.samples.dropped += 1
             return
         try:
             sample = Sample(
@@ -482,19 +496,11 @@ class EmbeddedRouter:
                 len(request) + len(answer),
             )
         except (ValueError, RecursionError):
-            model.dropped += 1
+            model.samples.dropped += 1
             return
         with self.lock:
-            if model.sampling is not sampling:  # the rules changed meanwhile: not kept
-                return
-            if model.sampled_bytes + sample.size > SAMPLE_BYTES_BUFFERED:
-                model.dropped += 1
-                return
-            if len(model.samples) == model.samples.maxlen:
-                model.sampled_bytes -= model.samples[0].size
-                model.dropped += 1
-            model.samples.append(sample)
-            model.sampled_bytes += sample.size
+            if model.sampling is sampling:  # else the rules changed meanwhile: not kept
+                model.samples.keep(sample, SAMPLE_BYTES_BUFFERED)
 
     async def _serve_admin(self, request: Request) -> Response:
         if request.target.startswith(b"/metrics"):
