@@ -22,25 +22,15 @@ from controller.core.traffic import Pair, RouteConfig
 from controller.errors import PermanentError
 from controller.testing.fakes import FakeBuilder
 from tests.unit.test_reconciler import POLICY, SpecRepo, World, build, initial_files
+from tests.unit.test_reconciler import model_yaml as reconciler_model
 
 PREVIEWING = POLICY + "  preview: {share: 40, minPairs: 10, minAgreement: 0.9}\n"
 
 
 def model_yaml(version: str, gpu: int = 1) -> str:
-    return f"""\
-apiVersion: mdc.dev/v1alpha1
-kind: Model
-metadata: {{name: m}}
-spec:
-  version: "{version}"
-  team: t
-  artifact: {{path: artifacts/m-{version}.json}}
-  service: services/m:Svc
-  resources: {{gpu: {gpu}}}
-  pool: p
-  rollout: quick
-  preview: {{field: label, sensitive: [user]}}
-"""
+    """The reconciler tests' model, on ``gpu`` GPUs, comparing its ``label`` in previews."""
+    spec = reconciler_model(version).replace("resources: {gpu: 1}", f"resources: {{gpu: {gpu}}}")
+    return spec + "  preview: {field: label, sensitive: [user]}\n"
 
 
 def files(version: str, gpu: int = 1) -> dict[str, str]:
@@ -91,10 +81,7 @@ def preview_gpus(world: World) -> float:
 
 def make(tmp_path: Path, gpu: int = 1) -> World:
     repo = SpecRepo(tmp_path / "models.git")
-    start = initial_files(policy=PREVIEWING)
-    start.update(files("1", gpu))
-    del start["artifacts/m-1.json"]
-    start.update(files("1", gpu))
+    start = initial_files(policy=PREVIEWING) | files("1", gpu)
     repo.commit(start, "the first version")
     world = build(tmp_path, repo)
     world.passes(2)
